@@ -1,0 +1,101 @@
+"""The ``minference`` torch.compile backend.
+
+Found through the ``torch_dynamo_backends`` entry point (pyproject.toml), so
+``torch.compile(model, backend="minference")`` needs no ``import mcompile``. This module must
+not call ``register_backend`` for the same name (Dynamo asserts on duplicates).
+
+find sites -> resolve plan -> rewrite into mcompile::attention -> Inductor.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from . import attention_op  # noqa: F401  (registers mcompile::attention)
+from . import reporting as _report
+from .capture import CaptureWriter
+from .options import Options
+from .passes.rewrite import SiteSpec, classify_site, rewrite_sites
+from .passes.sites import AttentionSite, find_attention_sites
+from .plan import LayerPlan
+from .runtime import SiteConfig, register_site
+
+log = logging.getLogger("mcompile")
+
+
+def _configure_logging(level: int) -> None:
+    log.setLevel(level)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[mcompile] %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def model_shape(sites: list[AttentionSite]) -> dict[str, int]:
+    """What the graph tells of the model: layer count, heads, kv heads, head dim."""
+    first = sites[0]
+    return {"num_layers": max(s.layer for s in sites) + 1, "num_heads": first.num_heads,
+            "num_kv_heads": first.num_kv_heads, "head_dim": first.head_dim}
+
+
+def resolve_plans(opts: Options, sites: list[AttentionSite]):
+    """A function layer -> LayerPlan | None, and a description of where the plan came from."""
+    forced = opts.forced_plan()
+    if forced is not None:
+        name, params = forced
+        return (lambda layer, heads: LayerPlan.uniform(name, heads, **params)), f"forced: {name}"
+    from .pattern_db import ModelIdentity, resolve_model_plan
+
+    identity = ModelIdentity(name="", architecture="", **model_shape(sites))
+    model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
+    return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
+
+
+def _compile_id() -> str:
+    cid = torch._guards.CompileContext.current_compile_id()
+    return str(cid) if cid is not None else "eager"
+
+
+def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None = None,
+                       mode: str | None = None):
+    opts = Options.from_dict(options)
+    _configure_logging(opts.log_level)
+    sites = find_attention_sites(gm)
+    specs = [classify_site(s) for s in sites]
+    graph_id = _compile_id()
+    rewritten = [spec for spec in specs if spec.rewrite]
+    plan_for, source = resolve_plans(opts, sites) if rewritten else (None, "-")
+    capture = CaptureWriter.open(opts.capture_dir, opts.overwrite) if rewritten and opts.mode == "capture" else None
+    keys = {}
+    for spec in specs:
+        s = spec.site
+        keys[s.ordinal] = key = f"{graph_id}#{s.ordinal}"
+        plan = plan_for(s.layer, s.num_heads) if spec.rewrite else None
+        if spec.rewrite:
+            register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug))
+        _report.add_site(_row(key, graph_id, spec, plan))
+    if rewritten:
+        rewrite_sites(gm, specs, keys)
+    log.info("graph %s: rewrote %d of %d attention site(s); plan from %s", graph_id, len(rewritten), len(sites), source)
+    if opts.report:
+        _report.report().save(opts.report)
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = torch._inductor.list_mode_options(mode) if mode else None
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None) -> _report.SiteRow:
+    s = spec.site
+    if not spec.rewrite:
+        decision = spec.reason
+    elif plan is None or plan.is_dense:
+        decision = "dense: plan"
+    else:
+        decision = "not run yet"
+    return _report.SiteRow(key=key, graph=graph_id, layer=s.layer, module=s.module_path, heads=s.num_heads,
+                           kv_heads=s.num_kv_heads, head_dim=s.head_dim, causal=spec.causal, mask=spec.mask_kind,
+                           plan=_report.summarise_plan(plan), decision=decision)

@@ -1,0 +1,66 @@
+"""Capture mode: record post-RoPE q, k and v (k and v before any repeat_kv) at every attention
+site, for the offline pattern search.
+
+Layout: ``<dir>/sample<NNNN>/layer<LLL>.pt`` holding ``{"q", "k", "v"}`` on the CPU in the
+model's dtype, plus ``<dir>/meta.json`` (shapes per layer). A sample is one forward pass: the
+counter advances when a layer already recorded in the current sample comes round again. A
+capture directory that already holds files is refused unless ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("mcompile")
+
+# capture directories this process owns: a second compile (or Dynamo's restart) may reuse them
+_OWNED: dict[str, "CaptureWriter"] = {}
+
+
+class CaptureWriter:
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.sample = 0
+        self.seen: set[int] = set()
+        self.meta: dict[str, dict] = {}
+
+    @classmethod
+    def open(cls, directory: str | Path, overwrite: bool) -> "CaptureWriter":
+        path = Path(directory).resolve()
+        if str(path) in _OWNED:
+            return _OWNED[str(path)]
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"capture directory {path} already holds a capture; choose another "
+                                      "capture_dir or pass options={'overwrite': True} to replace it")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        _OWNED[str(path)] = writer = cls(path)
+        return writer
+
+    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if layer in self.seen:  # a new forward pass started
+            self.sample += 1
+            self.seen.clear()
+        self.seen.add(layer)
+        out = self.dir / f"sample{self.sample:04d}"
+        out.mkdir(exist_ok=True)
+        torch.save({"q": q.detach().cpu(), "k": k.detach().cpu(), "v": v.detach().cpu()}, out / f"layer{layer:03d}.pt")
+        self.meta[str(layer)] = {"num_heads": q.shape[1], "num_kv_heads": k.shape[1], "head_dim": q.shape[3]}
+        (self.dir / "meta.json").write_text(json.dumps({"layers": self.meta, "samples": self.sample + 1}, indent=1))
+        log.debug("captured layer %d sample %d: q %s k %s", layer, self.sample, tuple(q.shape), tuple(k.shape))
+
+
+def load_capture(directory: str | Path) -> list[dict[int, dict[str, torch.Tensor]]]:
+    """All samples of a capture: a list (one per forward) of {layer: {"q", "k", "v"}}."""
+    path = Path(directory)
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"{path} is not a capture directory (no meta.json)")
+    samples = []
+    for sample_dir in sorted(path.glob("sample*")):
+        samples.append({int(f.stem[5:]): torch.load(f, weights_only=True) for f in sorted(sample_dir.glob("layer*.pt"))})
+    return samples

@@ -1,0 +1,137 @@
+"""Run one attention site: decide dense or sparse from the plan, the length, the mask and the
+dtype, then call the sparse kernel or dense SDPA.
+
+The decision happens inside an opaque custom op at run time, so a new prompt length never
+recompiles. Dense fallbacks rebuild exactly the mask transformers would have built, from what
+the mask means (``passes.masks.MaskInfo``), so results match eager.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import reporting as _report
+from .passes.rewrite import MASK_RECOGNISED
+from .plan import LayerPlan
+
+log = logging.getLogger("mcompile")
+
+
+SPARSE_DTYPES_CUDA = (torch.float16, torch.bfloat16)
+SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
+
+
+@dataclass
+class SiteConfig:
+    key: str
+    layer: int
+    plan: LayerPlan | None          # None: no sparse plan for this layer
+    min_len: int
+    capture: Any = None             # a capture.CaptureWriter in capture mode
+    debug: bool = False
+
+
+_SITES: dict[str, SiteConfig] = {}
+
+
+def register_site(cfg: SiteConfig) -> None:
+    _SITES[cfg.key] = cfg
+
+
+def site_config(key: str) -> SiteConfig:
+    try:
+        return _SITES[key]
+    except KeyError:
+        raise RuntimeError(f"mcompile: attention site {key!r} is not registered in this process "
+                           "(a compiled graph was reused after mcompile state was cleared?)") from None
+
+
+# --- dense ------------------------------------------------------------------------------------
+def build_mask(q_len: int, kv_len: int, device, causal: bool, window: int, padding, q_offset: int, kv_offset: int):
+    """The (B|1, 1, Lq, Lkv) bool mask transformers' sdpa_mask builds, from what it means."""
+    q_pos = torch.arange(q_len, device=device)[:, None] + q_offset
+    kv_pos = torch.arange(kv_len, device=device)[None, :] + kv_offset
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        mask &= kv_pos <= q_pos
+    if window > 0:
+        mask &= kv_pos > q_pos - window
+    mask = mask[None, None]
+    if padding is not None:
+        mask = mask & padding[:, kv_pos[0]][:, None, None, :].to(torch.bool)
+    return mask
+
+
+def dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
+    gqa = q.shape[1] != k.shape[1]
+    if mask_mode == MASK_RECOGNISED:
+        attn_mask = build_mask(q.shape[2], k.shape[2], q.device, is_causal, window, padding, q_offset, kv_offset)
+        is_causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale, enable_gqa=gqa)
+
+
+# --- the decision -------------------------------------------------------------------------------
+def _sparse_backend():
+    """(build_layer_index, sparse_attention) when the kernels are installed, else None."""
+    try:
+        from .kernels.ops import sparse_attention
+        from .kernels.patterns import build_layer_index
+    except ImportError:
+        return None
+    return build_layer_index, sparse_attention
+
+
+def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p) -> str | None:
+    """None when the sparse path applies, else the reason to run dense."""
+    n = q.shape[2]
+    if cfg.plan is None or cfg.plan.is_dense:
+        return "plan: dense"
+    if not is_causal:
+        return "not causal"
+    if n != k.shape[2] or q_offset != 0 or kv_offset != 0:
+        return "queries do not start at key 0 (cache with past keys)"
+    if n < cfg.min_len:
+        return f"short: {n} < min_len {cfg.min_len}"
+    if dropout_p > 0:
+        return "dropout"
+    if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
+        return f"unsupported on GPU: {q.dtype}, head dim {q.shape[-1]}"
+    if padding is not None and not bool(padding[:, kv_offset:kv_offset + n].all()):  # one host sync per call
+        return "padding in the batch"
+    if _sparse_backend() is None:
+        return "sparse kernels not available"
+    return None
+
+
+def sparse_plan_for(cfg: SiteConfig, window: int) -> LayerPlan | None:
+    """Sliding-window layers run their exact window sparsely; others follow the plan."""
+    if window > 0 and cfg.plan is not None:
+        return LayerPlan.uniform("sliding_window", len(cfg.plan.heads), window=window)
+    return cfg.plan
+
+
+def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
+    cfg = site_config(key)
+    if cfg.capture is not None:
+        cfg.capture.record(cfg.layer, q, k, v)
+        _report.record_decision(key, "dense: capture mode")
+        return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
+                               dropout_p)
+    reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+    if reason is None:
+        plan = sparse_plan_for(cfg, window)
+        build_layer_index, sparse_attention = _sparse_backend()
+        index = build_layer_index(q, k, plan)
+        if cfg.debug:
+            from .kernels.index import check_index
+            check_index(index, q.shape[2])
+        _report.record_decision(key, f"sparse: {_report.summarise_plan(plan)}")
+        return sparse_attention(q, k, v, index, scale=scale)
+    _report.record_decision(key, f"dense: {reason}")
+    return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
+                           dropout_p)

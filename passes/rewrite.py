@@ -1,0 +1,89 @@
+"""Rewrite attention sites into the ``mcompile::attention`` op.
+
+``classify_site`` says how a site will be rewritten (or why it stays as it is);
+``rewrite_sites`` does the graph surgery and removes what became dead (the N^2 mask
+subgraph, repeat_kv copies). Running the pass twice is harmless: a rewritten graph has no
+SDPA calls left to find.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .masks import MaskInfo, recognise_mask
+from .sites import AttentionSite
+
+# mask modes, as the op reads them (mcompile.runtime)
+MASK_FLAG, MASK_RECOGNISED = "flag", "recognised"
+
+
+@dataclass
+class SiteSpec:
+    site: AttentionSite
+    rewrite: bool
+    reason: str                    # why it is left alone (when rewrite is False)
+    mask_mode: str = MASK_FLAG
+    mask: MaskInfo | None = None
+
+    @property
+    def causal(self) -> bool:
+        return self.mask.causal if self.mask is not None else self.site.is_causal
+
+    @property
+    def window(self) -> int:
+        return (self.mask.window or 0) if self.mask is not None else 0
+
+    @property
+    def mask_kind(self) -> str:
+        if self.mask is not None:
+            return self.mask.kind
+        if self.site.attn_mask is None:
+            return "causal (flag)" if self.site.is_causal else "none"
+        return "unrecognised"
+
+
+def classify_site(site: AttentionSite) -> SiteSpec:
+    if site.is_decode:
+        return SiteSpec(site, False, "decode step (q_len 1): untouched")
+    if site.attn_mask is None:
+        return SiteSpec(site, True, "", MASK_FLAG, None)
+    if not isinstance(site.attn_mask, fx.Node):
+        return SiteSpec(site, False, "mask is not a graph value: untouched")
+    info = recognise_mask(site.attn_mask)
+    if info is None:
+        return SiteSpec(site, False, "mask not recognised: untouched (dense)")
+    return SiteSpec(site, True, "", MASK_RECOGNISED, info)
+
+
+def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str]) -> fx.GraphModule:
+    """Replace each rewritable site by ``mcompile::attention``; ``keys`` maps ordinal -> site key."""
+    op = torch.ops.mcompile.attention.default
+    graph = gm.graph
+    for spec in specs:
+        if not spec.rewrite:
+            continue
+        site, info = spec.site, spec.mask
+        scale = site.scale if site.scale is not None else 1.0 / math.sqrt(site.head_dim)
+        args: tuple[Any, ...] = (
+            site.query, site.key, site.value,
+            None,                                   # attn_mask: recognised masks are rebuilt by meaning
+            info.padding if info else None,
+            info.q_offset if info else 0,
+            info.kv_offset if info else 0,
+            keys[site.ordinal], spec.mask_mode, spec.causal, spec.window,
+            float(scale), float(site.dropout_p),
+        )
+        with graph.inserting_before(site.node):
+            new = graph.call_function(op, args)
+        new.meta.update({k: site.node.meta[k] for k in ("stack_trace", "nn_module_stack", "source_fn_stack")
+                         if k in site.node.meta})
+        site.node.replace_all_uses_with(new)
+        graph.erase_node(site.node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,30 @@
+"""Pattern database: which sparse attention pattern each head of each layer uses.
+
+Backend entry points::
+
+    identity = ModelIdentity.from_shapes(num_layers, num_heads, num_kv_heads, head_dim)
+    plan = resolve_model_plan(options.get("db"), identity, force=options.get("db_force", False))
+    plan.layer_plan(layer_idx)   # LayerPlan (one HeadPlan per query head) or None
+    plan.source, plan.describe() # for the report
+
+See DESIGN.md ("Pattern database") and schema.json for the file format.
+"""
+from .database import HeadEntry, LayerEntry, PatternDB, Provenance
+from .errors import (FingerprintMismatchError, Issue, PatternDBError,
+                     PatternDBValidationError, UnknownDatabaseError)
+from .identity import ModelIdentity, fingerprint, parse_model_shape
+from .io import dumps, load_db, loads, save_db
+from .lookup import (DEFAULT_PARAMS, DEFAULT_PATTERN, ModelPlan, default_layer_plan,
+                     resolve_model_plan, shipped_databases)
+from .minference_import import import_minference, import_sglang_config
+from .schema import (PATTERN_PARAMS, PATTERNS, SCHEMA_VERSION, Frac, resolve_budget,
+                     validate_obj)
+
+__all__ = [
+    "DEFAULT_PARAMS", "DEFAULT_PATTERN", "FingerprintMismatchError", "Frac", "HeadEntry",
+    "Issue", "LayerEntry", "ModelIdentity", "ModelPlan", "PATTERNS", "PATTERN_PARAMS",
+    "PatternDB", "PatternDBError", "PatternDBValidationError", "Provenance", "SCHEMA_VERSION",
+    "UnknownDatabaseError", "default_layer_plan", "dumps", "fingerprint", "import_minference",
+    "import_sglang_config", "load_db", "loads", "parse_model_shape", "resolve_budget",
+    "resolve_model_plan", "save_db", "shipped_databases", "validate_obj",
+]
