@@ -49,7 +49,7 @@ def resolve_plans(opts: Options, sites: list[AttentionSite]):
         return (lambda layer, heads: LayerPlan.uniform(name, heads, **params)), f"forced: {name}"
     from .pattern_db import ModelIdentity, resolve_model_plan
 
-    identity = ModelIdentity(name="", architecture="", **model_shape(sites))
+    identity = ModelIdentity(**model_shape(sites))
     model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
     return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
 

@@ -75,7 +75,7 @@ def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str
             info.q_offset if info else 0,
             info.kv_offset if info else 0,
             keys[site.ordinal], spec.mask_mode, spec.causal, spec.window,
-            float(scale), float(site.dropout_p),
+            scale if isinstance(scale, fx.Node) else float(scale), float(site.dropout_p),
         )
         with graph.inserting_before(site.node):
             new = graph.call_function(op, args)

@@ -1,0 +1,38 @@
+"""The ``mcompile`` console script: ``mcompile report FILE``, ``mcompile db ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .reporting import Report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        print(Report.load(args.file))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"mcompile report: cannot read {args.file}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcompile", description="Sparse-attention torch.compile backend tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("report", help="print a report saved with options={'report': FILE}")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_report)
+    from .pattern_db.cli import add_db_parser
+
+    add_db_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

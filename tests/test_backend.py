@@ -1,0 +1,200 @@
+"""The minference backend end to end on tiny random-weight models of many families (CPU)."""
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+import mcompile
+from mcompile import reporting
+from mcompile.backend import minference_backend
+from tiny_models import FAMILIES, MAIN_FAMILIES, tiny_inputs, tiny_model
+
+# Sparse plans on the tiny lengths below cover every key, so they must equal dense.
+SPARSE = {"min_len": 16, "plan": "vertical_slash"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    reporting.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _logits(model, ids, mask, use_cache):
+    with torch.no_grad():
+        kwargs = {"attention_mask": mask} if mask is not None else {}
+        return model(ids, use_cache=use_cache, **kwargs).logits
+
+
+def _close(a, b):
+    # Padded query rows (fully masked) are not compared: they carry no prediction.
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+CASES = [  # batch, left padding, pass attention_mask, use_cache
+    (1, 0, False, False),
+    (1, 0, True, True),
+    (2, 5, True, True),
+    (2, 3, True, False),
+]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prefill_matches_eager(family):
+    model = tiny_model(family)
+    compiled = torch.compile(model, backend="minference", options=SPARSE)
+    for batch, pad, with_mask, use_cache in CASES:
+        ids, mask = tiny_inputs(batch, 40, pad)
+        mask_arg = mask if with_mask else None
+        _close(_logits(compiled, ids, mask_arg, use_cache), _logits(model, ids, mask_arg, use_cache))
+    rows = mcompile.report().rows
+    assert rows and all(r.decision != "not run yet" for r in rows)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generate_with_cache_matches_eager(family):
+    model = tiny_model(family)
+    ids, mask = tiny_inputs(2, 24, pad=4)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+        model.compile(backend="minference", options=SPARSE)
+        got = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert torch.equal(got, expected)
+    decisions = {r.decision for r in mcompile.report().rows}
+    assert "decode step (q_len 1): untouched" in decisions
+
+
+@pytest.mark.parametrize("family", MAIN_FAMILIES)
+def test_fullgraph(family):
+    model = tiny_model(family)
+    compiled = torch.compile(model, backend="minference", fullgraph=True, options=SPARSE)
+    ids, mask = tiny_inputs(1, 48)
+    _close(_logits(compiled, ids, mask, True), _logits(model, ids, mask, True))
+
+
+def test_sparse_path_runs_when_kernels_exist():
+    model = tiny_model("llama")
+    compiled = torch.compile(model, backend="minference", options=SPARSE)
+    ids, mask = tiny_inputs(1, 80)
+    _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+    decisions = [r.decision for r in mcompile.report().rows]
+    assert decisions and all(d.startswith("sparse: vertical_slash") for d in decisions), decisions
+
+
+def test_report_shows_mask_kinds_and_sliding_window():
+    model = tiny_model("gemma3")
+    compiled = torch.compile(model, backend="minference", options=SPARSE)
+    ids, mask = tiny_inputs(2, 40, pad=3)
+    _logits(compiled, ids, mask, False)
+    rows = {r.layer: r for r in mcompile.report().rows}
+    assert rows[0].mask == "causal+sliding(8)+padding"
+    assert rows[1].mask == "causal+padding"
+    assert all(r.decision == "dense: padding in the batch" for r in rows.values())
+    text = str(mcompile.report())
+    assert "sliding(8)" in text and "kv_heads" in text
+
+
+def _count_compiles(model, lengths, dynamic):
+    counter = torch._dynamo.testing.CompileCounterWithBackend(functools.partial(minference_backend, options=SPARSE))
+    compiled = torch.compile(model, backend=counter, dynamic=dynamic)
+    for n in lengths:
+        ids, mask = tiny_inputs(1, n)
+        _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+    return counter.frame_count
+
+
+def test_three_lengths_compile_at_most_twice():
+    assert _count_compiles(tiny_model("llama"), [33, 47, 70], dynamic=None) <= 2
+
+
+def test_dynamic_true_compiles_once():
+    assert _count_compiles(tiny_model("qwen2"), [33, 47, 70], dynamic=True) == 1
+
+
+def test_eager_attention_passes_through():
+    model = tiny_model("llama", attn="eager")
+    compiled = torch.compile(model, backend="minference", options=SPARSE)
+    ids, mask = tiny_inputs(1, 40)
+    _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+    assert mcompile.report().rows == []
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"min_lenn": 4}, "unknown minference option(s) ['min_lenn']"),
+    ({"mode": "fast"}, "'mode': 'fast'; accepted: one of ['run', 'capture']"),
+    ({"min_len": 0}, "'min_len'"),
+    ({"plan": "diagonal"}, "'plan': 'diagonal'"),
+    ({"log": "loud"}, "'log'"),
+])
+def test_bad_options_are_clear_errors(options, needle):
+    with pytest.raises(mcompile.OptionError) as err:
+        mcompile.Options.from_dict(options)
+    assert needle in str(err.value)
+    compiled = torch.compile(tiny_model("llama"), backend="minference", options=options)
+    ids, mask = tiny_inputs(1, 20)
+    with pytest.raises(Exception) as err:
+        _logits(compiled, ids, mask, False)
+    assert needle in str(err.value)
+
+
+def test_capture_writes_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "cap"
+    model = tiny_model("llama")
+    opts = {"mode": "capture", "capture_dir": str(out), "min_len": 16}
+    compiled = torch.compile(model, backend="minference", options=opts)
+    ids, mask = tiny_inputs(1, 40)
+    _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+    _logits(compiled, ids[:, :32], mask[:, :32], False)
+    from mcompile.capture import _OWNED, load_capture
+    samples = load_capture(out)
+    assert len(samples) == 2 and sorted(samples[0]) == [0, 1]
+    assert samples[0][0]["q"].shape == (1, 4, 40, 16) and samples[0][0]["k"].shape == (1, 2, 40, 16)
+    assert samples[1][1]["k"].shape == (1, 2, 32, 16)
+    _OWNED.clear()  # as a new process would be
+    torch._dynamo.reset()
+    again = torch.compile(model, backend="minference", options=opts)
+    with pytest.raises(Exception, match="already holds a capture"):
+        _logits(again, ids, mask, False)
+
+
+def test_attention_op_opcheck():
+    from mcompile.runtime import SiteConfig, register_site
+    from mcompile.plan import LayerPlan
+    register_site(SiteConfig("opcheck#0", 0, LayerPlan.uniform("dense", 4), min_len=1))
+    q, k, v = torch.randn(2, 4, 24, 16), torch.randn(2, 2, 24, 16), torch.randn(2, 2, 24, 16)
+    padding = torch.ones(2, 24, dtype=torch.bool)
+    padding[1, :3] = False
+    for args in [
+        (q, k, v, None, None, 0, 0, "opcheck#0", "flag", True, 0, 0.25, 0.0),
+        (q, k, v, None, padding, 0, 0, "opcheck#0", "recognised", True, 6, 0.25, 0.0),
+    ]:
+        torch.library.opcheck(torch.ops.mcompile.attention.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_entry_point_found_without_import(tmp_path):
+    script = textwrap.dedent("""
+        import sys, torch
+        sys.path.insert(0, %r)
+        from tiny_models import tiny_inputs, tiny_model
+        model = tiny_model("llama")
+        ids, mask = tiny_inputs(1, 20)
+        assert "mcompile" not in sys.modules
+        with torch.no_grad():
+            out = torch.compile(model, backend="minference")(ids, attention_mask=mask).logits
+            ref = model(ids, attention_mask=mask).logits
+        assert "mcompile" in sys.modules  # loaded by the entry point
+        import mcompile
+        assert len(mcompile.report().rows) == 2, mcompile.report()
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        print("OK")
+    """) % str(__import__("pathlib").Path(__file__).parent)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
