@@ -3,7 +3,7 @@
 Backend entry points::
 
     identity = ModelIdentity.from_shapes(num_layers, num_heads, num_kv_heads, head_dim)
-    plan = resolve_model_plan(options.get("db"), identity, force=options.get("db_force", False))
+    plan = resolve_model_plan(opts.db, identity, force=opts.force_db)  # db: "auto"|None|path|key
     plan.layer_plan(layer_idx)   # LayerPlan (one HeadPlan per query head) or None
     plan.source, plan.describe() # for the report
 

@@ -1,0 +1,277 @@
+"""Validation of pattern database objects: the JSON Schema (schema.json) plus the checks a
+schema cannot express (layer and head counts against the model, the fingerprint).
+
+Budget convention (also in schema.json): a budget parameter is either a token count (a JSON
+integer) or ``{"frac": x}`` with ``0 < x <= 1``, a fraction of the sequence length resolved
+at run time by :func:`resolve_budget`. In memory (``HeadPlan.params``) a fraction is a
+:class:`Frac`, which is hashable, so ``LayerPlan.groups()`` keeps working.
+
+Parameters per pattern:
+  dense            -- none
+  a_shape          -- n_init (count >= 0 or frac), n_local (count >= 1 or frac)
+  vertical_slash   -- vertical_size, slash_size (count >= 1 or frac)
+  block_sparse     -- top_k (64-token key blocks per query block: count >= 1 or frac)
+  sample_attention -- alpha, window_frac, optional sample_frac (numbers in (0, 1])
+  sliding_window   -- window (count >= 1 or frac)
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .errors import Issue, PatternDBValidationError, json_path, render_value
+from .identity import fingerprint
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+PATTERNS: tuple[str, ...] = ("dense", "a_shape", "vertical_slash", "block_sparse",
+                             "sample_attention", "sliding_window")
+PATTERN_PARAMS: dict[str, tuple[str, ...]] = {
+    "dense": (),
+    "a_shape": ("n_init", "n_local"),
+    "vertical_slash": ("vertical_size", "slash_size"),
+    "block_sparse": ("top_k",),
+    "sample_attention": ("alpha", "window_frac", "sample_frac"),
+    "sliding_window": ("window",),
+}
+# Parameters that are budgets (count or Frac); the others are plain numbers.
+BUDGET_PARAMS = frozenset({"n_init", "n_local", "vertical_size", "slash_size", "top_k", "window"})
+LAYER_KINDS = ("searched", "sliding", "not_searched")
+
+
+@dataclass(frozen=True)
+class Frac:
+    """A budget given as a fraction of the sequence length (JSON: ``{"frac": value}``)."""
+
+    value: float
+
+    def __post_init__(self) -> None:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"Frac: value must be a number in (0, 1], got {v!r}")
+        object.__setattr__(self, "value", float(v))
+
+    def to_json(self) -> dict[str, float]:
+        return {"frac": self.value}
+
+    def __repr__(self) -> str:
+        return f"Frac({self.value!r})"
+
+
+def resolve_budget(value: int | Frac, length: int, unit: int = 1) -> int:
+    """Budget -> count for a sequence of ``length`` tokens (``unit`` = tokens per counted item,
+    e.g. 64 for block_sparse's ``top_k`` in blocks). Counts are clamped to what exists; a
+    fraction is rounded up and is at least 1."""
+    total = max(1, -(-length // unit))
+    if isinstance(value, Frac):
+        return min(total, max(1, math.ceil(value.value * total)))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"resolve_budget: expected a count >= 0 or a Frac, got {value!r}")
+    return min(value, total)
+
+
+def params_from_json(params: dict[str, Any]) -> dict[str, Any]:
+    """JSON params -> in-memory params ({"frac": x} -> Frac(x); integral floats of counts -> int)."""
+    out: dict[str, Any] = {}
+    for k in sorted(params):
+        v = params[k]
+        if isinstance(v, dict) and set(v) == {"frac"}:
+            out[k] = Frac(v["frac"])
+        elif k in BUDGET_PARAMS and isinstance(v, float) and v.is_integer():
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def params_to_json(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (params[k].to_json() if isinstance(params[k], Frac) else params[k])
+            for k in sorted(params)}
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(ref: str | None = None) -> jsonschema.protocols.Validator:
+    schema = load_schema()
+    if ref is not None:
+        schema = {"$schema": schema["$schema"], "$defs": schema["$defs"],
+                  "$ref": f"#/$defs/{ref}"}
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _resolve(schema: Any) -> dict[str, Any]:
+    if isinstance(schema, dict) and "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return load_schema()["$defs"].get(name, {})
+    return schema if isinstance(schema, dict) else {}
+
+
+def _accepted(schema: dict[str, Any], validator: str, value: Any) -> str:
+    desc = schema.get("description")
+    if desc:
+        return desc
+    if validator == "enum":
+        return "one of " + ", ".join(map(str, value))
+    if validator == "type":
+        return "a JSON " + (" or ".join(value) if isinstance(value, list) else str(value))
+    if validator == "const":
+        return render_value(value)
+    return f"a value satisfying {validator} {render_value(value)}"
+
+
+def _issues_from_error(err: jsonschema.ValidationError, base: list[Any]) -> list[Issue]:
+    parts = base + list(err.absolute_path)
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    v = err.validator
+    if v == "required":
+        inst = err.instance if isinstance(err.instance, dict) else {}
+        out = []
+        for name in err.validator_value:
+            if name not in inst:
+                sub = _resolve(schema.get("properties", {}).get(name, {}))
+                out.append(Issue(json_path(parts + [name]), "nothing (missing)",
+                                 sub.get("description", "a required field")))
+        return out
+    if v == "additionalProperties":
+        known = list(schema.get("properties", {}))
+        inst = err.instance if isinstance(err.instance, dict) else {}
+        extras = [k for k in inst if k not in known]
+        return [Issue(json_path(parts + [k]), f"an unknown field {render_value(k)}",
+                      "only the fields " + ", ".join(known) + " (" +
+                      schema.get("description", "this object") + ")") for k in extras]
+    found = render_value(err.instance)
+    if v == "type":
+        found += f" (a JSON {_json_type(err.instance)})"
+    return [Issue(json_path(parts), found, _accepted(schema, v, err.validator_value))]
+
+
+def schema_issues(obj: Any, ref: str | None = None, base: list[Any] | None = None) -> list[Issue]:
+    """Issues the JSON Schema finds (``ref``: validate against one ``$defs`` entry)."""
+    issues: list[Issue] = []
+    for err in _validator(ref).iter_errors(obj):
+        issues.extend(_issues_from_error(err, list(base or [])))
+    return issues
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def semantic_issues(obj: Any) -> list[Issue]:
+    """Checks across fields; guarded so they run (where they can) even on a malformed object."""
+    issues: list[Issue] = []
+    if not isinstance(obj, dict):
+        return issues
+    model = obj.get("model") if isinstance(obj.get("model"), dict) else {}
+    L, H = _int(model.get("num_layers")), _int(model.get("num_heads"))
+    KV, D = _int(model.get("num_kv_heads")), _int(model.get("head_dim"))
+    if H and KV and H % KV:
+        issues.append(Issue("$.model.num_kv_heads", render_value(KV),
+                            f"a divisor of model.num_heads ({H})"))
+    fp = model.get("fingerprint")
+    if L and H and KV and D and isinstance(fp, str):
+        want = fingerprint(L, H, KV, D)
+        if fp != want:
+            issues.append(Issue("$.model.fingerprint", render_value(fp),
+                                f"{want!r} (computed from num_layers={L}, num_heads={H}, "
+                                f"num_kv_heads={KV}, head_dim={D})"))
+    layers = obj.get("layers")
+    if isinstance(layers, list):
+        if L and layers and len(layers) != L:
+            issues.append(Issue("$.layers", f"{len(layers)} layers",
+                                f"{L} layers (one per model layer: model.num_layers)"))
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, dict) or layer.get("kind") != "searched":
+                continue
+            heads = layer.get("heads")
+            if H and isinstance(heads, list) and heads and len(heads) != H:
+                issues.append(Issue(f"$.layers[{i}].heads", f"{len(heads)} heads",
+                                    f"{H} heads (one per query head: model.num_heads)"))
+    return issues
+
+
+def check_schema_version(obj: Any) -> list[Issue]:
+    """The version check comes first: a file of another version is one clear error."""
+    if not isinstance(obj, dict):
+        return [Issue("$", f"a JSON {_json_type(obj)}",
+                      "a JSON object (an mcompile pattern database)")]
+    if "schema_version" not in obj:
+        return [Issue("$.schema_version", "nothing (missing)",
+                      f"{SCHEMA_VERSION} (the schema version this mcompile reads)")]
+    v = obj["schema_version"]
+    if isinstance(v, bool) or v != SCHEMA_VERSION or not isinstance(v, int):
+        return [Issue("$.schema_version", render_value(v),
+                      f"{SCHEMA_VERSION} (the schema version this mcompile reads)")]
+    return []
+
+
+def _looks_like_minference(obj: Any) -> bool:
+    return (isinstance(obj, list) and bool(obj) and isinstance(obj[0], dict)
+            and all(isinstance(v, list) for v in obj[0].values()))
+
+
+def collect_issues(obj: Any) -> list[Issue]:
+    issues = check_schema_version(obj)
+    if issues:
+        return issues
+    issues = schema_issues(obj) + semantic_issues(obj)
+    seen, out = set(), []
+    for i in sorted(issues, key=lambda i: i.path):
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def validate_obj(obj: Any, file: str = "<memory>") -> None:
+    """Raise :class:`PatternDBValidationError` naming every problem; return None when valid."""
+    issues = collect_issues(obj)
+    if issues:
+        hint = None
+        if _looks_like_minference(obj):
+            hint = ("this looks like a MInference 1.0 pattern file; convert it with "
+                    "`mcompile db import --from minference IN OUT --model-shape L,H,KV,D`")
+        raise PatternDBValidationError(file, issues, hint=hint)
+
+
+def validate_head_params(pattern: str, params: dict[str, Any], where: str = "<memory>",
+                         base: list[Any] | None = None) -> None:
+    """Validate one head's pattern + params (in-memory form, Frac allowed)."""
+    head = {"pattern": pattern, "params": params_to_json(params) if isinstance(params, dict)
+            else params}
+    issues = schema_issues(copy.deepcopy(head), ref="head", base=base)
+    if issues:
+        raise PatternDBValidationError(where, issues)
