@@ -1,0 +1,164 @@
+"""Time-to-first-token of a whole-model prefill: Inductor with dense SDPA vs backend="minference".
+
+A LLaMA-3-8B-shaped model with random weights (32 layers, hidden 4096, 32 q / 8 kv heads, d 128,
+MLP 14336, bf16), built from a config on the GPU. Both variants run in one process with CUDA
+events after a warm-up (the median of repeats); compile time and peak memory are reported
+separately. Only the last position's logits are computed (``logits_to_keep=1``).
+
+    python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072
+    python benchmarks/prefill.py --layers 4 --lengths 262144,524288,1048576 --repeats 1
+    python benchmarks/prefill.py --tiny --lengths 512 --device cpu      # a smoke test
+
+Results: benchmarks/results/prefill_<gpu>_<layers>L.json and a printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                 head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=1 << 21)
+TINY = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            vocab_size=256, max_position_embeddings=1 << 16)
+
+
+def build_model(layers: int, tiny: bool, device: str, dtype: torch.dtype):
+    cfg = transformers.LlamaConfig(num_hidden_layers=layers, **(TINY if tiny else LLAMA3_8B))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn, repeats: int, device: str) -> list[float]:
+    """Milliseconds per call: CUDA events on the GPU, perf_counter on the CPU."""
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def sdpa_backend_name(device: str) -> str:
+    """Which SDPA backend dense attention takes at this shape (bf16, d 128, causal)."""
+    if not device.startswith("cuda"):
+        return "cpu (math/flash-cpu)"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 32, 256, 128, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, 8, 256, 128, device=device, dtype=torch.bfloat16)
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel([backend]):
+                torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+            return backend.name  # the first in PyTorch's priority order that accepts the shape
+        except RuntimeError:
+            continue
+    return "MATH"
+
+
+def run_variant(model, name: str, backend: str, options: dict | None, ids, mask, use_cache: bool, repeats: int,
+                device: str) -> dict:
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, options=options, dynamic=False)
+    kwargs = {"use_cache": use_cache, "logits_to_keep": 1}
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+
+    def call():
+        with torch.no_grad():
+            return compiled(ids, **kwargs).logits
+
+    _sync(device)
+    t = time.perf_counter()
+    call()
+    _sync(device)
+    compile_s = time.perf_counter() - t
+    call()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = time_call(call, repeats, device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return {"variant": name, "use_cache": use_cache, "mask": mask is not None, "compile_s": round(compile_s, 2),
+            "ms": statistics.median(times), "all_ms": times, "peak_gib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--lengths", default="32768,65536,131072")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--min-len", type=int, default=8192)
+    ap.add_argument("--cases", default="cache,cache+mask",
+                    help="comma list of cache+mask | cache | nocache | nocache+mask")
+    ap.add_argument("--dense", choices=["yes", "no"], default="yes", help="also time dense Inductor")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = build_model(args.layers, args.tiny, args.device, dtype)
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    rows = []
+    for n in [int(x) for x in args.lengths.split(",")]:
+        ids = torch.randint(0, model.config.vocab_size, (1, n), device=args.device)
+        dense_ms = {}
+        for case in args.cases.split(","):
+            use_cache, with_mask = case.startswith("cache"), case.endswith("mask")
+            mask = torch.ones_like(ids) if with_mask else None
+            variants = [("minference", "minference", {"min_len": args.min_len, "db": None})]
+            # Dense runs without a mask only: with one, Inductor materialises an N^2 bool mask.
+            if args.dense == "yes" and not with_mask and use_cache not in dense_ms:
+                variants.insert(0, ("inductor-dense", "inductor", None))
+            for name, backend, options in variants:
+                row = run_variant(model, name, backend, options, ids, mask, use_cache, args.repeats, args.device)
+                row.update(length=n, layers=args.layers, per_layer_ms=row["ms"] / args.layers)
+                if name == "inductor-dense":
+                    dense_ms[use_cache] = row["ms"]
+                elif use_cache in dense_ms:
+                    row["speedup"] = dense_ms[use_cache] / row["ms"]
+                rows.append(row)
+                print(f"{n:>8} {case:<12} {name:<15} {row['ms']:>10.1f} ms  compile {row['compile_s']:>6.1f} s  "
+                      f"peak {row['peak_gib'] or 0:.1f} GiB", flush=True)
+    import mcompile
+
+    result = {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "dtype": str(dtype),
+              "model": "tiny" if args.tiny else "llama3-8b-shape", "layers": args.layers,
+              "dense_sdpa_backend": sdpa_backend_name(args.device), "rows": rows,
+              "sparse_decisions": sorted({r.decision for r in mcompile.report().rows})}
+    out = Path(args.out or f"benchmarks/results/prefill_{gpu.replace(' ', '_')}_{args.layers}L.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\n{'length':>8} {'case':<12} {'variant':<15} {'ms':>10} {'per layer':>10} {'speedup':>8} {'GiB':>6}")
+    for r in rows:
+        print(f"{r['length']:>8} {('cache' if r['use_cache'] else 'nocache') + ('+mask' if r['mask'] else ''):<12} "
+              f"{r['variant']:<15} {r['ms']:>10.1f} {r['per_layer_ms']:>10.2f} {r.get('speedup', float('nan')):>8.2f} "
+              f"{r['peak_gib'] or 0:>6.1f}")
+    print(f"dense SDPA backend: {result['dense_sdpa_backend']}; decisions: {result['sparse_decisions']}; -> {out}")
+
+
+if __name__ == "__main__":
+    main()
