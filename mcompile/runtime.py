@@ -7,6 +7,7 @@ the mask means (``passes.masks.MaskInfo``), so results match eager.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ class SiteConfig:
     min_len: int
     capture: Any = None             # a capture.CaptureWriter in capture mode
     debug: bool = False
+    _sparse: tuple | None = None    # cached (plan, report line) of the sparse path
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -76,6 +78,7 @@ def dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
 
 
 # --- the decision -------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _sparse_backend():
     """(build_layer_index, sparse_attention) when the kernels are installed, else None."""
     try:
@@ -108,11 +111,16 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
     return None
 
 
-def sparse_plan_for(cfg: SiteConfig, window: int) -> LayerPlan | None:
-    """Sliding-window layers run their exact window sparsely; others follow the plan."""
-    if window > 0 and cfg.plan is not None:
-        return LayerPlan.uniform("sliding_window", len(cfg.plan.heads), window=window)
-    return cfg.plan
+def sparse_plan_for(cfg: SiteConfig, window: int) -> tuple[LayerPlan, str]:
+    """The plan a sparse call runs, and its report line, made once per site.
+
+    Sliding-window layers run their exact window sparsely; others follow the plan."""
+    if cfg._sparse is None:
+        plan = cfg.plan
+        if window > 0:
+            plan = LayerPlan.uniform("sliding_window", len(plan.heads), window=window)
+        cfg._sparse = (plan, f"sparse: {_report.summarise_plan(plan)}")
+    return cfg._sparse
 
 
 def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
@@ -124,13 +132,13 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
                                dropout_p)
     reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
     if reason is None:
-        plan = sparse_plan_for(cfg, window)
+        plan, decision = sparse_plan_for(cfg, window)
         build_layer_index, sparse_attention = _sparse_backend()
         index = build_layer_index(q, k, plan)
         if cfg.debug:
             from .kernels.index import check_index
             check_index(index, q.shape[2])
-        _report.record_decision(key, f"sparse: {_report.summarise_plan(plan)}")
+        _report.record_decision(key, decision)
         return sparse_attention(q, k, v, index, scale=scale)
     _report.record_decision(key, f"dense: {reason}")
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
