@@ -100,6 +100,8 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
         return "queries do not start at key 0 (cache with past keys)"
     if n < cfg.min_len:
         return f"short: {n} < min_len {cfg.min_len}"
+    if window > 0:
+        return "sliding window: the kernel has no exact per-row window yet"
     if dropout_p > 0:
         return "dropout"
     if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
@@ -134,7 +136,7 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window)
         build_layer_index, sparse_attention = _sparse_backend()
-        index = build_layer_index(q, k, plan)
+        index = build_layer_index(q, k, plan, scale=scale)
         if cfg.debug:
             from .kernels.index import check_index
             check_index(index, q.shape[2])

@@ -1,0 +1,106 @@
+"""``a_shape`` (StreamingLLM / MInference's "stream_llm"): attention sinks plus a local
+window. Static, blocks only.
+
+Parameters: ``n_init`` sink tokens (count >= 0 or a fraction of N), ``n_local`` window tokens
+(count >= 1 or a fraction of N). MInference's A-shape kernel also works at block granularity.
+
+Selection per query block ``[start, last]``:
+  * sinks: keys ``[0, S)`` with ``S = block_n * ceil(n_init / block_n)`` (whole blocks, as the
+    kernel computes them anyway);
+  * local: the union of the rows' windows ``[start - n_local + 1, last]`` (as in
+    ``sliding_window``), tiled forward from its first key;
+  * when the two meet (``start - n_local + 1 <= S``) one range ``[0, last]`` in aligned blocks.
+Like ``sliding_window``, the local part is the per-query-block union of the rows' windows (a
+row sees up to ``block_m - 1`` keys older than its own window); sinks are whole key blocks.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..index import SparseIndex
+from ._common import (block_union_mask, cdiv, check_budget, plot_mask, q_blocks, resolve_budget,
+                      static_index, tile_ranges, with_defaults)
+from .registry import Pattern, register_pattern
+
+NAME = "a_shape"
+DEFAULTS = {"n_init": 128, "n_local": 4096}
+
+
+def validate(params: dict | None) -> dict:
+    p = with_defaults(params, DEFAULTS, ("n_init", "n_local"), NAME)
+    p["n_init"] = check_budget("n_init", p["n_init"], minimum=0)
+    p["n_local"] = check_budget("n_local", p["n_local"], minimum=1)
+    return p
+
+
+def _blocks(n: int, p: dict, block_m: int, block_n: int, device):
+    n_init = resolve_budget(p["n_init"], n)
+    n_local = max(1, resolve_budget(p["n_local"], n))
+    start, last = q_blocks(n, block_m, device)
+    sink_end = torch.full_like(start, cdiv(n_init, block_n) * block_n)
+    w0 = torch.clamp(start - (n_local - 1), min=0)
+    merged = w0 <= sink_end
+    zero = torch.zeros_like(start)
+    # range 0: sinks (or everything when merged); range 1: the local window (empty when merged)
+    s0 = zero
+    e0 = torch.where(merged, last + 1, torch.minimum(sink_end, last + 1))
+    s1 = torch.where(merged, last + 1, w0)
+    e1 = last + 1
+    nkb = cdiv(n, block_n)
+    m1 = min(cdiv(n_local - 1 + block_m, block_n), nkb)
+    width = min(nkb, cdiv(n_init, block_n) + m1)      # bounds both the split and merged cases
+    return tile_ranges(torch.stack([s0, s1], -1), torch.stack([e0, e1], -1), [width, m1], block_n,
+                       width=width)
+
+
+def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    count, offs = _blocks(n, validate(params), block_m, block_n, "cpu")
+    return offs.shape[-1], 0
+
+
+def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    count, _ = _blocks(n, validate(params), block_m, block_n, "cpu")
+    return int(count.sum()), 0
+
+
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+          block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
+    p = validate(params)
+    B, Hq, N, _ = q.shape
+    H = Hq if heads is None else len(heads)
+    count, offs = _blocks(N, p, block_m, block_n, q.device)
+    return static_index(count, offs, B, H, block_m, block_n)
+
+
+def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+                   block_m: int = 64, block_n: int = 64, scale: float | None = None) -> torch.Tensor:
+    p = validate(params)
+    B, Hq, N, _ = q.shape
+    H = Hq if heads is None else len(heads)
+    n_init = resolve_budget(p["n_init"], N)
+    n_local = max(1, resolve_budget(p["n_local"], N))
+    r = torch.arange(N, device=q.device)
+    local = (r.view(1, -1) <= r.view(-1, 1)) & (r.view(1, -1) > r.view(-1, 1) - n_local)
+    m = block_union_mask(local, block_m)
+    sink = r < cdiv(n_init, block_n) * block_n
+    m = (m | sink.view(1, -1)) & (r.view(1, -1) <= r.view(-1, 1))
+    return m.expand(B, H, N, N).clone()
+
+
+def demo(path: str = "a_shape.png", n: int = 1024, **params) -> str:
+    p = validate(params or {"n_init": 64, "n_local": 192})
+    q = torch.zeros(1, 1, n, 64)
+    from ..reference import index_to_mask
+    mask = index_to_mask(build(q, q, p), n)[0, 0]
+    b, _ = cost(n, p)
+    return plot_mask(mask, path, f"a_shape n_init={p['n_init']} n_local={p['n_local']}  N={n}: {b} blocks")
+
+
+PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=False, defaults=DEFAULTS, doc=__doc__)
+
+if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
+    import sys
+    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
+else:
+    register_pattern(PATTERN)

@@ -1,0 +1,62 @@
+"""``dense``: full causal attention expressed as an index (every key block up to the
+diagonal, aligned to ``block_n``). No parameters.
+
+The index is :func:`mcompile.kernels.index.dense_causal_index`: one row of block starts
+broadcast over batch, heads and query blocks, the counts doing the causal cut.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..index import SparseIndex, dense_causal_index, num_q_blocks
+from ._common import causal_mask, cdiv, plot_mask, with_defaults
+from .registry import Pattern, register_pattern
+
+NAME = "dense"
+DEFAULTS: dict = {}
+
+
+def validate(params: dict | None) -> dict:
+    return with_defaults(params, DEFAULTS, (), NAME)
+
+
+def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    return cdiv(n, block_n), 0
+
+
+def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    nqb = num_q_blocks(n, block_m)
+    return sum((min(n, (m + 1) * block_m) - 1) // block_n + 1 for m in range(nqb)), 0
+
+
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+          block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
+    validate(params)
+    B, Hq, N, _ = q.shape
+    H = Hq if heads is None else len(heads)
+    return dense_causal_index(B, H, N, block_m, block_n, device=q.device)
+
+
+def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+                   block_m: int = 64, block_n: int = 64, scale: float | None = None) -> torch.Tensor:
+    B, Hq, N, _ = q.shape
+    H = Hq if heads is None else len(heads)
+    return causal_mask(N, q.device).expand(B, H, N, N).clone()
+
+
+def demo(path: str = "dense.png", n: int = 1024, **params) -> str:
+    q = torch.zeros(1, 1, n, 64)
+    from ..reference import index_to_mask
+    mask = index_to_mask(build(q, q, params), n)[0, 0]
+    b, c = cost(n, params)
+    return plot_mask(mask, path, f"dense  N={n}: {b} blocks")
+
+
+PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=False, defaults=DEFAULTS, doc=__doc__)
+
+if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
+    import sys
+    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
+else:
+    register_pattern(PATTERN)

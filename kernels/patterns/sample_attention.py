@@ -1,0 +1,398 @@
+"""``sample_attention`` (SampleAttention, Zhu et al. 2024, arXiv 2406.15486): an adaptive
+structured pattern, a local window plus the fewest key columns ("column stripes") whose
+sampled attention mass reaches a threshold.
+
+Parameters:
+  * ``alpha`` in (0, 1]: the cumulative-attention threshold (the paper's CRA threshold), e.g. 0.95;
+  * ``window_frac`` in (0, 1]: the local window as a fraction of N (e.g. 0.08);
+  * ``sample_frac`` in (0, 1], optional: the fraction of query rows sampled (default 0.05, our
+    choice; the paper's value could not be checked here);
+  * ``max_columns`` (count or fraction of N, default 0.1): a static cap on the number of
+    columns, needed because the index has a fixed width (see below).
+
+Algorithm (two-stage query-guided key-value filtering):
+  1. local window: ``W = ceil(window_frac * N)`` tokens; each query block gets the union of its
+     rows' windows ``[start - W + 1, last]`` as blocks (as ``sliding_window``);
+  2. stage 1, query-guided sampling: the rows ``0, s, 2s, ...`` below the last 64 (stride
+     ``s = round(1 / sample_frac)``) plus the last 64 rows; their exact causal softmax
+     ``softmax(q_r k^T * scale)`` in float32; column scores = the sum over sampled rows;
+  3. stage 2, score-based filtering: sort columns by score and keep the fewest whose
+     cumulative sampled mass reaches ``alpha``; those key positions become columns of every
+     query block that is past them (not already covered by its window blocks).
+
+What "reaches alpha" counts (documented choice; the paper defines CRA on the final mask): the
+mass each sampled row already gets from its own window blocks counts towards alpha, and only
+mass outside a row's window scores the columns; i.e. the columns are the fewest that bring the
+sampled rows' total retained mass (window + columns) to ``alpha * rows``. Counting all mass,
+a local head would fill the column budget with keys just before each sampled row, which its
+window already covers for those rows and which help no other row. ``count_window=False``
+selects the literal reading (columns alone reach alpha of the sampled mass).
+
+Deviations and gaps:
+  * the stripes are a set of single key columns per head, shared by all query blocks, with a
+    static cap ``max_columns``: when alpha needs more columns than the cap the selection stops at
+    the cap (the recall is then below alpha); the column list is stored once per head and
+    broadcast over query blocks (stride 0), the per-block counts doing the causal cut;
+  * the paper's kernel works on blocks of keys in later versions ("chunked sampling", key-value
+    blocks); this is the column-granular version the index expresses directly;
+  * the sampled rows are a fixed stride plus the last 64 rows (the issue's reading of
+    "query-guided sampling"); the paper's exact row choice could not be checked here;
+  * stage 1 on CUDA is two fused Triton kernels (per sampled row: log-sum-exp and the mass
+    outside its window; per key tile: the column sums), so no rows x N score tensor is stored;
+    elsewhere torch ops in chunks of sampled rows (``SCORE_BUDGET_BYTES``); both batched over
+    the group's heads, GQA without copying K per query head.
+Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work (the two
+kernels each recompute the sampled scores), inherent to the method's sampling.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..index import SparseIndex
+from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
+                      check_fraction, dense_probs, device_index, planted_qk, plot_mask, q_blocks,
+                      resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
+from .registry import Pattern, register_pattern
+
+NAME = "sample_attention"
+DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1,
+            "count_window": True}
+LAST_Q = 64
+
+
+def validate(params: dict | None) -> dict:
+    p = with_defaults(params, DEFAULTS, tuple(DEFAULTS), NAME)
+    for name in ("alpha", "window_frac", "sample_frac"):
+        p[name] = check_fraction(name, p[name])
+    p["max_columns"] = check_budget("max_columns", p["max_columns"], minimum=0)
+    if not isinstance(p["count_window"], bool):
+        raise ValueError(f"parameter 'count_window' must be true or false, got {p['count_window']!r}")
+    return p
+
+
+def _window(n: int, p: dict) -> int:
+    return max(1, math.ceil(p["window_frac"] * n - 1e-9))
+
+
+def _cap(n: int, p: dict) -> int:
+    return resolve_budget(p["max_columns"], n)
+
+
+def sample_rows(n: int, sample_frac: float) -> list[int]:
+    """The sampled query rows: a stride below the last 64 rows, plus the last 64."""
+    L = min(LAST_Q, n)
+    stride = max(1, round(1.0 / sample_frac))
+    return list(range(0, n - L, stride)) + list(range(n - L, n))
+
+
+def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    p = validate(params)
+    _, offs, _ = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
+    return offs.shape[-1], _cap(n, p)
+
+
+def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    """Window blocks exactly; columns in the worst case (the cap, cut at each block's window)."""
+    p = validate(params)
+    count, _, w0 = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
+    cap = _cap(n, p)
+    return int(count.sum()), int(torch.clamp(w0, max=cap).sum())
+
+
+def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+                  block_m: int = 64, scale: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1. Returns (scores (B, Hg, N) float32: sampled mass per key outside each sampled
+    row's window (or all mass when count_window is False), window_mass (B, Hg), total (B, Hg)).
+
+    On CUDA two fused Triton kernels (row log-sum-exp and outside-window fraction, then column
+    sums; nothing of size rows x N is stored); elsewhere torch ops chunked over sampled rows."""
+    p = validate(params)
+    B, Hq, N, D = q.shape
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    scale = D ** -0.5 if scale is None else scale
+    dev = q.device
+    L = min(LAST_Q, N)
+    stride = max(1, round(1.0 / p["sample_frac"]))
+    rows_t = torch.cat([torch.arange(0, N - L, stride, device=dev), torch.arange(N - L, N, device=dev)])
+    start, _ = q_blocks(N, block_m, dev)
+    w0_blk = torch.clamp(start - (_window(N, p) - 1), min=0)
+    w0_rows = w0_blk[rows_t // block_m]
+    if use_triton(dev) and D in (16, 32, 64, 128, 256):
+        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"], stride, N - L)
+    ku = hm.select_kv(k)
+    Hg = len(hm.heads)
+    keys = torch.arange(N, device=dev)
+    col = torch.zeros(B, Hg, N, dtype=torch.float32, device=dev)
+    win = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
+    tot = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
+    for a, b in row_chunks(rows_t.shape[0], B * Hg * N * 4 * 3):
+        r = rows_t[a:b]
+        qg = hm.select_q(q.index_select(2, r))                                # (B, Hg, c, D)
+        s = hm.scores(qg, ku) * scale
+        s = s.masked_fill(keys.view(1, -1) > r.view(-1, 1), float("-inf"))
+        pr = torch.softmax(s, -1)
+        tot += pr.sum((2, 3))
+        if p["count_window"]:
+            in_win = keys.view(1, -1) >= w0_rows[a:b].view(-1, 1)              # (c, N)
+            win += (pr * in_win).sum((2, 3))
+            col += (pr * ~in_win).sum(2)
+        else:
+            col += pr.sum(2)
+    return col, win, tot
+
+
+_kernels = None
+
+
+def _get_kernels():
+    global _kernels
+    if _kernels is not None:
+        return _kernels
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FOUT,
+                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                      Hg, R, N, qk_scale,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
+        on keys before its window start."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // Hg).to(tl.int64)
+        h = pid_bh % Hg
+        kvh = tl.load(KVH + h).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = offs_m < R
+        rpos = tl.load(RPOS + offs_m, mask=mmask, other=0)
+        w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qr
+                    + offs_d[None, :], mask=mmask[:, None], other=0.0)
+        kbase = K + b * stride_kb + kvh * stride_kh
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        lo_i = tl.zeros([BLOCK_M], tl.float32)
+        hi = tl.max(rpos, 0) + 1
+        for start_n in range(0, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                         mask=offs_n[None, :] < N, other=0.0)
+            s = tl.dot(q, kt) * qk_scale
+            s = tl.where(offs_n[None, :] <= rpos[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            pexp = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pexp, 1)
+            lo_i = lo_i * alpha + tl.sum(tl.where(offs_n[None, :] < w0[:, None], pexp, 0.0), 1)
+            m_i = m_new
+        out = pid_bh.to(tl.int64) * R + offs_m
+        tl.store(LSE + out, m_i + tl.math.log2(l_i), mask=mmask)
+        tl.store(FOUT + out, lo_i / l_i, mask=mmask)
+
+    @triton.jit
+    def _sa_col_sums(Q, K, RPOS, W0, KVH, LSE, COL,
+                     stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                     Hg, R, N, qk_scale, NSTR, STRIDE, TAIL0,
+                     COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     D: tl.constexpr):
+        """Per key tile: the sum over sampled rows of softmax probabilities (outside each
+        row's window when COUNT_WINDOW)."""
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // Hg).to(tl.int64)
+        h = pid_bh % Hg
+        kvh = tl.load(KVH + h).to(tl.int64)
+        j0 = pid_n * BLOCK_N
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
+                     + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        # sampled rows are sorted: skip those before this key tile (causal zeros)
+        c = (j0 + STRIDE - 1) // STRIDE
+        first = tl.where(c < NSTR, c, NSTR + tl.maximum(j0 - TAIL0, 0))
+        qbase = Q + b * stride_qb + h * stride_qh
+        lbase = LSE + pid_bh.to(tl.int64) * R
+        for start_m in range((first // BLOCK_M) * BLOCK_M, R, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mmask = offs_m < R
+            q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :],
+                        mask=mmask[:, None], other=0.0)
+            rpos = tl.load(RPOS + offs_m, mask=mmask, other=-1)
+            lse = tl.load(lbase + offs_m, mask=mmask, other=0.0)
+            s = tl.dot(q, kt) * qk_scale
+            keep = offs_n[None, :] <= rpos[:, None]
+            if COUNT_WINDOW:
+                w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+                keep = keep & (offs_n[None, :] < w0[:, None])
+            pexp = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+            acc += tl.sum(pexp, 0)
+        tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
+
+    _kernels = (_sa_row_stats, _sa_col_sums)
+    return _kernels
+
+
+def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0):
+    import triton
+    row_stats, col_sums = _get_kernels()
+    B, Hq, N, D = q.shape
+    Hg = len(hm.heads)
+    R = rows_t.shape[0]
+    qs = hm.select_q(q.index_select(2, rows_t)).contiguous()                 # (B, Hg, R, D)
+    kvh = device_index([h // hm.group for h in hm.heads], q.device).to(torch.int32)
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    rpos = rows_t.to(torch.int32).contiguous()
+    w0 = w0_rows.to(torch.int32).contiguous()
+    lse = torch.empty(B, Hg, R, dtype=torch.float32, device=q.device)
+    fout = torch.empty_like(lse)
+    col = torch.empty(B, Hg, N, dtype=torch.float32, device=q.device)
+    qk_scale = float(scale) * 1.4426950408889634
+    bm, bn = 64, 64
+    warps = 4 if D <= 128 else 8
+    row_stats[(triton.cdiv(R, bm), B * Hg)](
+        qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
+        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale,
+        BLOCK_M=bm, BLOCK_N=bn, D=D, num_warps=warps)
+    nstr = len(range(0, tail0, stride))
+    col_sums[(triton.cdiv(N, bn), B * Hg)](
+        qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
+        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
+        COUNT_WINDOW=bool(count_window), BLOCK_M=bm, BLOCK_N=bn, D=D, num_warps=warps)
+    tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
+    win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
+    return col, win, tot
+
+
+def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alpha: float,
+                   cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2. (count int32 (B, Hg), columns ascending int32 (B, Hg, cap); past the count
+    INT32_BIG): the fewest top-scored columns with window + column mass >= alpha * total."""
+    B, Hg, N = col.shape
+    if cap == 0:
+        return (torch.zeros(B, Hg, dtype=torch.int32, device=col.device),
+                torch.zeros(B, Hg, 0, dtype=torch.int32, device=col.device))
+    top = torch.topk(col, cap, -1)
+    need = alpha * tot - win                                                  # (B, Hg)
+    cum = torch.cumsum(top.values.double(), -1)
+    # the fewest j with cum[j-1] >= need: number of prefixes still short, plus one
+    short = (cum < need.double().unsqueeze(-1)).sum(-1)
+    count = torch.where(need > 0, torch.clamp(short + 1, max=cap), torch.zeros_like(short))
+    ok = torch.arange(cap, device=col.device) < count.unsqueeze(-1)
+    cols = torch.where(ok, top.indices, INT32_BIG).sort(-1).values.to(torch.int32)
+    return count.to(torch.int32), cols
+
+
+def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+              block_m: int = 64, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    p = validate(params)
+    col, win, tot = column_scores(q, k, p, heads=heads, block_m=block_m, scale=scale)
+    return filter_columns(col, win, tot, p["alpha"], _cap(q.shape[2], p))
+
+
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+          block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
+    p = validate(params)
+    B, Hq, N, D = q.shape
+    count, cols = selection(q, k, p, heads=heads, block_m=block_m, scale=scale)
+    Hg = count.shape[1]
+    bcount, boffs, w0 = window_blocks(N, _window(N, p), block_m, block_n, q.device)
+    nqb = bcount.shape[0]
+    # columns before each block's window: a prefix of the sorted list (entries past the head's
+    # count are INT32_BIG, so they never count)
+    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, 1, nqb).expand(B, Hg, nqb).contiguous())
+    return SparseIndex(bcount.view(1, 1, nqb).expand(B, Hg, nqb),
+                       boffs.view(1, 1, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
+                       cc.to(torch.int32),
+                       cols.view(B, Hg, 1, -1).expand(B, Hg, nqb, cols.shape[-1]),
+                       block_m, block_n)
+
+
+# --- the slow reference -----------------------------------------------------------------------
+def reference_selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *,
+                        heads=None, block_m: int = 64, scale: float | None = None
+                        ) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """Float64 from the full probability matrix: (per (b, h) list of selected columns,
+    column scores (B, H, N), needed mass (B, H))."""
+    p = validate(params)
+    B, Hq, N, D = q.shape
+    q, k = q.cpu(), k.cpu()
+    if heads is not None:
+        g = Hq // k.shape[1]
+        hs = torch.tensor(list(heads))
+        q, k = q[:, hs], k[:, hs // g]
+    probs = dense_probs(q, k, scale)                                          # (B, H, N, N)
+    rows = torch.tensor(sample_rows(N, p["sample_frac"]))
+    pr = probs[:, :, rows]
+    W = _window(N, p)
+    r_start = (rows // block_m) * block_m
+    in_win = torch.arange(N).view(1, -1) >= (r_start - W + 1).clamp(min=0).view(-1, 1)
+    if not p["count_window"]:
+        in_win = torch.zeros_like(in_win)
+    col = (pr * ~in_win).sum(2)
+    need = p["alpha"] * pr.sum((2, 3)) - (pr * in_win).sum((2, 3))
+    cap = _cap(N, p)
+    sel = []
+    for b in range(B):
+        row = []
+        for h in range(q.shape[1]):
+            order = sorted(range(N), key=lambda j: -float(col[b, h, j]))
+            chosen, acc = [], 0.0
+            for j in order[:cap]:
+                if acc >= float(need[b, h]):
+                    break
+                chosen.append(j)
+                acc += float(col[b, h, j])
+            row.append(sorted(chosen))
+        sel.append(row)
+    return sel, col, need
+
+
+def mask_from_columns(columns: list, n: int, window: int, block_m: int = 64) -> torch.Tensor:
+    """(B, H, N, N): the per-block union of windows, plus the columns, causal."""
+    r = torch.arange(n)
+    local = (r.view(1, -1) <= r.view(-1, 1)) & (r.view(1, -1) > r.view(-1, 1) - window)
+    base = block_union_mask(local, block_m)
+    out = torch.zeros(len(columns), len(columns[0]), n, n, dtype=torch.bool)
+    for b, row in enumerate(columns):
+        for h, cs in enumerate(row):
+            m = base.clone()
+            if cs:
+                m[:, cs] = True
+            out[b, h] = m & (r.view(1, -1) <= r.view(-1, 1))
+    return out
+
+
+def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+                   block_m: int = 64, block_n: int = 64, scale: float | None = None) -> torch.Tensor:
+    p = validate(params)
+    sel, _, _ = reference_selection(q, k, p, heads=heads, block_m=block_m, scale=scale)
+    return mask_from_columns(sel, q.shape[2], _window(q.shape[2], p), block_m)
+
+
+def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
+    p = validate(params or {"alpha": 0.9, "window_frac": 0.1})
+    cols = [3] + [n * c // 1024 for c in (200, 450, 777)]
+    q, k = planted_qk(n, hot_columns=cols, column_strength=8.0, local=8.0, seed=3)
+    from ..reference import index_to_mask
+    ix = build(q, k, p)
+    mask = index_to_mask(ix, n)[0, 0]
+    return plot_mask(mask, path, f"sample_attention alpha={p['alpha']} window={p['window_frac']}  N={n}: "
+                     f"{int(ix.block_count.sum())} blocks + {int(ix.column_count.sum())} columns\n"
+                     f"(planted: local window, columns {cols})")
+
+
+PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=True, defaults=DEFAULTS, doc=__doc__)
+
+if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
+    import sys
+    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
+else:
+    register_pattern(PATTERN)

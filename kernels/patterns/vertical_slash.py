@@ -1,0 +1,403 @@
+"""``vertical_slash`` (MInference 1.0, Jiang et al. 2024): a few key columns (verticals) plus a
+few diagonals (slashes), positions chosen online per head from the last 64 queries.
+
+Parameters: ``vertical_size`` (columns), ``slash_size`` (diagonals): counts or fractions of N.
+Defaults 1000 / 6096 (MInference's default for heads without a searched config).
+
+Selection, as MInference's ``vertical_and_slash_kernel`` (minference/modules/minference_forward.py):
+  1. ``A = softmax(q[-64:] k^T * scale)`` in float32, causal among the last 64 queries (the
+     matmul runs in the input dtype, as MInference's einsum does);
+  2. vertical score of key ``j`` = column sum of A; slash score of distance ``d = row - key`` =
+     sum of A along that diagonal;
+  3. the first 30 columns and the 100 diagonals ``d = 0..99`` are always kept (MInference sets
+     their scores to +inf); then the top ``vertical_size`` columns and ``slash_size`` diagonals.
+Index, as MInference's ``convert_vertical_slash_indexes`` (csrc/vertical_slash_index.cu): per
+query block ``[s, e)`` (``e = s + 64``, also for the last partial block), diagonal ``d`` covers
+keys ``[max(e - d, 64) - 64, max(e - d, 64))``; diagonals with ``d >= e`` are skipped; taken in
+increasing key order they are merged greedily into ranges (a range grows by one block when the
+next diagonal overlaps or touches its end, else a new range starts at the diagonal), and each
+range is tiled into 64-key blocks from its start (so block starts are arbitrary). A vertical
+becomes a column of the query block when it lies before the query block's last row and in no
+block. This greedy is a minimum cover of the diagonals' keys by 64-key blocks.
+
+Deviations from MInference, and why:
+  * minimum ``slash_size`` is 100 (MInference: 50, with 100 diagonals forced to +inf and
+    ``topk`` choosing among ties arbitrarily), so the 100 forced diagonals, the main one among
+    them, are always all kept; minimum ``vertical_size`` 30 as MInference;
+  * forced entries get +1e4 instead of +inf, so ``topk`` among them is deterministic;
+  * blocks that would start after the last row of the sequence (possible only in the last,
+    partial query block) are dropped (they hold no key); MInference keeps them and masks;
+  * ``block_m == block_n`` is required (MInference asserts 64/64);
+  * heads of a group are scored in one batched matmul (MInference loops over heads), chunked
+    over keys (two passes: log-sum-exp, then probabilities) when the float32 score tensor would
+    exceed ``SCORE_BUDGET_BYTES``.
+The range merge is a scan over the sorted diagonals per query block. On CUDA it is a Triton
+kernel (one lane per query block, like MInference's CUDA kernel); elsewhere the same scan
+in torch ops vectorised over (batch, head, query block), looping over the ``slash_size``
+diagonals in Python (fine at test sizes, slow at long lengths on CPU).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..index import SparseIndex, num_q_blocks
+from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, compact,
+                      dense_probs, planted_qk, plot_mask, q_blocks, resolve_budget, row_chunks,
+                      use_triton, with_defaults)
+from .registry import Pattern, register_pattern
+
+NAME = "vertical_slash"
+DEFAULTS = {"vertical_size": 1000, "slash_size": 6096}
+LAST_Q = 64
+FORCED_COLUMNS = 30
+FORCED_DIAGONALS = 100
+MIN_VERTICAL = 30
+MIN_SLASH = 100
+_FORCE = 1.0e4       # > any column/diagonal sum of 64 probability rows
+
+
+def validate(params: dict | None) -> dict:
+    p = with_defaults(params, DEFAULTS, ("vertical_size", "slash_size"), NAME)
+    p["vertical_size"] = check_budget("vertical_size", p["vertical_size"], minimum=1)
+    p["slash_size"] = check_budget("slash_size", p["slash_size"], minimum=1)
+    return p
+
+
+def budgets(n: int, params: dict | None) -> tuple[int, int]:
+    """(columns, diagonals) selected at length n (after minimums and clamping)."""
+    p = validate(params)
+    kv = min(n, max(resolve_budget(p["vertical_size"], n), MIN_VERTICAL))
+    ks = min(n, max(resolve_budget(p["slash_size"], n), MIN_SLASH))
+    return kv, ks
+
+
+def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    kv, ks = budgets(n, params)
+    return min(ks, num_q_blocks(n, block_m)), kv
+
+
+def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    """Worst case for one head: each selected diagonal valid for a query block is its own block
+    (at most one block per key block up to the diagonal), each vertical before the block a
+    column. Real selections merge neighbouring diagonals into far fewer blocks; measure them
+    with ``index_cost``."""
+    kv, ks = budgets(n, params)
+    nqb = num_q_blocks(n, block_m)
+    blocks = cols = 0
+    for m in range(nqb):
+        end = min(n, (m + 1) * block_m)
+        blocks += min(ks, end, cdiv(end, block_n))
+        cols += min(kv, m * block_m)
+    return blocks, cols
+
+
+# --- scores ------------------------------------------------------------------------------------
+def _diag_sums(p: torch.Tensor) -> torch.Tensor:
+    """p (B, H, L, C): probabilities of the last L rows against C consecutive keys. Returns
+    (B, H, C + L) sums along diagonals: entry u sums p[i, u + i - L] over i (a diagonal of
+    constant ``row - key``); key j0 + t of row N - L + i has distance N - j0 - u."""
+    B, H, L, C = p.shape
+    z = torch.nn.functional.pad(p, (L, L)).contiguous()                  # (B, H, L, C + 2L)
+    W = C + 2 * L
+    v = z.as_strided((B, H, L, C + L), (H * L * W, L * W, W + 1, 1))
+    return v.sum(2)
+
+
+def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertical, slash) float32 (B, Hg, N): column sums and diagonal sums (index = distance
+    ``row - key``) of the causal softmax of the last ``min(64, N)`` queries."""
+    B, Hq, N, D = q.shape
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    scale = D ** -0.5 if scale is None else scale
+    L = min(LAST_Q, N)
+    dev = q.device
+    qg = hm.select_q(q[:, :, N - L:])                                         # (B, Hg, L, D)
+    Hg = qg.shape[1]
+    row_pos = torch.arange(N - L, N, device=dev)
+    chunks = row_chunks(N, B * Hg * L * 4 * 3, multiple=64)
+
+    def chunk_scores(j0: int, j1: int) -> torch.Tensor:
+        s = hm.scores(qg, hm.select_kv(k[:, :, j0:j1])) * scale             # (B, Hg, L, C)
+        if j1 > N - L:
+            keys = torch.arange(j0, j1, device=dev)
+            s = s.masked_fill(keys.view(1, -1) > row_pos.view(-1, 1), float("-inf"))
+        return s
+
+    vertical = torch.zeros(B, Hg, N, dtype=torch.float32, device=dev)
+    rs = torch.zeros(B, Hg, N + L + 1, dtype=torch.float32, device=dev)      # by x = N - d
+    if len(chunks) == 1:
+        p = torch.softmax(chunk_scores(0, N), -1)
+        vertical = p.sum(2)
+        rs[..., :N + L] = _diag_sums(p)
+    else:
+        lse = torch.full((B, Hg, L), float("-inf"), device=dev)
+        for j0, j1 in chunks:
+            lse = torch.logaddexp(lse, torch.logsumexp(chunk_scores(j0, j1), -1))
+        for j0, j1 in chunks:
+            p = torch.exp(chunk_scores(j0, j1) - lse.unsqueeze(-1))
+            vertical[..., j0:j1] = p.sum(2)
+            rs[..., j0:j1 + L] += _diag_sums(p)
+    slash = rs[..., 1:N + 1].flip(-1)                                          # d = 0 .. N-1
+    return vertical, slash
+
+
+def select(vertical: torch.Tensor, slash: torch.Tensor, kv: int, ks: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forced entries + top-k: (columns ascending (B, H, kv), distances descending (B, H, ks)),
+    int64."""
+    v = vertical.clone()
+    v[..., :FORCED_COLUMNS] += _FORCE
+    s = slash.clone()
+    s[..., :FORCED_DIAGONALS] += _FORCE
+    cols = torch.topk(v, kv, -1).indices.sort(-1).values
+    dists = torch.topk(s, ks, -1).indices.sort(-1, descending=True).values
+    return cols, dists
+
+
+# --- the index from a selection -------------------------------------------------------------------
+def _scan_torch(dists: torch.Tensor, n: int, bm: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MInference's range merge, one lane per (batch, head, query block), in torch ops."""
+    B, H, S = dists.shape
+    dev = dists.device
+    start, last = q_blocks(n, bm, dev)
+    end = start + bm
+    nqb = start.shape[0]
+    E = torch.full((B, H, nqb), -(1 << 40), dtype=torch.int64, device=dev)
+    cnt = torch.zeros(B, H, nqb, dtype=torch.int64, device=dev)
+    out = torch.full((B, H, nqb, width + 1), INT32_BIG, dtype=torch.int64, device=dev)
+    dump = torch.full_like(cnt, width)
+    for j in range(S):
+        d = dists[:, :, j:j + 1]                                       # (B, H, 1)
+        e = torch.clamp(end - d, min=bm)                               # range end of this diagonal
+        grow = (d < end) & (e > E)
+        st = torch.where(e > E + bm, e - bm, E)                        # new range, or extend by one
+        emit = grow & (st <= last)
+        out.scatter_(-1, torch.where(emit, torch.minimum(cnt, dump), dump).unsqueeze(-1),
+                     st.unsqueeze(-1))
+        E = torch.where(grow, st + bm, E)
+        cnt = cnt + emit
+    return cnt.to(torch.int32), out[..., :width].to(torch.int32)
+
+
+_scan_kernel = None
+
+
+def _get_scan_kernel():
+    global _scan_kernel
+    if _scan_kernel is not None:
+        return _scan_kernel
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _vs_scan(D, OUT, CNT, S, NQB, N, stride_d, stride_ob, stride_oq, stride_c,
+                 BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
+        bh = tl.program_id(0).to(tl.int64)
+        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+        rmask = rows < NQB
+        start = rows * BLOCK_M
+        end = start + BLOCK_M
+        last = tl.minimum(end, N) - 1
+        E = tl.full([ROWS], -(1 << 30), tl.int32)
+        cnt = tl.zeros([ROWS], tl.int32)
+        out_row = OUT + bh * stride_ob + rows.to(tl.int64) * stride_oq
+        for j in range(S):
+            d = tl.load(D + bh * stride_d + j)
+            e = tl.maximum(end - d, BLOCK_M)
+            grow = (d < end) & (e > E)
+            st = tl.where(e > E + BLOCK_M, e - BLOCK_M, E)
+            emit = grow & (st <= last) & rmask
+            tl.store(out_row + cnt, st, mask=emit)
+            E = tl.where(grow, st + BLOCK_M, E)
+            cnt += emit.to(tl.int32)
+        tl.store(CNT + bh * stride_c + rows, cnt, mask=rmask)
+
+    _scan_kernel = _vs_scan
+    return _scan_kernel
+
+
+def _scan_triton(dists: torch.Tensor, n: int, bm: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import triton
+    B, H, S = dists.shape
+    nqb = num_q_blocks(n, bm)
+    d = dists.to(torch.int32).reshape(B * H, S).contiguous()
+    out = torch.full((B * H, nqb, max(width, 1)), INT32_BIG, dtype=torch.int32, device=dists.device)
+    cnt = torch.empty(B * H, nqb, dtype=torch.int32, device=dists.device)
+    rows = 128 if nqb >= 128 else max(16, triton.next_power_of_2(nqb))
+    grid = (B * H, triton.cdiv(nqb, rows))
+    _get_scan_kernel()[grid](d, out, cnt, S, nqb, n, d.stride(0), out.stride(0), out.stride(1),
+                             cnt.stride(0), BLOCK_M=bm, ROWS=rows)
+    return cnt.view(B, H, nqb), out[..., :width].view(B, H, nqb, width)
+
+
+def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_m: int = 64,
+                         block_n: int = 64) -> SparseIndex:
+    """The index of a selection: ``cols`` (B, H, kv) ascending key positions, ``dists``
+    (B, H, ks) descending distances (``row - key``). Block-list entries past the count hold
+    INT32_BIG.
+
+    Verticals at or before the query block's last row and in no block become columns. (When
+    the main diagonal is selected, as it always is from :func:`select`, this is exactly
+    MInference's rule; for a selection without it MInference would also drop verticals past
+    its last range, we keep them.)"""
+    if block_m != block_n:
+        raise ValueError(f"vertical_slash needs block_m == block_n, got {block_m}, {block_n}")
+    B, H, ks = dists.shape
+    nqb = num_q_blocks(n, block_m)
+    width = min(ks, nqb)
+    if use_triton(dists.device):
+        bcount, boffs = _scan_triton(dists, n, block_m, width)
+    else:
+        bcount, boffs = _scan_torch(dists, n, block_m, width)
+    # verticals -> columns: keep those at or before the block's last row and in no block
+    _, last = q_blocks(n, block_m, cols.device)
+    kv = cols.shape[-1]
+    c = cols.to(torch.int32).unsqueeze(2).expand(B, H, nqb, kv).contiguous()
+    starts = boffs.contiguous()            # entries past the count are INT32_BIG (the scans' fill)
+    if width:
+        pos = torch.searchsorted(starts, c, right=True, out_int32=True) - 1
+        prev = torch.gather(starts, -1, pos.clamp(min=0))
+        covered = (pos >= 0) & (c < prev + block_n)
+    else:
+        covered = torch.zeros_like(c, dtype=torch.bool)
+    keep = ~covered & (c <= last.view(1, 1, -1, 1))
+    ccount, cidx = compact(c, keep)
+    return SparseIndex(bcount, boffs, ccount, cidx, block_m, block_n)
+
+
+def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+              scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns ascending, distances descending) the builder selects, int64 (B, Hg, .)."""
+    kv, ks = budgets(q.shape[2], params)
+    vertical, slash = scores(q, k, heads, scale)
+    return select(vertical, slash, kv, ks)
+
+
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+          block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
+    cols, dists = selection(q, k, params, heads=heads, scale=scale)
+    return index_from_selection(cols, dists, q.shape[2], block_m, block_n)
+
+
+# --- the slow reference ------------------------------------------------------------------------------
+def reference_scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertical, slash) (B, H, N) float64, the obvious way: dense probabilities of the last
+    rows, column sums, and for every distance d an explicit gather along the diagonal."""
+    B, Hq, N, D = q.shape
+    if heads is not None:
+        g = Hq // k.shape[1]
+        hs = torch.tensor(list(heads))
+        q, k = q[:, hs], k[:, hs // g]
+    L = min(LAST_Q, N)
+    rows = torch.arange(N - L, N, device=q.device)
+    p = dense_probs(q, k, scale, rows)                                    # (B, H, L, N)
+    vertical = p.sum(2)
+    slash = torch.zeros(B, q.shape[1], N, dtype=torch.float64, device=q.device)
+    i = torch.arange(L, device=q.device)
+    for d in range(N):
+        keys = rows - d
+        ok = keys >= 0
+        if bool(ok.any()):
+            slash[..., d] = p[:, :, i[ok], keys[ok]].sum(-1)
+    return vertical, slash
+
+
+def reference_index_mask(cols: torch.Tensor, dists: torch.Tensor, n: int, block_m: int = 64
+                         ) -> torch.Tensor:
+    """(B, H, N, N) mask of a selection through a literal, per-row Python port of MInference's
+    ``convert_vertical_slash_indexes`` CUDA kernel (the last partial query block uses
+    ``end = start + 64`` as MInference; keys past the sequence simply do not exist)."""
+    B, H, _ = dists.shape
+    mask = torch.zeros(B, H, n, n, dtype=torch.bool)
+    bm = block_m
+    for b in range(B):
+        for h in range(H):
+            v_list = sorted(int(x) for x in cols[b, h])
+            s_list = sorted((int(x) for x in dists[b, h]), reverse=True)
+            for m in range(num_q_blocks(n, bm)):
+                start_m, end_m = m * bm, m * bm + bm
+                blocks, columns = [], []
+                s = v = 0
+                v_idx = v_list[v] if v < len(v_list) else end_m + bm
+                v += 1
+                s_idx = s_list[s] if s < len(s_list) else -1
+                s += 1
+                while s_idx >= end_m and s < len(s_list):
+                    s_idx = s_list[s]
+                    s += 1
+                s_idx = end_m + bm if s_idx >= end_m else max(end_m - s_idx, bm)
+                r0, r1 = s_idx - bm, s_idx
+                while True:
+                    if v_idx < r1:
+                        if v_idx < r0:
+                            columns.append(v_idx)
+                        if v < len(v_list):
+                            v_idx = v_list[v]
+                            v += 1
+                        else:
+                            v_idx = end_m + bm
+                    else:
+                        if s < len(s_list):
+                            s_idx = max(end_m - s_list[s], bm)
+                            s += 1
+                        else:
+                            blocks.extend(range(r0, r1, bm))
+                            break
+                        if s_idx > r1 + bm:
+                            blocks.extend(range(r0, r1, bm))
+                            r0, r1 = s_idx - bm, s_idx
+                        elif s_idx > r1:
+                            r1 += bm
+                rows = slice(start_m, min(end_m, n))
+                for st in blocks:
+                    if st < n:
+                        mask[b, h, rows, st:min(n, st + bm)] = True
+                for c in columns:
+                    if c < n:
+                        mask[b, h, rows, c] = True
+    return mask & torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+                   block_m: int = 64, block_n: int = 64, scale: float | None = None) -> torch.Tensor:
+    kv, ks = budgets(q.shape[2], params)
+    vertical, slash = reference_scores(q.cpu(), k.cpu(), heads, scale)
+    cols, dists = select(vertical, slash, kv, ks)
+    return reference_index_mask(cols, dists, q.shape[2], block_m)
+
+
+def selection_mask(cols: torch.Tensor, dists: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, H, N, N) the thin selection: the chosen columns and diagonals, causal."""
+    B, H, _ = cols.shape
+    r = torch.arange(n)
+    m = torch.zeros(B, H, n, n, dtype=torch.bool)
+    m.scatter_(-1, cols.cpu().view(B, H, 1, -1).expand(B, H, n, -1), True)
+    diff = r.view(-1, 1) - r.view(1, -1)                                    # row - key
+    dsel = torch.zeros(B, H, n + 1, dtype=torch.bool)
+    dsel.scatter_(-1, dists.cpu(), True)
+    m |= dsel[:, :, diff.clamp(0, n)] & (diff >= 0)
+    return m & torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
+    p = validate(params or {"vertical_size": 40, "slash_size": 104})
+    cols, diags = [5, n * 300 // 1024, n * 700 // 1024], [n * 150 // 1024, n * 400 // 1024]
+    q, k = planted_qk(n, hot_columns=cols, diagonals=diags, seed=1)
+    from ..reference import index_to_mask
+    ix = build(q, k, p)
+    mask = index_to_mask(ix, n)[0, 0]
+    nb, nc = int(ix.block_count.sum()), int(ix.column_count.sum())
+    return plot_mask(mask, path, f"vertical_slash v={p['vertical_size']} s={p['slash_size']}  N={n}: "
+                     f"{nb} blocks + {nc} columns\n(planted: columns {cols}; diagonals {diags})")
+
+
+PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=True, defaults=DEFAULTS, doc=__doc__)
+
+if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
+    import sys
+    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
+else:
+    register_pattern(PATTERN)
