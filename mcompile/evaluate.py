@@ -21,6 +21,7 @@ log = logging.getLogger("mcompile")
 class PassResult:
     nll: float                    # mean next-token negative log-likelihood
     top1: torch.Tensor            # (N-1,) argmax next-token predictions
+    density: float | None = None  # computed fraction of dense causal blocks in the sparse calls
 
     @property
     def perplexity(self) -> float:
@@ -34,6 +35,7 @@ class Comparison:
     sparse_perplexity: float
     perplexity_change: float      # relative: sparse / dense - 1
     top1_agreement: float         # fraction of positions whose argmax agrees with dense
+    density: float | None         # computed fraction of dense causal blocks (sparse calls only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,8 +50,11 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_pass(model, ids: torch.Tensor, options: dict, chunk: int = 1024) -> PassResult:
     """Mean NLL and top-1 predictions of ``model`` on ``ids`` (1, N), attention compiled with ``options``."""
+    from . import reporting
+
     torch._dynamo.reset()
-    decoder = torch.compile(model.get_decoder(), backend="minference", options=options)
+    reporting.reset()
+    decoder = torch.compile(model.get_decoder(), backend="minference", options={**options, "stats": True})
     hidden = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
     total, top1 = 0.0, []
     n = ids.shape[1]
@@ -59,13 +64,15 @@ def score_pass(model, ids: torch.Tensor, options: dict, chunk: int = 1024) -> Pa
         total += F.cross_entropy(logits[0], ids[0, start + 1:end + 1], reduction="sum").item()
         top1.append(logits[0].argmax(-1).cpu())
     torch._dynamo.reset()
-    return PassResult(total / (n - 1), torch.cat(top1))
+    return PassResult(total / (n - 1), torch.cat(top1), reporting.report().density())
 
 
-def compare(model, ids: torch.Tensor, sparse_options: dict, chunk: int = 1024) -> Comparison:
-    """Perplexity and top-1 agreement of a plan (``sparse_options``) against dense."""
-    dense_options = {k: v for k, v in sparse_options.items() if k in ("min_len", "log")}
-    dense = score_pass(model, ids, {**dense_options, "plan": "dense"}, chunk)
+def compare(model, ids: torch.Tensor, sparse_options: dict, chunk: int = 1024,
+            dense: PassResult | None = None) -> Comparison:
+    """Perplexity and top-1 agreement of a plan (``sparse_options``) against dense (computed
+    here through the same backend with ``plan="dense"``, unless given)."""
+    if dense is None:
+        dense = score_pass(model, ids, {"min_len": sparse_options.get("min_len", 1), "plan": "dense"}, chunk)
     sparse = score_pass(model, ids, sparse_options, chunk)
     return Comparison(
         length=ids.shape[1],
@@ -73,4 +80,5 @@ def compare(model, ids: torch.Tensor, sparse_options: dict, chunk: int = 1024) -
         sparse_perplexity=sparse.perplexity,
         perplexity_change=sparse.perplexity / dense.perplexity - 1,
         top1_agreement=(dense.top1 == sparse.top1).float().mean().item(),
+        density=sparse.density,
     )

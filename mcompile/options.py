@@ -31,6 +31,7 @@ class Options:
     log: str = "warning"             # level of the "mcompile" logger
     report: str | None = None        # path: write the report as JSON after each compile
     debug: bool = False              # check sparse-index invariants at run time (slow)
+    stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -49,7 +50,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug"):
+        for name in ("force_db", "overwrite", "debug", "stats"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:

@@ -33,6 +33,7 @@ class SiteRow:
     plan: str                      # e.g. "vertical_slash(vertical_size=1000,slash_size=6096) x9" or "-"
     decision: str                  # compile-time decision until the site runs, then the latest run's
     calls: Counter = field(default_factory=Counter)   # run-time decision -> count
+    work: list = field(default_factory=lambda: [0, 0, 0])  # with options stats=True: computed blocks, columns, dense blocks
 
 
 def summarise_plan(layer_plan) -> str:
@@ -57,6 +58,12 @@ def record_decision(key: str, decision: str) -> None:
         row.calls[decision] += 1
 
 
+def record_work(key: str, blocks: int, columns: int, dense_blocks: int) -> None:
+    row = _rows.get(key)
+    if row is not None:
+        row.work = [row.work[0] + blocks, row.work[1] + columns, row.work[2] + dense_blocks]
+
+
 def reset() -> None:
     """Forget every site (the compiled graphs keep working; their rows come back when they compile again)."""
     with _lock:
@@ -77,6 +84,12 @@ class Report:
     def load(cls, path: str | Path) -> "Report":
         data = json.loads(Path(path).read_text())
         return cls([SiteRow(**{**r, "calls": Counter(r.get("calls", {}))}) for r in data["sites"]])
+
+    def density(self) -> float | None:
+        """Work of the sparse calls recorded with ``stats=True``, as a fraction of dense causal
+        64x64 blocks (a column counts as 1/64 of a block); None when nothing was recorded."""
+        blocks, columns, dense = (sum(r.work[i] for r in self.rows) for i in range(3))
+        return (blocks + columns / 64) / dense if dense else None
 
     def __str__(self) -> str:
         if not self.rows:

@@ -34,6 +34,7 @@ class SiteConfig:
     min_len: int
     capture: Any = None             # a capture.CaptureWriter in capture mode
     debug: bool = False
+    stats: bool = False
     _sparse: tuple | None = None    # cached (plan, report line) of the sparse path
 
 
@@ -113,6 +114,14 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
     return None
 
 
+def index_work(index, batch: int, heads: int, n: int) -> tuple[int, int, int]:
+    """(computed key blocks, computed columns, blocks of dense causal attention) of one call."""
+    counts = [t.expand(batch, heads, -1).sum().item() for t in (index.block_count, index.column_count)]
+    nqb = index.block_count.shape[-1]
+    dense = batch * heads * sum(min(qb + 1, -(-n // index.block_n)) for qb in range(nqb))
+    return counts[0], counts[1], dense
+
+
 def sparse_plan_for(cfg: SiteConfig, window: int) -> tuple[LayerPlan, str]:
     """The plan a sparse call runs, and its report line, made once per site.
 
@@ -141,6 +150,8 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
             from .kernels.index import check_index
             check_index(index, q.shape[2])
         _report.record_decision(key, decision)
+        if cfg.stats:
+            _report.record_work(key, *index_work(index, q.shape[0], q.shape[1], q.shape[2]))
         return sparse_attention(q, k, v, index, scale=scale)
     _report.record_decision(key, f"dense: {reason}")
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
