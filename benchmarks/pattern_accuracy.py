@@ -66,7 +66,7 @@ def main() -> None:
             print(f"{pattern:<17} {budget_name:<8} density<={row['density_bound']:.2f} "
                   f"measured {cmp.density if cmp.density is not None else float('nan'):.2f} top1 {cmp.top1_agreement:.2%}  ppl {cmp.dense_perplexity:.3f} -> {cmp.sparse_perplexity:.3f} "
                   f"({cmp.perplexity_change:+.2%})", flush=True)
-    out = Path(args.out or f"benchmarks/results/pattern_accuracy_{args.model}_{args.length}.json")
+    out = Path(args.out or Path(__file__).parent / f"results/pattern_accuracy_{args.model}_{args.length}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": args.model, "text": args.text, "length": args.length, "offset": args.offset,
                                "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),

@@ -149,7 +149,7 @@ def main() -> None:
               "model": "tiny" if args.tiny else "llama3-8b-shape", "layers": args.layers,
               "dense_sdpa_backend": sdpa_backend_name(args.device), "rows": rows,
               "sparse_decisions": sorted({r.decision for r in mcompile.report().rows})}
-    out = Path(args.out or f"benchmarks/results/prefill_{gpu.replace(' ', '_')}_{args.layers}L.json")
+    out = Path(args.out or Path(__file__).parent / f"results/prefill_{gpu.replace(' ', '_')}_{args.layers}L.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{'length':>8} {'case':<12} {'variant':<15} {'ms':>10} {'per layer':>10} {'speedup':>8} {'GiB':>6}")
