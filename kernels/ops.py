@@ -1,0 +1,95 @@
+"""``torch.ops.mcompile.sparse_attention``: the sparse kernel as a torch.library custom op.
+
+Signature (the index passed as its four tensors plus ints, not the dataclass)::
+
+    mcompile::sparse_attention(Tensor q, Tensor k, Tensor v,
+                               Tensor block_count, Tensor block_offset,
+                               Tensor column_count, Tensor column_index,
+                               int block_m, int block_n, float scale) -> (Tensor out, Tensor lse)
+
+``out`` is (B, Hq, N, D), contiguous, in q's dtype; ``lse`` is (B, Hq, N) float32 (natural log; -inf for
+rows that select nothing). The index tensors may be (B, Hq, ...) or broadcast from 1.
+
+Dispatch: CUDA -> the Triton kernel; CPU -> the pure-torch reference, or the same Triton
+kernel run by Triton's interpreter when ``MCOMPILE_CPU_KERNEL=triton`` (or
+:func:`set_cpu_backend`) asks for it (slow: tests only; CPU tensors always take the
+interpreter, with or without ``TRITON_INTERPRET=1``). A fake (meta) implementation makes the op traceable, so
+``torch.compile(..., fullgraph=True)`` keeps it in the graph; it is opaque to Inductor.
+
+It is a plain ``torch.library.custom_op`` whose CUDA implementation launches the raw
+``@triton.jit`` kernel: ``torch.library.triton_op`` cannot compile on a CPU-only machine.
+Triton is imported lazily, so this module imports without it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .index import SparseIndex
+from .reference import sparse_attention_reference
+
+OP_NAME = "mcompile::sparse_attention"
+
+_cpu_backend: str | None = None   # None -> env MCOMPILE_CPU_KERNEL (default "reference")
+
+
+def set_cpu_backend(name: str | None) -> None:
+    """``"reference"`` (pure torch), ``"triton"`` (interpreter; needs TRITON_INTERPRET=1)
+    or None (use the env var MCOMPILE_CPU_KERNEL, default reference)."""
+    global _cpu_backend
+    if name not in (None, "reference", "triton"):
+        raise ValueError(f"unknown CPU backend {name!r}")
+    _cpu_backend = name
+
+
+def cpu_backend() -> str:
+    name = _cpu_backend or os.environ.get("MCOMPILE_CPU_KERNEL", "reference")
+    if name not in ("reference", "triton"):
+        raise ValueError(f"MCOMPILE_CPU_KERNEL={name!r}: use 'reference' or 'triton'")
+    return name
+
+
+def _index(block_count, block_offset, column_count, column_index, block_m, block_n):
+    return SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n)
+
+
+def _triton_impl(q, k, v, index, scale):
+    from .sparse_attention import sparse_attention as _launch   # lazy: imports triton
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, as the fake says
+    return _launch(q, k, v, index, scale=scale, return_lse=True, out=out)
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        block_count: torch.Tensor, block_offset: torch.Tensor,
+                        column_count: torch.Tensor, column_index: torch.Tensor,
+                        block_m: int, block_n: int, scale: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    index = _index(block_count, block_offset, column_count, column_index, block_m, block_n)
+    if q.device.type == "cpu":
+        if cpu_backend() == "triton":
+            return _triton_impl(q, k, v, index, scale)
+        return sparse_attention_reference(q, k, v, index, scale=scale, return_lse=True)
+    if q.device.type == "cuda":
+        return _triton_impl(q, k, v, index, scale)
+    # other devices: the reference (pure torch) is correct wherever torch runs
+    return sparse_attention_reference(q, k, v, index, scale=scale, return_lse=True)
+
+
+@sparse_attention_op.register_fake
+def _(q, k, v, block_count, block_offset, column_count, column_index, block_m, block_n, scale):
+    B, Hq, N, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, Hq, N), dtype=torch.float32)
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
+                     scale: float | None = None, return_lse: bool = False):
+    """The entry point for callers: dispatches through ``torch.ops.mcompile.sparse_attention``
+    (so it works eagerly and under torch.compile). Returns out [, lse]."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    out, lse = torch.ops.mcompile.sparse_attention(
+        q, k, v, index.block_count, index.block_offset, index.column_count,
+        index.column_index, index.block_m, index.block_n, float(scale))
+    return (out, lse) if return_lse else out
