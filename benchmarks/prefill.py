@@ -78,30 +78,37 @@ def sdpa_backend_name(device: str) -> str:
     return "MATH"
 
 
-def run_variant(model, name: str, backend: str, options: dict | None, ids, mask, use_cache: bool, repeats: int,
-                device: str) -> dict:
+def run_variant(model, name: str, backend: str, options: dict | None, lengths: list[int], use_cache: bool,
+                with_mask: bool, repeats: int, device: str) -> list[dict]:
+    """Compile once (dynamic shapes), then time every length; the first call's time is the compile."""
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend, options=options, dynamic=False)
-    kwargs = {"use_cache": use_cache, "logits_to_keep": 1}
-    if mask is not None:
-        kwargs["attention_mask"] = mask
+    compiled = torch.compile(model, backend=backend, options=options, dynamic=True)
+    rows = []
+    for n in lengths:
+        ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
+        kwargs = {"use_cache": use_cache, "logits_to_keep": 1}
+        if with_mask:
+            kwargs["attention_mask"] = torch.ones_like(ids)
 
-    def call():
-        with torch.no_grad():
-            return compiled(ids, **kwargs).logits
+        def call():
+            with torch.no_grad():
+                return compiled(ids, **kwargs).logits
 
-    _sync(device)
-    t = time.perf_counter()
-    call()
-    _sync(device)
-    compile_s = time.perf_counter() - t
-    call()  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = time_call(call, repeats, device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return {"variant": name, "use_cache": use_cache, "mask": mask is not None, "compile_s": round(compile_s, 2),
-            "ms": statistics.median(times), "all_ms": times, "peak_gib": peak}
+        _sync(device)
+        t = time.perf_counter()
+        call()  # compiles at the first length; a warm-up after that
+        _sync(device)
+        first_s = time.perf_counter() - t
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = time_call(call, repeats, device)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        rows.append({"variant": name, "length": n, "use_cache": use_cache, "mask": with_mask,
+                     "first_call_s": round(first_s, 2), "ms": statistics.median(times), "all_ms": times,
+                     "peak_gib": peak})
+        print(f"{n:>8} {name:<15} cache={use_cache!s:<5} mask={with_mask!s:<5} {rows[-1]['ms']:>10.1f} ms  "
+              f"first call {first_s:>6.1f} s  peak {peak or 0:.1f} GiB", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -113,35 +120,30 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--min-len", type=int, default=8192)
     ap.add_argument("--cases", default="cache,cache+mask",
-                    help="comma list of cache+mask | cache | nocache | nocache+mask")
-    ap.add_argument("--dense", choices=["yes", "no"], default="yes", help="also time dense Inductor")
+                    help="minference cases, comma list of cache | cache+mask | nocache | nocache+mask")
+    ap.add_argument("--dense", choices=["yes", "no"], default="yes",
+                    help="also time Inductor with dense SDPA (without a mask: with one it builds an N^2 mask)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = build_model(args.layers, args.tiny, args.device, dtype)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    lengths = [int(x) for x in args.lengths.split(",")]
     rows = []
-    for n in [int(x) for x in args.lengths.split(",")]:
-        ids = torch.randint(0, model.config.vocab_size, (1, n), device=args.device)
-        dense_ms = {}
-        for case in args.cases.split(","):
-            use_cache, with_mask = case.startswith("cache"), case.endswith("mask")
-            mask = torch.ones_like(ids) if with_mask else None
-            variants = [("minference", "minference", {"min_len": args.min_len, "db": None})]
-            # Dense runs without a mask only: with one, Inductor materialises an N^2 bool mask.
-            if args.dense == "yes" and not with_mask and use_cache not in dense_ms:
-                variants.insert(0, ("inductor-dense", "inductor", None))
-            for name, backend, options in variants:
-                row = run_variant(model, name, backend, options, ids, mask, use_cache, args.repeats, args.device)
-                row.update(length=n, layers=args.layers, per_layer_ms=row["ms"] / args.layers)
-                if name == "inductor-dense":
-                    dense_ms[use_cache] = row["ms"]
-                elif use_cache in dense_ms:
-                    row["speedup"] = dense_ms[use_cache] / row["ms"]
-                rows.append(row)
-                print(f"{n:>8} {case:<12} {name:<15} {row['ms']:>10.1f} ms  compile {row['compile_s']:>6.1f} s  "
-                      f"peak {row['peak_gib'] or 0:.1f} GiB", flush=True)
+    cases = [(c.startswith("cache"), c.endswith("mask")) for c in args.cases.split(",")]
+    if args.dense == "yes":
+        for use_cache in sorted({c for c, _ in cases}):
+            rows += run_variant(model, "inductor-dense", "inductor", None, lengths, use_cache, False, args.repeats,
+                                args.device)
+    for use_cache, with_mask in cases:
+        rows += run_variant(model, "minference", "minference", {"min_len": args.min_len, "db": None}, lengths,
+                            use_cache, with_mask, args.repeats, args.device)
+    dense_ms = {(r["length"], r["use_cache"]): r["ms"] for r in rows if r["variant"] == "inductor-dense"}
+    for r in rows:
+        r["per_layer_ms"] = r["ms"] / args.layers
+        if r["variant"] == "minference" and (r["length"], r["use_cache"]) in dense_ms:
+            r["speedup"] = dense_ms[r["length"], r["use_cache"]] / r["ms"]
     import mcompile
 
     result = {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -153,7 +155,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{'length':>8} {'case':<12} {'variant':<15} {'ms':>10} {'per layer':>10} {'speedup':>8} {'GiB':>6}")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["length"], r["variant"], r["mask"])):
         print(f"{r['length']:>8} {('cache' if r['use_cache'] else 'nocache') + ('+mask' if r['mask'] else ''):<12} "
               f"{r['variant']:<15} {r['ms']:>10.1f} {r['per_layer_ms']:>10.2f} {r.get('speedup', float('nan')):>8.2f} "
               f"{r['peak_gib'] or 0:>6.1f}")
