@@ -69,11 +69,21 @@ def build_mask(q_len: int, kv_len: int, device, causal: bool, window: int, paddi
     return mask
 
 
+def _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window) -> bool:
+    """The recognised mask is plain causal over all keys (one host sync when there is padding)."""
+    n = q.shape[2]
+    return (is_causal and window <= 0 and q_offset == 0 and kv_offset == 0 and n == k.shape[2]
+            and (padding is None or bool(padding[:, :n].all())))
+
+
 def dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
     gqa = q.shape[1] != k.shape[1]
     if mask_mode == MASK_RECOGNISED:
-        attn_mask = build_mask(q.shape[2], k.shape[2], q.device, is_causal, window, padding, q_offset, kv_offset)
-        is_causal = False
+        if _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window):
+            attn_mask = None  # SDPA's own causal flag: flash / cuDNN, no N^2 mask
+        else:
+            attn_mask = build_mask(q.shape[2], k.shape[2], q.device, is_causal, window, padding, q_offset, kv_offset)
+            is_causal = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                           scale=scale, enable_gqa=gqa)
 
