@@ -61,6 +61,20 @@ class _Pred:           # a conjunction of recognised atoms
 
 
 @dataclass(frozen=True)
+class _FirstMinus:     # positions[:, :1] - shift, for transformers' packed-sequence detection
+    range: _Range
+    shift: int
+
+
+class _Ones:           # diff of consecutive positions: all ones (one sequence, no packing)
+    pass
+
+
+class _SeqIds:         # cumsum of (diff != 1): all zeros, every token in sequence 0
+    pass
+
+
+@dataclass(frozen=True)
 class _Tensor:         # an opaque tensor leaf (the padding mask)
     node: fx.Node
 
@@ -94,10 +108,16 @@ def _eval(node: Any, env: dict) -> Any:
 
 
 def _step(node: fx.Node, env: dict) -> Any:
-    # The padding mask itself: any (B, L) bool tensor; only the op reads its values.
     val = node.meta.get("example_value")
     if isinstance(val, torch.Tensor) and val.dim() == 2 and val.dtype == torch.bool:
-        return _Tensor(node)
+        try:
+            return _known_step(node, env, val)
+        except (Unrecognised, TypeError, ValueError):
+            return _Tensor(node)  # the padding mask itself: a (B, L) bool tensor only the op reads
+    return _known_step(node, env, val)
+
+
+def _known_step(node: fx.Node, env: dict, val: Any) -> Any:
     if isinstance(val, torch.SymInt):  # a symbolic size or offset: only ever used as itself
         return node
     args = [fx.node.map_aggregate(a, lambda x: _eval(x, env)) for a in node.args]
@@ -108,15 +128,40 @@ def _step(node: fx.Node, env: dict) -> Any:
         if args[0].offset != 0:
             raise Unrecognised("arange with two offsets")
         return _Range(node.args[1])
+    if node.op == "call_method" and t in ("unsqueeze", "expand") and isinstance(args[0], _Range):
+        return args[0]  # position_ids: the same positions for every batch row
     if node.op == "call_function" and t is operator.getitem:
         base, index = args
         if isinstance(base, _Range) and _axis_of(index) is not None:
             return _Index(_axis_of(index), base.offset)
+        if isinstance(base, _Range) and index == (_FULL, slice(None, 1, None)):
+            return _FirstMinus(base, 0)
+        if isinstance(base, _Range) and isinstance(index, tuple) and len(index) == 2:
+            b, i = index  # positions[b, idx]: the idx axis, shifted by the positions' offset
+            if isinstance(b, _Index) and b.axis == "b" and isinstance(i, _Index) and i.axis in ("q", "kv"):
+                if base.offset == 0:
+                    return i
+                if i.offset == 0 and i.shift == 0:
+                    return _Index(i.axis, base.offset)
+        if isinstance(base, _SeqIds):
+            return base
         if isinstance(base, _Tensor) and isinstance(index, tuple) and len(index) == 2:
             b, kv = index
             if isinstance(b, _Index) and b.axis == "b" and isinstance(kv, _Index) and kv.axis == "kv" and kv.shift == 0:
                 return _Pred(frozenset({("padding", base.node)}))
         raise Unrecognised(f"indexing at {node.name}")
+    if node.op == "call_function" and t is operator.sub and isinstance(args[0], _FirstMinus) and isinstance(args[1], int):
+        return _FirstMinus(args[0].range, args[0].shift + args[1])
+    if node.op == "call_function" and t is torch.diff and isinstance(args[0], _Range):
+        prepend = fx.node.map_aggregate(node.kwargs.get("prepend"), lambda x: _eval(x, env))
+        if prepend == _FirstMinus(args[0], 1) and node.kwargs.get("dim", -1) == -1:
+            return _Ones()
+    if node.op == "call_function" and t is operator.ne and isinstance(args[0], _Ones) and args[1] == 1:
+        return _SeqIds()  # all False: cumsum keeps it all zeros
+    if node.op == "call_method" and t == "cumsum" and isinstance(args[0], _SeqIds):
+        return args[0]
+    if node.op == "call_function" and t is operator.eq and all(isinstance(a, _SeqIds) for a in args):
+        return _Pred(frozenset())  # one packed sequence: every pair is in the same sequence
     if node.op == "call_function" and t is operator.sub and isinstance(args[0], _Index) and isinstance(args[1], int):
         i = args[0]
         return _Index(i.axis, i.offset, i.shift - args[1])

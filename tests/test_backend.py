@@ -197,3 +197,14 @@ def test_entry_point_found_without_import(tmp_path):
     """) % str(__import__("pathlib").Path(__file__).parent)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_dynamic_mask_without_attention_mask_is_recognised():
+    """With dynamic shapes and no attention_mask, transformers checks position_ids for packed
+    sequences inside the mask; it is still plain causal, so no N^2 mask is kept."""
+    model = tiny_model("llama")
+    compiled = torch.compile(model, backend="minference", dynamic=True, options=SPARSE)
+    ids, _ = tiny_inputs(1, 50)
+    _close(_logits(compiled, ids, None, False), _logits(model, ids, None, False))
+    rows = mcompile.report().rows
+    assert rows and all(r.mask == "causal" and r.decision.startswith("sparse") for r in rows), str(mcompile.report())
