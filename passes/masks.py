@@ -160,7 +160,7 @@ def _known_step(node: fx.Node, env: dict, val: Any) -> Any:
         return _SeqIds()  # all False: cumsum keeps it all zeros
     if node.op == "call_method" and t == "cumsum" and isinstance(args[0], _SeqIds):
         return args[0]
-    if node.op == "call_function" and t is operator.eq and all(isinstance(a, _SeqIds) for a in args):
+    if (t is operator.eq or t == "__eq__") and all(isinstance(a, _SeqIds) for a in args):
         return _Pred(frozenset())  # one packed sequence: every pair is in the same sequence
     if node.op == "call_function" and t is operator.sub and isinstance(args[0], _Index) and isinstance(args[1], int):
         i = args[0]
