@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--dense", choices=["yes", "no"], default="yes", help="also time dense SDPA")
     ap.add_argument("--inductor-plain", action="store_true",
                     help="also time plain torch.compile(model) at the first length if <= 32K (it builds an N^2 mask)")
+    ap.add_argument("--stats", action="store_true", help="record the sparse index density (one sync per layer)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -144,7 +145,7 @@ def main() -> None:
                 rows += run_variant(model, "inductor-plain", "inductor", None, lengths[:1], use_cache, False,
                                     args.repeats, args.device)
     for use_cache, with_mask in cases:
-        rows += run_variant(model, "minference", "minference", {"min_len": args.min_len, "db": None}, lengths,
+        rows += run_variant(model, "minference", "minference", {"min_len": args.min_len, "db": None, "stats": args.stats}, lengths,
                             use_cache, with_mask, args.repeats, args.device)
     dense_ms = {r["length"]: r["ms"] for r in rows if r["variant"] == "dense-sdpa"}  # the best dense case
     for r in rows:
@@ -157,7 +158,8 @@ def main() -> None:
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "dtype": str(dtype),
               "model": "tiny" if args.tiny else "llama3-8b-shape", "layers": args.layers,
               "dense_sdpa_backend": sdpa_backend_name(args.device), "rows": rows,
-              "sparse_decisions": sorted({r.decision for r in mcompile.report().rows})}
+              "sparse_decisions": sorted({r.decision for r in mcompile.report().rows}),
+              "sparse_density": mcompile.report().density()}
     out = Path(args.out or Path(__file__).parent / f"results/prefill_{gpu.replace(' ', '_')}_{args.layers}L.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -166,7 +168,8 @@ def main() -> None:
         print(f"{r['length']:>8} {('cache' if r['use_cache'] else 'nocache') + ('+mask' if r['mask'] else ''):<12} "
               f"{r['variant']:<15} {r['ms']:>10.1f} {r['per_layer_ms']:>10.2f} {r.get('speedup', float('nan')):>8.2f} "
               f"{r['peak_gib'] or 0:>6.1f}")
-    print(f"dense SDPA backend: {result['dense_sdpa_backend']}; decisions: {result['sparse_decisions']}; -> {out}")
+    print(f"dense SDPA backend: {result['dense_sdpa_backend']}; decisions: {result['sparse_decisions']}; "
+          f"sparse density (with --stats): {result['sparse_density']}; -> {out}")
 
 
 if __name__ == "__main__":
