@@ -12,7 +12,7 @@ BUDGET=${BUDGET:-0.3}
 STEPS=${STEPS:-"search plans scoring smollm2"}
 R=benchmarks/results
 mkdir -p "$R"
-SEARCH="python -m mcompile.pattern_db.search_cli"   # same as `mcompile search` once hooked into the CLI
+SEARCH="mcompile search"
 
 for step in $STEPS; do
   case $step in
@@ -23,7 +23,7 @@ for step in $STEPS; do
       ;;
     plans)    # searched vs MInference default vs best single pattern, held-out text, same cost
       python benchmarks/search_eval.py plans --model gemma3-270m --text "$TEXT" --length 32768 --device cuda \
-        --details "$R/search_gemma3-270m_32768.details.json" --budget "$BUDGET" --heldout 2
+        --details "$R/search_gemma3-270m_32768.details.json" --budget "$BUDGET" --extra-budgets 0.2,0.45 --heldout 2
       ;;
     scoring)  # which scoring predicts perplexity, at 32K on Gemma 3 (reuses the search's scores)
       python benchmarks/search_eval.py scoring --model gemma3-270m --text "$TEXT" --length 32768 --device cuda \
