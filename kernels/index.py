@@ -21,7 +21,11 @@ Invariants (checked by :func:`check_index`, run in debug mode and in tests):
   * block starts are >= 0 and need not be multiples of ``block_n`` (vertical-slash
     merges diagonals into ranges that start anywhere); blocks of one row do not overlap
     (consecutive starts differ by at least ``block_n``);
-  * columns are >= 0 and not inside any listed block of the same row.
+  * columns are >= 0 and not inside any listed block of the same row;
+  * ``window`` (optional, int32 (H,) or (1,) broadcast over heads, values >= 1): query row
+    ``r`` of head ``h`` also drops keys ``<= r - window[h]``, as transformers' sliding-window
+    mask does (``kv > q - window``). It makes a sliding window exact per row, which a list of
+    blocks per query block of ``block_m`` rows cannot say. None: no lower bound.
 Positions are token indices (int32 holds up to 2^31 tokens); the kernel widens to int64
 before multiplying by strides.
 
@@ -50,6 +54,7 @@ class SparseIndex:
     column_index: torch.Tensor  # int32 (B, H, num_q_blocks, MAX_COLUMNS)
     block_m: int = 64
     block_n: int = 64
+    window: torch.Tensor | None = None   # int32 (H,) or (1,): per-row lower bound, see above
 
     @property
     def num_q_blocks(self) -> int:
@@ -83,8 +88,17 @@ class SparseIndex:
         """Broadcast a (1 or B, 1 or H, ...) index to (batch, heads, ...) without copies."""
         def ex(t: torch.Tensor) -> torch.Tensor:
             return t.expand(batch, heads, *t.shape[2:])
+        window = None if self.window is None else self.window.expand(heads)
         return SparseIndex(ex(self.block_count), ex(self.block_offset), ex(self.column_count),
-                           ex(self.column_index), self.block_m, self.block_n)
+                           ex(self.column_index), self.block_m, self.block_n, window)
+
+    def with_window(self, window: int | torch.Tensor | None) -> "SparseIndex":
+        """The same index with every head (an int) or each head (an (H,) tensor) limited to a
+        sliding window of ``window`` keys; None removes the limit."""
+        if window is not None and not isinstance(window, torch.Tensor):
+            window = torch.full((1,), int(window), dtype=torch.int32, device=self.device)
+        return SparseIndex(self.block_count, self.block_offset, self.column_count,
+                           self.column_index, self.block_m, self.block_n, window)
 
     def memory_bytes(self) -> int:
         """Bytes actually allocated (broadcast views count once)."""
@@ -214,6 +228,14 @@ def check_index(index: SparseIndex, seq_len: int, batch: int | None = None,
                       f"{bad[3] + 1} = {int(l64[tuple(bad)])}, {int(l64[tuple(bad[:3]) + (bad[3] + 1,)])}")
         return valid
 
+    if index.window is not None:
+        w = index.window
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int32 or w.dim() != 1 \
+                or w.shape[0] not in (1, H) or w.device != dev:
+            _fail(f"window must be an int32 tensor of shape (1,) or ({H},) on {dev}, got "
+                  f"{getattr(w, 'dtype', type(w))} {tuple(getattr(w, 'shape', ()))}")
+        if bool((w < 1).any()):
+            _fail(f"window values must be >= 1, got {w.tolist()}")
     bvalid = check_list("block_offset", bc, bo, bn)
     cvalid = check_list("column_index", cc, ci, 1)
     if bvalid is not None and cvalid is not None:

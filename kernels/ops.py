@@ -5,10 +5,12 @@ Signature (the index passed as its four tensors plus ints, not the dataclass)::
     mcompile::sparse_attention(Tensor q, Tensor k, Tensor v,
                                Tensor block_count, Tensor block_offset,
                                Tensor column_count, Tensor column_index,
-                               int block_m, int block_n, float scale) -> (Tensor out, Tensor lse)
+                               int block_m, int block_n, float scale,
+                               Tensor? window=None) -> (Tensor out, Tensor lse)
 
 ``out`` is (B, Hq, N, D), contiguous, in q's dtype; ``lse`` is (B, Hq, N) float32 (natural log; -inf for
-rows that select nothing). The index tensors may be (B, Hq, ...) or broadcast from 1.
+rows that select nothing). The index tensors may be (B, Hq, ...) or broadcast from 1;
+``window`` is the index's optional per-head sliding window (int32 (Hq,) or (1,)).
 
 Dispatch: CUDA -> the Triton kernel; CPU -> the pure-torch reference, or the same Triton
 kernel run by Triton's interpreter when ``MCOMPILE_CPU_KERNEL=triton`` (or
@@ -50,8 +52,8 @@ def cpu_backend() -> str:
     return name
 
 
-def _index(block_count, block_offset, column_count, column_index, block_m, block_n):
-    return SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n)
+def _index(block_count, block_offset, column_count, column_index, block_m, block_n, window=None):
+    return SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n, window)
 
 
 def _triton_impl(q, k, v, index, scale):
@@ -64,9 +66,10 @@ def _triton_impl(q, k, v, index, scale):
 def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         block_count: torch.Tensor, block_offset: torch.Tensor,
                         column_count: torch.Tensor, column_index: torch.Tensor,
-                        block_m: int, block_n: int, scale: float
+                        block_m: int, block_n: int, scale: float,
+                        window: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    index = _index(block_count, block_offset, column_count, column_index, block_m, block_n)
+    index = _index(block_count, block_offset, column_count, column_index, block_m, block_n, window)
     if q.device.type == "cpu":
         if cpu_backend() == "triton":
             return _triton_impl(q, k, v, index, scale)
@@ -78,7 +81,7 @@ def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @sparse_attention_op.register_fake
-def _(q, k, v, block_count, block_offset, column_count, column_index, block_m, block_n, scale):
+def _(q, k, v, block_count, block_offset, column_count, column_index, block_m, block_n, scale, window=None):
     B, Hq, N, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, Hq, N), dtype=torch.float32)
 
@@ -91,5 +94,5 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
         scale = q.shape[-1] ** -0.5
     out, lse = torch.ops.mcompile.sparse_attention(
         q, k, v, index.block_count, index.block_offset, index.column_count,
-        index.column_index, index.block_m, index.block_n, float(scale))
+        index.column_index, index.block_m, index.block_n, float(scale), index.window)
     return (out, lse) if return_lse else out

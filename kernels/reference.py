@@ -2,7 +2,8 @@
 
 Semantics (shared with :mod:`.sparse_attention`): causal self-attention, ``q_len == kv_len``,
 query row ``r`` attends key ``c`` iff ``c <= r`` and ``c`` is covered by one of the listed
-blocks (``[start, start + block_n)``) or columns of ``r``'s query block. GQA: query head ``h``
+blocks (``[start, start + block_n)``) or columns of ``r``'s query block, and, when the index
+has a ``window``, ``c > r - window[h]``. GQA: query head ``h``
 uses KV head ``h // (Hq // Hkv)``. ``scale`` defaults to ``1 / sqrt(head_dim)``.
 
 Rows that select no key give output 0 and LSE ``-inf`` (never NaN). LSE is the natural log
@@ -71,6 +72,9 @@ def _rows_mask(index: SparseIndex, qbs: torch.Tensor, seq_len: int):
     keys = torch.arange(K, device=dev)
     causal = keys.view(1, 1, K) <= rows.unsqueeze(-1)                          # (nq,bm,K)
     mask = cover.unsqueeze(3) & causal                                         # (B,H,nq,bm,K)
+    if index.window is not None:                                              # per-head lower bound
+        w = index.window.long().view(1, -1, 1, 1, 1)
+        mask = mask & (keys.view(1, 1, 1, 1, K) > rows.view(1, 1, *rows.shape, 1) - w)
     B, H = mask.shape[:2]
     mask = mask.reshape(B, H, -1, K)
     rows = rows.reshape(-1)

@@ -12,6 +12,9 @@ query head, reading the index row of their query block:
            causal mask (a column may lie after some rows of the block);
   stage 4  normalise, write the output in the input dtype and (optionally) the LSE.
 
+With a sliding window (``index.window``, one value per query head) every stage also masks
+keys ``<= row - window``: exact per-row windows, at the price of one mask per tile.
+
 Blocks are sorted, do not overlap and start no later than the query block's last row, so at
 most ``NUM_DIAG = (index.block_m + index.block_n - 3) // index.block_n + 1`` of them can
 cross the diagonal, and they are the last ones. Key blocks of ``index.block_n`` are walked
@@ -141,6 +144,7 @@ if HAS_TRITON:
         Q, K, V, Out, Lse,
         K_desc, V_desc,                # TMA descriptors of K/V (B, Hkv, N, D) when USE_TMA
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        Window, stride_wh,             # per-query-head sliding window (read when HAS_WINDOW)
         qk_scale,
         stride_qb, stride_qh, stride_qn,
         stride_kb, stride_kh, stride_kn,   # shared by K and V (the launcher ensures it)
@@ -160,6 +164,7 @@ if HAS_TRITON:
         NUM_DIAG: tl.constexpr,        # listed blocks that may cross the diagonal of the index's
                                        # query block (the last ones)
         RETURN_LSE: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,      # rows also drop keys <= row - window
         USE_TMA: tl.constexpr,         # listed blocks through TMA descriptors (Hopper+)
         WARP_SPEC: tl.constexpr,       # Triton's automatic warp specialisation of stage 1
         DOT_PRECISION: tl.constexpr,
@@ -198,6 +203,12 @@ if HAS_TRITON:
         if DOT_FP32:
             q = q.to(tl.float32)
 
+        # sliding window: keys must lie above row - window (a lower bound per row)
+        if HAS_WINDOW:
+            key_floor = offs_m - tl.load(Window + off_h * stride_wh)
+        else:
+            key_floor = offs_m - N_CTX - 1
+
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -208,7 +219,7 @@ if HAS_TRITON:
         n_blocks = tl.load(BlockCount + off_b * stride_bcb + off_h * stride_bch + qb64 * stride_bcm)
         n_safe = tl.maximum(n_blocks - NUM_DIAG, 0)
 
-        # ---- stage 1: blocks wholly below the diagonal: no masks ----
+        # ---- stage 1: blocks wholly below the diagonal: no masks (but the window's) ----
         for i in tl.range(0, n_safe, warp_specialize=WARP_SPEC):
             start_n = tl.load(blk_ptr + i * stride_bok)
             if not USE_TMA:
@@ -221,8 +232,9 @@ if HAS_TRITON:
                 else:
                     k = tl.load(k_blk + j * BLOCK_N * stride_kn + kv_tile)
                     v = tl.load(v_blk + j * BLOCK_N * stride_kn + kv_tile)
-                acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k, v, None, qk_scale,
-                                           False, DOT_PRECISION, DOT_FP32)
+                win_mask = (start_n + j * BLOCK_N + offs_n)[None, :] > key_floor[:, None]
+                acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k, v, win_mask, qk_scale,
+                                           HAS_WINDOW, DOT_PRECISION, DOT_FP32)
 
         # ---- stage 2: the last NUM_DIAG blocks: causal mask; keys past the end are read
         #      clamped (pointers) or zero-filled (TMA) and always masked, since a valid row
@@ -238,7 +250,7 @@ if HAS_TRITON:
                     kv_off = tl.minimum(keys, N_CTX - 1).to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
                     k = tl.load(k_base + kv_off)
                     v = tl.load(v_base + kv_off)
-                qk_mask = keys[None, :] <= offs_m[:, None]
+                qk_mask = (keys[None, :] <= offs_m[:, None]) & (keys[None, :] > key_floor[:, None])
                 acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k, v, qk_mask, qk_scale,
                                            True, DOT_PRECISION, DOT_FP32)
 
@@ -252,7 +264,8 @@ if HAS_TRITON:
             kv_off = cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :]
             k = tl.load(k_base + kv_off)
             v = tl.load(v_base + kv_off)
-            qk_mask = (cols[None, :] <= offs_m[:, None]) & c_ok[None, :]
+            qk_mask = ((cols[None, :] <= offs_m[:, None]) & (cols[None, :] > key_floor[:, None])
+                       & c_ok[None, :])
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k, v, qk_mask, qk_scale,
                                        True, DOT_PRECISION, DOT_FP32)
 
@@ -383,6 +396,15 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
         ci = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, Hq, ci.shape[2], 1)
     if k.stride() != v.stride():        # the kernel shares one set of K/V tile offsets
         k, v = k.contiguous(), v.contiguous()
+    window = index.window
+    if window is not None:
+        if window.dim() != 1 or window.shape[0] not in (1, Hq) or window.dtype != torch.int32 \
+                or window.device != q.device:
+            raise ValueError(f"index.window must be int32 (1,) or ({Hq},) on {q.device}, got "
+                             f"{window.dtype} {tuple(window.shape)} on {window.device}")
+        stride_wh = window.stride(0) if window.shape[0] == Hq else 0
+    else:
+        window, stride_wh = bc, 0          # never read
     nqb = index.num_q_blocks
     group = Hq // Hkv
     interpret = q.device.type == "cpu"
@@ -400,6 +422,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             q, k, v, out, lse,
             k_desc, v_desc,
             bc, bo, cc, ci,
+            window, stride_wh,
             scale * 1.4426950408889634,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
@@ -414,6 +437,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             BLOCK_N=tile_n,
             NUM_DIAG=(bm + bn - 3) // bn + 1,
             RETURN_LSE=return_lse,
+            HAS_WINDOW=index.window is not None,
             USE_TMA=use_tma,
             WARP_SPEC=bool(warp_spec) and not interpret,
             # fp32 on the GPU: 3xTF32 (near-fp32; plain "ieee" FMA code takes ptxas ~1 min)

@@ -103,7 +103,9 @@ def _sparse_backend():
 def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p) -> str | None:
     """None when the sparse path applies, else the reason to run dense."""
     n = q.shape[2]
-    if cfg.plan is None or cfg.plan.is_dense:
+    # a sliding-window layer runs its exact window sparsely unless the plan says dense;
+    # other layers need a sparse plan (None: not searched)
+    if (cfg.plan is None and window <= 0) or (cfg.plan is not None and cfg.plan.is_dense):
         return "plan: dense"
     if not is_causal:
         return "not causal"
@@ -111,8 +113,6 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
         return "queries do not start at key 0 (cache with past keys)"
     if n < cfg.min_len:
         return f"short: {n} < min_len {cfg.min_len}"
-    if window > 0:
-        return "sliding window: the kernel has no exact per-row window yet"
     if dropout_p > 0:
         return "dropout"
     if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
@@ -132,14 +132,15 @@ def index_work(index, batch: int, heads: int, n: int) -> tuple[int, int, int]:
     return counts[0], counts[1], dense
 
 
-def sparse_plan_for(cfg: SiteConfig, window: int) -> tuple[LayerPlan, str]:
+def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[LayerPlan, str]:
     """The plan a sparse call runs, and its report line, made once per site.
 
-    Sliding-window layers run their exact window sparsely; others follow the plan."""
+    Sliding-window layers run their exact window (the kernel masks per row); others follow
+    the plan."""
     if cfg._sparse is None:
         plan = cfg.plan
         if window > 0:
-            plan = LayerPlan.uniform("sliding_window", len(plan.heads), window=window)
+            plan = LayerPlan.uniform("sliding_window", num_heads, window=window)
         cfg._sparse = (plan, f"sparse: {_report.summarise_plan(plan)}")
     return cfg._sparse
 
@@ -153,7 +154,7 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
                                dropout_p)
     reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
     if reason is None:
-        plan, decision = sparse_plan_for(cfg, window)
+        plan, decision = sparse_plan_for(cfg, window, q.shape[1])
         build_layer_index, sparse_attention = _sparse_backend()
         index = build_layer_index(q, k, plan, scale=scale)
         if cfg.debug:

@@ -11,7 +11,8 @@ Parameters per pattern:
   a_shape          -- n_init (count >= 0 or frac), n_local (count >= 1 or frac)
   vertical_slash   -- vertical_size, slash_size (count >= 1 or frac)
   block_sparse     -- top_k (64-token key blocks per query block: count >= 1 or frac)
-  sample_attention -- alpha, window_frac, optional sample_frac (numbers in (0, 1])
+  sample_attention -- alpha, window_frac, optional sample_frac (numbers in (0, 1]),
+                      optional max_columns (count >= 0 or frac), count_window (boolean)
   sliding_window   -- window (count >= 1 or frac)
 """
 from __future__ import annotations
@@ -39,11 +40,12 @@ PATTERN_PARAMS: dict[str, tuple[str, ...]] = {
     "a_shape": ("n_init", "n_local"),
     "vertical_slash": ("vertical_size", "slash_size"),
     "block_sparse": ("top_k",),
-    "sample_attention": ("alpha", "window_frac", "sample_frac"),
+    "sample_attention": ("alpha", "window_frac", "sample_frac", "max_columns", "count_window"),
     "sliding_window": ("window",),
 }
 # Parameters that are budgets (count or Frac); the others are plain numbers.
-BUDGET_PARAMS = frozenset({"n_init", "n_local", "vertical_size", "slash_size", "top_k", "window"})
+BUDGET_PARAMS = frozenset({"n_init", "n_local", "vertical_size", "slash_size", "top_k", "window",
+                           "max_columns"})
 LAYER_KINDS = ("searched", "sliding", "not_searched")
 
 

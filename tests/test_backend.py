@@ -93,10 +93,25 @@ def test_report_shows_mask_kinds_and_sliding_window():
     rows = {r.layer: r for r in mcompile.report().rows}
     assert rows[0].mask == "causal+sliding(8)+padding"
     assert rows[1].mask == "causal+padding"
-    assert rows[0].decision == "dense: sliding window: the kernel has no exact per-row window yet"
-    assert rows[1].decision == "dense: padding in the batch"
+    assert rows[0].decision == rows[1].decision == "dense: padding in the batch"
     text = str(mcompile.report())
     assert "sliding(8)" in text and "kv_heads" in text
+
+
+@pytest.mark.parametrize("plan", ["vertical_slash", "dense"])
+def test_sliding_layers_run_their_exact_window_sparsely(plan):
+    """Gemma 3's local layers (window 8 here, rows far longer) run the sliding_window pattern
+    with the kernel's per-row window and match eager; a dense plan keeps them dense."""
+    model = tiny_model("gemma3")
+    compiled = torch.compile(model, backend="minference", options={"min_len": 16, "plan": plan})
+    ids, mask = tiny_inputs(1, 70)
+    _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+    rows = {r.layer: r for r in mcompile.report().rows}
+    if plan == "dense":
+        assert rows[0].decision == "dense: plan: dense"
+    else:
+        assert rows[0].decision.startswith("sparse: sliding_window(window=8)"), rows[0].decision
+        assert rows[1].decision.startswith("sparse: vertical_slash")
 
 
 def _count_compiles(model, lengths, dynamic):

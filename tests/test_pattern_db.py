@@ -185,6 +185,25 @@ def test_save_load_file(tmp_path):
     assert p.read_text().endswith("]\n}\n")
 
 
+def test_sample_attention_params_round_trip_and_build(tmp_path):
+    """Every parameter the sample_attention builder takes is storable, and loads back into a
+    plan the builder accepts."""
+    from mcompile.kernels.patterns import validate_params
+    params = {"alpha": 0.9, "window_frac": 0.05, "sample_frac": 0.1, "max_columns": Frac(0.2),
+              "count_window": False}
+    ident = tiny_identity()
+    heads = [HeadEntry("sample_attention", params, recall=0.9, cost=0.2)] * ident.num_heads
+    db = PatternDB.build(ident, [LayerEntry.searched(heads)] * 3, Provenance(command="test"))
+    loaded = load_db(save_db(db, tmp_path / "sa.json"))
+    assert loaded == db
+    plan = loaded.layers[0].layer_plan().heads[0]
+    assert validate_params(plan.pattern, plan.params)["count_window"] is False
+    bad = json.loads(dumps(db))
+    bad["layers"][0]["heads"][0]["params"]["count_window"] = "no"
+    with pytest.raises(PatternDBValidationError, match="count_window"):
+        loads(json.dumps(bad))
+
+
 def test_save_refuses_invalid(tmp_path):
     ident = tiny_identity()
     bad = PatternDB(ident, Provenance(), (LayerEntry.searched([HeadEntry("dense")]),) * 3)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex
+
+NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
 from ._common import device_index, index_cost, resolve_budget
 from .registry import PATTERNS, Pattern, get_pattern, register_pattern, validate_params
 
@@ -107,4 +109,10 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
             bo[:, h, :, :ix.max_blocks] = ix.block_offset
         if ix.max_columns:
             ci[:, h, :, :ix.max_columns] = ix.column_index
-    return SparseIndex(bc, bo, cc, ci, block_m, block_n)
+    window = None
+    if any(ix.window is not None for _, ix in built):   # per-head windows; others unbounded
+        window = torch.full((Hq,), NO_WINDOW, dtype=torch.int32, device=dev)
+        for heads, ix in built:
+            if ix.window is not None:
+                window[device_index(heads, dev)] = ix.window
+    return SparseIndex(bc, bo, cc, ci, block_m, block_n, window)

@@ -1,23 +1,21 @@
 """``sliding_window``: each query row ``r`` sees keys ``[r - window + 1, r]`` (transformers'
-``kv > q - window``), for the local layers of Gemma 2/3, Mistral, ... Blocks only, static.
+``kv > q - window``), for the local layers of Gemma 2/3, Mistral, ... Exact per row, static.
 
 Parameter: ``window`` (tokens: a count >= 1, or a fraction of N).
 
-Granularity: the index lists key blocks per query block of ``block_m`` rows, so what it can
-express is the union of the rows' windows, ``[start - window + 1, last]`` for a query block
-``[start, last]``: the first row of a block is exact, the last row also sees up to
-``block_m - 1`` keys older than its window. The blocks tile that union exactly (forward from
-its first key; the part past the diagonal is masked by the kernel), so
-``reference_mask`` (the per-block union) equals the index, and :func:`exact_mask` (the true
-per-row window) is contained in it. Exact per-row windows need the kernel to mask
-``key <= row - window`` as well (a lower bound per row), which the current index cannot say.
+The index lists, per query block ``[start, last]`` of ``block_m`` rows, the key blocks that
+tile the union of its rows' windows, ``[start - window + 1, last]`` (forward from its first
+key), and carries ``window`` itself: the kernel then also drops keys ``<= row - window`` in
+every row, so the result is the true per-row window (:func:`exact_mask`), not the block
+union. The cost is the union's blocks: ``ceil((window - 1 + block_m) / block_n)`` or so per
+query block, O(N x window) for the layer instead of O(N^2).
 """
 from __future__ import annotations
 
 import torch
 
 from ..index import SparseIndex
-from ._common import (block_union_mask, check_budget, plot_mask, resolve_budget,
+from ._common import (check_budget, plot_mask, resolve_budget,
                       static_index, window_blocks, with_defaults)
 from .registry import Pattern, register_pattern
 
@@ -52,8 +50,9 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads
     p = validate(params)
     B, Hq, N, _ = q.shape
     H = Hq if heads is None else len(heads)
-    count, offs, _ = window_blocks(N, _window(N, p), block_m, block_n, q.device)
-    return static_index(count, offs, B, H, block_m, block_n)
+    window = _window(N, p)
+    count, offs, _ = window_blocks(N, window, block_m, block_n, q.device)
+    return static_index(count, offs, B, H, block_m, block_n).with_window(window)
 
 
 def exact_mask(n: int, window: int, device=None) -> torch.Tensor:
@@ -67,8 +66,7 @@ def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None,
     p = validate(params)
     B, Hq, N, _ = q.shape
     H = Hq if heads is None else len(heads)
-    m = block_union_mask(exact_mask(N, _window(N, p), q.device), block_m)
-    return m.expand(B, H, N, N).clone()
+    return exact_mask(N, _window(N, p), q.device).expand(B, H, N, N).clone()
 
 
 def demo(path: str = "sliding_window.png", n: int = 1024, **params) -> str:
