@@ -1,91 +1,373 @@
 """Time-to-first-token of a whole-model prefill: dense SDPA vs sparse attention, both through Inductor.
 
-A LLaMA-3-8B-shaped model with random weights (32 layers, hidden 4096, 32 q / 8 kv heads, d 128,
-MLP 14336, bf16), built from a config on the GPU. Both variants run in one process with CUDA
-events after a warm-up (the median of repeats); compile time and peak memory are reported
-separately. Only the last position's logits are computed (``logits_to_keep=1``).
+Model: LLaMA-3-8B-shaped (32 layers, hidden 4096, 32 q / 8 kv heads, d 128, MLP 14336, RoPE theta 5e5,
+bf16), random weights built from a ``LlamaConfig`` on the GPU (no download), with
+``attention_bias=True`` so that ``--init locality`` (below) can set the q/k biases; with
+``--init random`` the biases are zero (the same function as a bias-free LLaMA). ``--layers 4`` is a
+slice of the same shape for 256K-1M tokens.
 
-    python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072
-    python benchmarks/prefill.py --layers 4 --lengths 262144,524288,1048576 --repeats 1
-    python benchmarks/prefill.py --tiny --lengths 512 --device cpu      # a smoke test
+What is timed, in one process, CUDA events, median of ``--repeats`` calls after a warm-up (a first
+call longer than ``--single-s`` at a length that is not the compile call is kept as the only sample),
+only the last position's logits (``logits_to_keep=1``):
+  * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: Inductor
+    compiles the model, and each attention is PyTorch's SDPA with ``is_causal=True`` (the backend
+    recognises transformers' causal mask and drops it). The SDPA kernel that ran is reported
+    (``torch._fused_sdp_choice`` on the real q/k/v shape: the dispatcher's own choice). Plain
+    ``torch.compile(model)`` is not the baseline: with torch 2.13 / transformers 5.23 (checked on
+    the CPU) the traced graph builds a (1, 1, N, N) mask and calls SDPA with it (no flash / cuDNN
+    causal kernel; 32 GiB of bf16 mask at 128K, it ran out of memory on the H100 last time);
+    ``--inductor-plain-lengths`` times it anyway where it fits.
+  * minference: ``backend="minference"`` with the default plan (``db=None``: vertical-slash
+    1000/6096 for every head, MInference's default), cases ``--cases`` (``nocache``, ``cache``, and
+    ``+mask`` = an all-ones ``attention_mask`` passed, which the mask recognition must keep sparse).
+Compile time (first call minus a warm call) and peak memory (``max_memory_allocated``, weights
+included) are reported per row. ``--stats`` records the sparse index density per row (work of the
+sparse calls / dense causal 64x64 blocks, a column = 1/64 block; two host syncs per layer).
 
-Results: benchmarks/results/prefill_<gpu>_<layers>L.json and a printed table.
+Per-layer times and the extrapolation to 32 layers (slice runs): ``head`` = embedding + RoPE tables
++ final norm + LM head on one token, timed eagerly; ``per_layer = (model - head) / layers``;
+``attention`` = one layer's attention alone on layer 0's q/k/v (dense: SDPA; sparse: index build +
+sparse kernel, the functions the backend calls), ``rest = per_layer - attention``;
+``32-layer estimate = head + 32 * per_layer``. Beyond ``--dense-max-len`` the dense model is not run
+(at 1M one dense layer is ~18 s): its per-layer time is composed as dense attention (measured) +
+``rest`` (measured in the minference run at that length), and marked ``composed``.
+``--mlp-chunks K`` runs each layer's MLP on K sequence slices (same function; both variants): at 1M
+the unchunked MLP's gate/up/product tensors (28 GiB each in bf16) do not fit an 80 GB GPU.
+
+Attention structure (``--init``). Random weights have none: the vertical-slash estimate (top
+diagonals/columns of the last 64 queries' attention) then picks scattered diagonals and keeps ~98%
+of the blocks at 128K, so sparse is slower than dense (the honest ``random`` measurement, kept).
+``locality`` gives the same random model a disclosed, realistic local attention without changing
+model code: every q and k head gets the same bias vector ``b`` (before RoPE) with ``b_f = b_{f+D/2}
+= a`` on the RoPE frequency pairs whose frequency theta_f lies in ``[1/far, 1/near]`` (0 elsewhere).
+The bias-bias part of the logit of query i, key j is then ``scale * sum_f 2 a^2 cos(theta_f (i-j))``:
+with log-spaced RoPE frequencies it decays ~linearly in log|i-j| (each frequency stops contributing
+once theta_f |i-j| > 1), i.e. attention ~ |i-j|^-alpha for near < |i-j| < far, flat below ``near``;
+``a^2 = alpha * sqrt(D) / (2 * pairs per unit of ln theta)`` (= alpha * ln(rope_theta) / sqrt(D)). Frequencies
+above 1/near are left out because their incoherent sum at large distances adds ~1 logit of ripple
+that makes the estimate pick scattered far diagonals. The q_proj/k_proj weights are scaled by
+``qk_scale`` (content noise: at the 8B width the random q.k logit has std ~1.6). Defaults
+alpha=1.5, near=128, far=1e6, qk_scale=0.7; no attention sink. Measured on the CPU (``--shape
+llama3-8b-narrow --probe-only``: layer 0 of an 8B-width slice, 4 q / 1 kv heads, random tokens),
+default-plan index density at 8K / 32K / 128K: locality 0.98 / 0.53 / 0.16, random 1.00 / 1.00 / 0.98
+(at 8K 6096 diagonals cover nearly everything whatever the weights); attention of the last 64
+queries at 128K (locality): 0.4% of the mass on the diagonal, 25% at distance 1-63, 56% at 64-1K,
+11% at 1K-8K, 7% beyond 8K, ~620 effective keys (exp entropy; random: 94% beyond 8K, ~34K keys).
+The whole compiled model agrees (``--shape llama3-8b-narrow --layers 2 --stats``, both layers, 16K):
+density 0.76 locality vs 1.00 random. Every run records the layer-0 profile and density per length
+and init (``probe``) and, with ``--stats``, the whole model's density per row.
+
+    # H100: 32 layers (~5 min), then the 4-layer slice (~3.5 min)
+    python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072 --inits random,locality \\
+        --random-lengths 131072 --cases nocache --repeats 2 --stats --attn-bench \\
+        --out benchmarks/results/prefill_h100_32L.json
+    python benchmarks/prefill.py --layers 4 --lengths 262144,524288,1048576 --inits random,locality \\
+        --random-lengths 262144 --cases nocache,cache+mask --dense-max-len 524288 --mlp-chunks 8 \\
+        --repeats 2 --single-s 4 --stats --attn-bench --out benchmarks/results/prefill_h100_4L.json
+    python benchmarks/plots.py
+    python benchmarks/prefill.py --shape tiny --lengths 512,1024 --min-len 256 --device cpu   # smoke test
+
+Results: benchmarks/results/prefill_<gpu>_<layers>L.json (``--out``) and a printed table;
+benchmarks/plots.py draws them.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import math
 import statistics
+import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 import transformers
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
+
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                  head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=1 << 21)
-TINY = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-            vocab_size=256, max_position_embeddings=1 << 16)
+SHAPES = {
+    "llama3-8b": LLAMA3_8B,
+    # CPU checks of the locality construction: the 8B width, head dim, RoPE and init, few heads, small MLP
+    "llama3-8b-narrow": dict(LLAMA3_8B, num_attention_heads=4, num_key_value_heads=1, intermediate_size=512,
+                             vocab_size=8192),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                 vocab_size=256, rope_theta=500000.0, max_position_embeddings=1 << 16),
+}
+LOCALITY_DEFAULTS = {"alpha": 1.5, "near": 128.0, "far": 1.0e6, "qk_scale": 0.7}
+DEFAULT_PLAN = {"vertical_size": 1000, "slash_size": 6096}   # the backend's default plan (db=None)
+DENSE_NOTE = ("dense = torch.compile(model, backend='minference', options={'plan': 'dense'}): Inductor compiles the "
+              "model; each attention runs PyTorch SDPA with is_causal=True (transformers' causal mask recognised and "
+              "dropped). Plain torch.compile(model) builds a (1,1,N,N) mask in the graph (torch 2.13, transformers "
+              "5.x) and runs SDPA with it; see rows 'inductor-plain' if any.")
 
 
-def build_model(layers: int, tiny: bool, device: str, dtype: torch.dtype):
-    cfg = transformers.LlamaConfig(num_hidden_layers=layers, **(TINY if tiny else LLAMA3_8B))
+# --- model and inits ----------------------------------------------------------------------------
+def build_model(layers: int, shape: str, device: str, dtype: torch.dtype):
+    cfg = transformers.LlamaConfig(num_hidden_layers=layers, attention_bias=True, **SHAPES[shape])
     torch.manual_seed(0)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
+    model.eval()
+    # the random q/k weights, kept on the CPU (out of the GPU's peak memory) to switch inits in place
+    model._qk_weights = [(lin, lin.weight.detach().to("cpu", copy=True)) for layer in model.model.layers
+                         for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj)]
+    return model
+
+
+def locality_bias(model, alpha: float, near: float, far: float) -> tuple[torch.Tensor, dict]:
+    """The shared q/k bias vector (head_dim,) and a description of it."""
+    inv_freq = model.model.rotary_emb.inv_freq.double().cpu()          # theta_f, f = 0 .. D/2 - 1
+    d = model.config.head_dim
+    band = (inv_freq >= 1.0 / far) & (inv_freq <= 1.0 / near)
+    per_ln = 1.0 / float(torch.log(inv_freq[0] / inv_freq[1]))        # frequencies per unit of ln(theta)
+    a = math.sqrt(alpha * math.sqrt(d) / (2 * per_ln))               # slope d(logit)/d ln|i-j| = -alpha
+    b = torch.zeros(d, dtype=torch.float64)
+    b[: d // 2][band] = a
+    b[d // 2:][band] = a
+    thetas = inv_freq[band]
+    return b, {"amplitude": a, "pairs": int(band.sum()), "theta_range": [float(thetas.min()), float(thetas.max())],
+               "norm": float(b.norm()), "frequencies_per_ln": per_ln}
+
+
+def apply_init(model, init: str, params: dict) -> dict:
+    """Set the attention biases (and q/k weight scale) in place: no recompilation, same shapes."""
+    d = model.config.head_dim
+    desc: dict = {"name": init}
+    if init == "random":
+        b, qk_scale = torch.zeros(d, dtype=torch.float64), 1.0
+        desc["construction"] = "transformers' random init (normal, std 0.02); q/k/v/o biases zero"
+    elif init == "locality":
+        b, info = locality_bias(model, params["alpha"], params["near"], params["far"])
+        qk_scale = params["qk_scale"]
+        desc.update(params=dict(params), bias=info, construction=(
+            "random init; q_proj.bias and k_proj.bias of every head = b (before RoPE), b_f = b_{f+D/2} = a on the "
+            "RoPE pairs with theta_f in [1/far, 1/near], 0 elsewhere; the bias-bias logit term "
+            "scale*sum_f 2a^2 cos(theta_f (i-j)) decays by alpha per unit of ln|i-j| (attention ~ |i-j|^-alpha "
+            "for near < |i-j| < far); q_proj/k_proj weights scaled by qk_scale; no attention sink"))
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    with torch.no_grad():
+        for lin, w0 in model._qk_weights:
+            lin.weight.copy_(w0 * qk_scale if qk_scale != 1.0 else w0)
+        for layer in model.model.layers:
+            at = layer.self_attn
+            at.q_proj.bias.copy_(b.to(at.q_proj.bias.dtype).repeat(at.q_proj.bias.numel() // d))
+            at.k_proj.bias.copy_(b.to(at.k_proj.bias.dtype).repeat(at.k_proj.bias.numel() // d))
+    return desc
+
+
+def chunk_mlps(model, pieces: int) -> None:
+    """Each decoder layer's MLP applied to ``pieces`` slices of the sequence (the same function)."""
+    def forward(self, x):
+        return torch.cat([self._unchunked_forward(p) for p in torch.tensor_split(x, pieces, dim=1)], dim=1)
+
+    for layer in model.model.layers:
+        layer.mlp._unchunked_forward = layer.mlp.forward
+        layer.mlp.forward = types.MethodType(forward, layer.mlp)
+
+
+# --- timing helpers -----------------------------------------------------------------------------
+def _cuda(device: str) -> bool:
+    return device.startswith("cuda")
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if _cuda(device):
         torch.cuda.synchronize()
 
 
-def time_call(fn, repeats: int, device: str) -> list[float]:
-    """Milliseconds per call: CUDA events on the GPU, perf_counter on the CPU."""
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return times
+def time_once(fn, device: str) -> float:
+    """Milliseconds of one call: CUDA events on the GPU, perf_counter on the CPU."""
+    if _cuda(device):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
 
 
-def sdpa_backend_name(device: str) -> str:
-    """Which SDPA backend dense attention takes at this shape (bf16, d 128, causal)."""
-    if not device.startswith("cuda"):
-        return "cpu (math/flash-cpu)"
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    q = torch.randn(1, 32, 256, 128, device=device, dtype=torch.bfloat16)
-    k = torch.randn(1, 8, 256, 128, device=device, dtype=torch.bfloat16)
-    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
-        try:
-            with sdpa_kernel([backend]):
-                torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
-            return backend.name  # the first in PyTorch's priority order that accepts the shape
-        except RuntimeError:
-            continue
-    return "MATH"
+def reset_peak(device: str) -> None:
+    if _cuda(device):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
-def run_variant(model, name: str, backend: str, options: dict | None, lengths: list[int], use_cache: bool,
-                with_mask: bool, repeats: int, device: str) -> list[dict]:
-    """Compile once (dynamic shapes), then time every length; the first call's time is the compile."""
+def peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if _cuda(device) else None
+
+
+def measure(fn, repeats: int, device: str, single_s: float, compile_call: bool) -> dict:
+    """First call (warm-up, or the compile), then ``repeats`` timed calls; a first call longer than
+    ``single_s`` that is not a compile is kept as the only sample."""
+    reset_peak(device)
+    _sync(device)
+    t = time.perf_counter()
+    first_ms = time_once(fn, device)
+    first_s = time.perf_counter() - t
+    if not compile_call and first_s > single_s:
+        return {"first_call_s": round(first_s, 2), "ms": first_ms, "all_ms": [first_ms], "samples": "first call only",
+                "peak_gib": peak_gib(device)}
+    reset_peak(device)
+    times = [time_once(fn, device) for _ in range(repeats)]
+    ms = statistics.median(times)
+    out = {"first_call_s": round(first_s, 2), "ms": ms, "all_ms": times, "samples": f"median of {repeats} after warm-up",
+           "peak_gib": peak_gib(device)}
+    if compile_call:
+        out["compile_s"] = round(first_s - ms / 1e3, 2)
+    return out
+
+
+def sdpa_choice(q, k, v, attn_mask=None, is_causal=True) -> str:
+    """The backend PyTorch's SDPA dispatcher picks for these tensors (its own selection function)."""
+    try:
+        idx = torch._fused_sdp_choice(q, k, v, attn_mask, 0.0, is_causal, enable_gqa=q.shape[1] != k.shape[1])
+    except Exception as exc:  # noqa: BLE001 (private API: report rather than fail)
+        return f"unknown ({type(exc).__name__})"
+    return _backend_name(idx)
+
+
+def _backend_name(idx) -> str:
+    from torch.nn.attention import SDPBackend
+
+    names = {int(b.value): b.name for b in SDPBackend.__members__.values()}
+    return names.get(int(idx), str(idx))
+
+
+def sdpa_info(model, n: int, device: str, dtype) -> dict:
+    cfg = model.config
+    hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = torch.empty(1, hq, n, d, device=device, dtype=dtype)
+    k = torch.empty(1, hkv, n, d, device=device, dtype=dtype)
+    out = {"length": n, "causal": sdpa_choice(q, k, k)}
+    m = min(n, 2048)  # the plain-Inductor case, (1, 1, N, N) bool mask, at a small proxy length
+    mask = torch.ones(1, 1, m, m, device=device, dtype=torch.bool).tril()
+    out["with_mask_proxy_2048"] = sdpa_choice(q[:, :, :m], k[:, :, :m], k[:, :, :m], mask, False)
+    return out
+
+
+# --- probe: layer 0's attention structure and its default-plan index -------------------------------
+@torch.no_grad()
+def layer0_qkv(model, ids):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    m, n = model.model, ids.shape[1]
+    d = model.config.head_dim
+    h = m.embed_tokens(ids)
+    cos, sin = m.rotary_emb(h, torch.arange(n, device=ids.device)[None])
+    at = m.layers[0].self_attn
+    x = m.layers[0].input_layernorm(h)
+    del h
+    q, k, v = (lin(x).view(1, n, -1, d).transpose(1, 2) for lin in (at.q_proj, at.k_proj, at.v_proj))
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+@torch.no_grad()
+def attention_profile(q, k, last: int = 64) -> dict:
+    """Where the last ``last`` queries' causal attention mass lies, by distance |i-j| (mean over heads)."""
+    _, hq, n, d = q.shape
+    group = hq // k.shape[1]
+    bins = [("diagonal", 0, 1), ("1-63", 1, 64), ("64-1K", 64, 1024), ("1K-8K", 1024, 8192), ("8K+", 8192, 1 << 62)]
+    rows = torch.arange(n - last, n, device=q.device).view(-1, 1)
+    dist = rows - torch.arange(n, device=q.device).view(1, -1)
+    mass = {name: 0.0 for name, _, _ in bins}
+    eff, first = [], 0.0
+    for h in range(hq):
+        s = (q[0, h, -last:].float() @ k[0, h // group].float().T) * d ** -0.5
+        p = s.masked_fill(dist < 0, float("-inf")).softmax(-1)
+        for name, lo, hi in bins:
+            mass[name] += float((p * ((dist >= lo) & (dist < hi))).sum(-1).mean()) / hq
+        first += float(p[:, :4].sum(-1).mean()) / hq
+        eff.append(float((-(p * p.clamp_min(1e-30).log()).sum(-1)).exp().median()))
+        del s, p
+    return {"mass_by_distance": {k_: round(v_, 4) for k_, v_ in mass.items()}, "mass_first_4_keys": round(first, 4),
+            "effective_keys_median": round(statistics.median(eff), 1), "queries": last}
+
+
+def default_layer_plan(model):
+    from mcompile.plan import LayerPlan
+
+    return LayerPlan.uniform("vertical_slash", model.config.num_attention_heads, **DEFAULT_PLAN)
+
+
+def index_density(q, k, plan) -> float:
+    from mcompile.kernels.patterns import build_layer_index
+    from mcompile.runtime import index_work
+
+    ix = build_layer_index(q, k, plan)
+    blocks, cols, dense = index_work(ix, q.shape[0], q.shape[1], q.shape[2])
+    return (blocks + cols / 64) / dense
+
+
+def bench_attention(q, k, v, plan, sparse: bool, repeats: int, device: str, single_s: float) -> dict:
+    """One layer's attention alone: dense SDPA (causal) or index build + sparse kernel."""
+    if sparse:
+        from mcompile.kernels.ops import sparse_attention
+        from mcompile.kernels.patterns import build_layer_index
+
+        def fn():
+            return sparse_attention(q, k, v, build_layer_index(q, k, plan))
+    else:
+        def fn():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                    enable_gqa=q.shape[1] != k.shape[1])
+    with torch.no_grad():
+        r = measure(fn, repeats, device, single_s, compile_call=False)
+    return {"ms": r["ms"], "all_ms": r["all_ms"], "samples": r["samples"]}
+
+
+@torch.no_grad()
+def head_ms(model, ids, repeats: int, device: str) -> float:
+    """Embedding + RoPE tables + final norm + LM head on the last token, eagerly."""
+    m = model.model
+    n = ids.shape[1]
+
+    def fn():
+        h = m.embed_tokens(ids)
+        m.rotary_emb(h, torch.arange(n, device=ids.device)[None])
+        return model.lm_head(m.norm(h[:, -1:]))
+    fn()
+    return statistics.median(time_once(fn, device) for _ in range(repeats))
+
+
+# --- the compiled variants ----------------------------------------------------------------------
+def report_snapshot() -> dict:
+    """Per attention site: (row object id, work, calls) of mcompile's report (rows are replaced on recompile)."""
+    import mcompile
+
+    return {r.key: (id(r), list(r.work), dict(r.calls)) for r in mcompile.report().rows}
+
+
+def report_delta(before: dict) -> tuple[list[int], dict]:
+    """Work [blocks, columns, dense blocks] and decisions recorded since ``before``."""
+    work, calls = [0, 0, 0], {}
+    for key, (rid, w, c) in report_snapshot().items():
+        old = before.get(key)
+        w0, c0 = (old[1], old[2]) if old is not None and old[0] == rid else ([0, 0, 0], {})
+        work = [a + b - z for a, b, z in zip(work, w, w0)]
+        for dec, n in c.items():
+            if n - c0.get(dec, 0):
+                calls[dec] = calls.get(dec, 0) + n - c0.get(dec, 0)
+    return work, calls
+
+
+def run_variant(model, name: str, backend: str, options: dict | None, lengths: list[int], inits_at: dict,
+                init_params: dict, use_cache: bool, with_mask: bool, args) -> list[dict]:
+    """Compile once (dynamic shapes), then time every (length, init); the first call is the compile."""
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, options=options, dynamic=True)
-    rows = []
+    rows, first = [], True
     for n in lengths:
-        ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
+        gen = torch.Generator(device="cpu").manual_seed(n)
+        ids = torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(args.device)
         kwargs = {"use_cache": use_cache, "logits_to_keep": 1}
         if with_mask:
             kwargs["attention_mask"] = torch.ones_like(ids)
@@ -94,82 +376,255 @@ def run_variant(model, name: str, backend: str, options: dict | None, lengths: l
             with torch.no_grad():
                 return compiled(ids, **kwargs).logits
 
-        _sync(device)
-        t = time.perf_counter()
-        call()  # compiles at the first length; a warm-up after that
-        _sync(device)
-        first_s = time.perf_counter() - t
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        times = time_call(call, repeats, device)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-        rows.append({"variant": name, "length": n, "use_cache": use_cache, "mask": with_mask,
-                     "first_call_s": round(first_s, 2), "ms": statistics.median(times), "all_ms": times,
-                     "peak_gib": peak})
-        print(f"{n:>8} {name:<15} cache={use_cache!s:<5} mask={with_mask!s:<5} {rows[-1]['ms']:>10.1f} ms  "
-              f"first call {first_s:>6.1f} s  peak {peak or 0:.1f} GiB", flush=True)
+        for init in inits_at[n]:
+            apply_init(model, init, init_params)
+            before = report_snapshot()
+            try:
+                r = measure(call, args.repeats, args.device, args.single_s, compile_call=first)
+            except torch.OutOfMemoryError as exc:
+                r = {"error": f"out of memory: {str(exc).splitlines()[0]}", "ms": None, "peak_gib": None}
+                torch.cuda.empty_cache()
+            first = False
+            dw, calls = report_delta(before)
+            row = {"variant": name, "length": n, "init": init, "use_cache": use_cache, "mask": with_mask, **r,
+                   "decisions": calls}
+            if dw[2]:
+                row["density"] = (dw[0] + dw[1] / 64) / dw[2]
+            rows.append(row)
+            ms = f"{r['ms']:>10.1f} ms" if r.get("ms") is not None else f"{'--':>10}   "
+            print(f"{n:>8} {name:<15} {init:<9} cache={use_cache!s:<5} mask={with_mask!s:<5} {ms}  "
+                  f"first call {r.get('first_call_s', 0):>6.1f} s  peak {r.get('peak_gib') or 0:.1f} GiB  "
+                  f"density {row.get('density', float('nan')):.3f} {r.get('error', '')}", flush=True)
+    del compiled
+    torch._dynamo.reset()
     return rows
+
+
+def parse_locality(text: str) -> dict:
+    p = dict(LOCALITY_DEFAULTS)
+    for item in filter(None, text.split(",")):
+        key, _, val = item.partition("=")
+        if key not in p:
+            raise SystemExit(f"--locality: unknown key {key!r}; keys: {list(p)}")
+        p[key] = float(val)
+    return p
+
+
+def ints(text: str | None) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x] if text else []
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--lengths", default="32768,65536,131072")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    ap.add_argument("--tiny", action="store_true", help="same as --shape tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--min-len", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (median reported)")
+    ap.add_argument("--single-s", type=float, default=8.0,
+                    help="a first call (not the compile) longer than this is the only sample")
+    ap.add_argument("--inits", default="random,locality", help="comma list of random | locality")
+    ap.add_argument("--random-lengths", default=None,
+                    help="lengths at which minference also runs with --init random (default: all); random weights "
+                         "make the estimate keep ~98%% of blocks, so this costs about a dense run")
+    ap.add_argument("--locality", default="", help=f"k=v,... overriding {LOCALITY_DEFAULTS}")
+    ap.add_argument("--min-len", type=int, default=8192, help="minference option min_len")
     ap.add_argument("--cases", default="nocache,cache+mask",
-                    help="minference cases, comma list of cache | cache+mask | nocache | nocache+mask")
-    ap.add_argument("--dense", choices=["yes", "no"], default="yes", help="also time dense SDPA")
-    ap.add_argument("--inductor-plain", action="store_true",
-                    help="also time plain torch.compile(model) at the first length if <= 32K (it builds an N^2 mask)")
-    ap.add_argument("--stats", action="store_true", help="record the sparse index density (one sync per layer)")
+                    help="minference cases: comma list of nocache | cache | nocache+mask | cache+mask; the first "
+                         "runs every init, the others only the last init of --inits")
+    ap.add_argument("--dense", choices=["yes", "no"], default="yes", help="also time the dense model")
+    ap.add_argument("--dense-max-len", type=int, default=1 << 62,
+                    help="run the dense model only up to this length; beyond, compose it from measured parts")
+    ap.add_argument("--inductor-plain-lengths", default=None,
+                    help="also time plain torch.compile(model) (Inductor; builds an N^2 mask) at these lengths")
+    ap.add_argument("--mlp-chunks", type=int, default=0, help="run each MLP on this many sequence slices (memory)")
+    ap.add_argument("--attn-bench", action="store_true",
+                    help="time one layer's attention alone (dense SDPA, sparse index+kernel) for the per-layer split")
+    ap.add_argument("--probe-only", action="store_true",
+                    help="only the layer-0 attention profile and default-plan index density per length and init")
+    ap.add_argument("--no-probe", action="store_true", help="skip the layer-0 attention profile / index density")
+    ap.add_argument("--stats", action="store_true", help="record the sparse index density per row (host syncs)")
+    ap.add_argument("--extrapolate-to", type=int, default=32)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.tiny:
+        args.shape = "tiny"
 
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model = build_model(args.layers, args.tiny, args.device, dtype)
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    lengths = [int(x) for x in args.lengths.split(",")]
+    dtype = torch.bfloat16 if _cuda(args.device) else torch.float32
+    model = build_model(args.layers, args.shape, args.device, dtype)
+    if args.mlp_chunks > 1:
+        chunk_mlps(model, args.mlp_chunks)
+    gpu = torch.cuda.get_device_name() if _cuda(args.device) else "cpu"
+    lengths = ints(args.lengths)
+    inits = [x for x in args.inits.split(",") if x]
+    rand_lengths = set(ints(args.random_lengths)) if args.random_lengths else set(lengths)
+    init_params = parse_locality(args.locality)
+    inits_first = {n: [i for i in inits if i != "random" or n in rand_lengths] for n in lengths}
+    inits_last = {n: inits[-1:] for n in lengths}
+    init_desc = {i: apply_init(model, i, init_params) for i in inits}
+    plan = default_layer_plan(model)
+    t_start = time.perf_counter()
+
+    # per length: the SDPA backend, the layer-0 profile and index density, one layer's attention, the head
+    sdpa, probes, attn, heads = [], [], [], {}
+    for n in lengths:
+        ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
+        ids = ids.to(args.device)
+        sdpa.append(sdpa_info(model, n, args.device, dtype))
+        heads[n] = head_ms(model, ids, 3, args.device)
+        dense_done = False
+        for init in inits:
+            if args.no_probe and not args.attn_bench:
+                break
+            apply_init(model, init, init_params)
+            q, k, v = layer0_qkv(model, ids)
+            if not args.no_probe:
+                p = {"length": n, "init": init, "layer": 0, **attention_profile(q, k),
+                     "density_default_plan": index_density(q, k, plan)}
+                probes.append(p)
+                print(f"probe {n:>8} {init:<9} layer-0 density {p['density_default_plan']:.3f} "
+                      f"mass {p['mass_by_distance']} eff keys {p['effective_keys_median']}", flush=True)
+            if args.attn_bench:
+                if not dense_done:
+                    attn.append({"length": n, "variant": "dense-sdpa", "init": "any", "sdpa_backend": sdpa[-1]["causal"],
+                                 **bench_attention(q, k, v, plan, False, args.repeats, args.device, args.single_s)})
+                    dense_done = True
+                    print(f"attention {n:>8} dense-sdpa   {attn[-1]['ms']:>9.1f} ms per layer", flush=True)
+                if n in rand_lengths or init != "random":
+                    attn.append({"length": n, "variant": "minference", "init": init,
+                                 **bench_attention(q, k, v, plan, True, args.repeats, args.device, args.single_s)})
+                    print(f"attention {n:>8} minference {init:<9} {attn[-1]['ms']:>9.1f} ms per layer", flush=True)
+            del q, k, v
+        del ids
+    prep_s = time.perf_counter() - t_start
+    if args.probe_only:
+        out = Path(args.out or Path(__file__).parent / f"results/prefill_probe_{gpu.replace(' ', '_')}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+                                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                                   "command": "python " + " ".join(sys.argv), "model": args.shape,
+                                   "config": SHAPES[args.shape], "sparse_plan": {"pattern": "vertical_slash", **DEFAULT_PLAN},
+                                   "inits": init_desc, "probe": probes}, indent=1) + "\n")
+        print(f"-> {out}")
+        return
+
     rows = []
-    cases = [(c.startswith("cache"), c.endswith("mask")) for c in args.cases.split(",")]
-    if args.dense == "yes":
-        for use_cache in sorted({c for c, m in cases if not m}):
-            # Dense SDPA through the same backend (plan "dense"): the recognised causal mask becomes SDPA's
-            # is_causal, so flash / cuDNN run. Plain torch.compile(model) is not a fair baseline here: with
-            # torch < 2.14, transformers 5 builds a (1, 1, N, N) mask under compile (32 GiB at 128K in bf16).
-            rows += run_variant(model, "dense-sdpa", "minference", {"plan": "dense"}, lengths, use_cache, False,
-                                args.repeats, args.device)
-            if args.inductor_plain and lengths[0] <= 32768:
-                rows += run_variant(model, "inductor-plain", "inductor", None, lengths[:1], use_cache, False,
-                                    args.repeats, args.device)
-    for use_cache, with_mask in cases:
-        rows += run_variant(model, "minference", "minference", {"min_len": args.min_len, "db": None, "stats": args.stats}, lengths,
-                            use_cache, with_mask, args.repeats, args.device)
-    dense_ms = {r["length"]: r["ms"] for r in rows if r["variant"] == "dense-sdpa"}  # the best dense case
+    cases = [(c.startswith("cache"), c.endswith("mask")) for c in args.cases.split(",") if c]
+    dense_lengths = [n for n in lengths if n <= args.dense_max_len]
+    if args.dense == "yes" and dense_lengths:
+        dense_init = {n: inits[:1] for n in dense_lengths}   # the dense time does not depend on the weights
+        rows += run_variant(model, "dense-sdpa", "minference", {"plan": "dense"}, dense_lengths, dense_init,
+                            init_params, False, False, args)
+    plain = [n for n in ints(args.inductor_plain_lengths) if n in lengths]
+    if plain:
+        rows += run_variant(model, "inductor-plain", "inductor", None, plain, {n: inits[:1] for n in plain},
+                            init_params, False, False, args)
+    for i, (use_cache, with_mask) in enumerate(cases):
+        opts = {"min_len": args.min_len, "db": None, "stats": args.stats}
+        rows += run_variant(model, "minference", "minference", opts, lengths, inits_first if i == 0 else inits_last,
+                            init_params, use_cache, with_mask, args)
+
+    # speedups, per-layer split, extrapolation
+    dense_ms = {r["length"]: r["ms"] for r in rows if r["variant"] == "dense-sdpa" and r.get("ms")}
+    attn_ms = {(a["length"], a["variant"], a["init"]): a["ms"] for a in attn}
+    L = args.layers
     for r in rows:
-        r["per_layer_ms"] = r["ms"] / args.layers
+        if not r.get("ms"):
+            continue
+        r["per_layer_ms"] = (r["ms"] - heads[r["length"]]) / L
+        a = attn_ms.get((r["length"], r["variant"], "any" if r["variant"] == "dense-sdpa" else r["init"]))
+        if a is not None:
+            r["attention_ms_per_layer"] = a
+            r["rest_ms_per_layer"] = r["per_layer_ms"] - a
         if r["variant"] == "minference" and r["length"] in dense_ms:
             r["speedup"] = dense_ms[r["length"]] / r["ms"]
+    # dense beyond --dense-max-len: attention (measured) + rest (from the minference nocache row there)
+    for n in lengths:
+        if n in dense_ms or (n, "dense-sdpa", "any") not in attn_ms:
+            continue
+        rest = [r["rest_ms_per_layer"] for r in rows if r["variant"] == "minference" and r["length"] == n
+                and not r["use_cache"] and "rest_ms_per_layer" in r]
+        if not rest:
+            continue
+        per_layer = attn_ms[(n, "dense-sdpa", "any")] + statistics.median(rest)
+        rows.append({"variant": "dense-sdpa", "length": n, "init": "any", "use_cache": False, "mask": False,
+                     "composed": "attention alone (measured) + rest per layer from the minference run, no model run",
+                     "ms": heads[n] + L * per_layer, "per_layer_ms": per_layer, "peak_gib": None,
+                     "attention_ms_per_layer": attn_ms[(n, "dense-sdpa", "any")], "rest_ms_per_layer": statistics.median(rest)})
+        dense_ms[n] = rows[-1]["ms"]
+        for r in rows:
+            if r["variant"] == "minference" and r["length"] == n and r.get("ms"):
+                r["speedup"] = dense_ms[n] / r["ms"]
+                r["speedup_vs_composed_dense"] = True
+    extrap = []
+    if L != args.extrapolate_to:
+        to = args.extrapolate_to
+        for r in rows:
+            if not r.get("ms") or r["variant"] == "inductor-plain":
+                continue
+            est = heads[r["length"]] + to * r["per_layer_ms"]
+            e = {"length": r["length"], "variant": r["variant"], "init": r["init"], "use_cache": r["use_cache"],
+                 "mask": r["mask"], "layers": to, "ms": est, "head_ms": heads[r["length"]],
+                 "per_layer_ms": r["per_layer_ms"], "attention_ms_per_layer": r.get("attention_ms_per_layer"),
+                 "rest_ms_per_layer": r.get("rest_ms_per_layer")}
+            extrap.append(e)
+        dense_est = {e["length"]: e["ms"] for e in extrap if e["variant"] == "dense-sdpa"}
+        for e in extrap:
+            if e["variant"] == "minference" and e["length"] in dense_est:
+                e["speedup"] = dense_est[e["length"]] / e["ms"]
+
     import mcompile
 
-    result = {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
-              "date": datetime.datetime.now().isoformat(timespec="seconds"), "dtype": str(dtype),
-              "model": "tiny" if args.tiny else "llama3-8b-shape", "layers": args.layers,
-              "dense_sdpa_backend": sdpa_backend_name(args.device), "rows": rows,
-              "sparse_decisions": sorted({r.decision for r in mcompile.report().rows}),
-              "sparse_density": mcompile.report().density()}
-    out = Path(args.out or Path(__file__).parent / f"results/prefill_{gpu.replace(' ', '_')}_{args.layers}L.json")
+    result = {
+        "device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "dtype": str(dtype),
+        "command": "python " + " ".join(sys.argv),
+        "model": args.shape, "layers": L, "config": {k: v for k, v in SHAPES[args.shape].items()},
+        "attention_bias": True, "mlp_chunks": args.mlp_chunks,
+        "sparse_plan": {"pattern": "vertical_slash", **DEFAULT_PLAN, "min_len": args.min_len},
+        "dense_baseline": DENSE_NOTE,
+        "dense_sdpa_backend": sdpa[-1]["causal"] if sdpa else None,
+        "sdpa": {"choice_by_length": sdpa,
+                 "priority_order": [_backend_name(x) for x in torch._C._get_sdp_priority_order()]
+                 if hasattr(torch._C, "_get_sdp_priority_order") else None,
+                 "enabled": {"flash": torch.backends.cuda.flash_sdp_enabled(),
+                             "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                             "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                             "math": torch.backends.cuda.math_sdp_enabled()}},
+        "inits": init_desc,
+        "timing": ("CUDA events" if _cuda(args.device) else "perf_counter") + f"; repeats {args.repeats} after a warm-up; "
+                  f"a non-compile first call > {args.single_s} s is the only sample; per_layer_ms = (ms - head_ms) / layers",
+        "stats": args.stats, "head_ms": {str(n): v for n, v in heads.items()},
+        "probe": probes, "attention_alone": attn, "rows": rows,
+        "extrapolation": ({"to_layers": args.extrapolate_to,
+                           "formula": "head_ms + to_layers * per_layer_ms, per_layer_ms = (model ms - head_ms) / layers "
+                                      "measured (= attention alone + rest)", "rows": extrap} if extrap else None),
+        "prep_s": round(prep_s, 1), "total_s": round(time.perf_counter() - t_start, 1),
+        "sparse_decisions": sorted({r.decision for r in mcompile.report().rows}),
+        "sparse_density_all_rows": mcompile.report().density(),
+    }
+    out = Path(args.out or Path(__file__).parent / f"results/prefill_{gpu.replace(' ', '_')}_{L}L.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\n{'length':>8} {'case':<12} {'variant':<15} {'ms':>10} {'per layer':>10} {'speedup':>8} {'GiB':>6}")
-    for r in sorted(rows, key=lambda r: (r["length"], r["variant"], r["mask"])):
-        print(f"{r['length']:>8} {('cache' if r['use_cache'] else 'nocache') + ('+mask' if r['mask'] else ''):<12} "
-              f"{r['variant']:<15} {r['ms']:>10.1f} {r['per_layer_ms']:>10.2f} {r.get('speedup', float('nan')):>8.2f} "
-              f"{r['peak_gib'] or 0:>6.1f}")
+
+    print(f"\n{'length':>8} {'case':<13} {'variant':<15} {'init':<9} {'ms':>10} {'per layer':>10} {'attn/layer':>10} "
+          f"{'speedup':>8} {'GiB':>6} {'density':>8}")
+    for r in sorted(rows, key=lambda r: (r["length"], r["variant"], r["mask"], r["init"])):
+        case = ("cache" if r["use_cache"] else "nocache") + ("+mask" if r["mask"] else "")
+        f = lambda x, w, p: f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}"  # noqa: E731
+        print(f"{r['length']:>8} {case:<13} {r['variant']:<15} {r['init']:<9} {f(r.get('ms'), 10, 1)} "
+              f"{f(r.get('per_layer_ms'), 10, 2)} {f(r.get('attention_ms_per_layer'), 10, 2)} "
+              f"{f(r.get('speedup'), 8, 2)} {f(r.get('peak_gib'), 6, 1)} {f(r.get('density'), 8, 3)}"
+              + ("  (composed)" if r.get("composed") else "") + (f"  {r['error']}" if r.get("error") else ""))
+    if extrap:
+        print(f"\nextrapolated to {args.extrapolate_to} layers: head_ms + {args.extrapolate_to} x per-layer "
+              f"(per layer = attention alone + rest)")
+        for e in extrap:
+            print(f"{e['length']:>8} {e['variant']:<15} {e['init']:<9} cache={e['use_cache']!s:<5} mask={e['mask']!s:<5} "
+                  f"{e['ms']:>10.1f} ms" + (f"  speedup {e['speedup']:.2f}" if "speedup" in e else ""))
     print(f"dense SDPA backend: {result['dense_sdpa_backend']}; decisions: {result['sparse_decisions']}; "
-          f"sparse density (with --stats): {result['sparse_density']}; -> {out}")
+          f"{time.perf_counter() - t_start:.0f} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -289,6 +289,83 @@ def test_triton_kernels_interpreted():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
+def test_triton_builders_interpreted():
+    """The Triton builders (vertical-slash scores and index, block-sparse top-k, SampleAttention's
+    split loops under several tile shapes) run under Triton's interpreter and give the torch
+    paths' index: the same counts and the same entries up to the counts."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent("""
+        import os
+        import torch
+        from mcompile.kernels.patterns import vertical_slash as VS, block_sparse as BS
+        from mcompile.kernels.patterns import sample_attention as SA, _common as C
+
+        def both(fn):
+            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+            a = fn()
+            os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
+            b = fn()
+            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+            return a, b
+
+        def same_index(a, b):
+            assert torch.equal(a.block_count, b.block_count)
+            assert torch.equal(a.column_count, b.column_count)
+            for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset),
+                              (a.column_count, a.column_index, b.column_index)):
+                ok = torch.arange(x.shape[-1]) < cnt.unsqueeze(-1)
+                assert torch.equal(torch.where(ok, x, 0), torch.where(ok, y, 0))
+
+        # vertical-slash: scores (fused passes + diagonal skew) and the whole build
+        for n, params, heads in [(300, {"vertical_size": 40, "slash_size": 120}, None),
+                                 (777, {"vertical_size": 0.05, "slash_size": 0.2}, [1, 2]),
+                                 (40, {}, None), (129, {"vertical_size": 30, "slash_size": 1.0}, [3])]:
+            q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, 30],
+                                diagonals=[20, 90], local=2.0)
+            (v1, s1), (v2, s2) = both(lambda: VS.scores(q, k, heads))
+            assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5), n
+            a, b = both(lambda: VS.build(q, k, params, heads=heads))
+            C.index_cost(a)
+            same_index(a, b)
+        # vertical-slash: the index of random selections (distances in any order)
+        g = torch.Generator().manual_seed(3)
+        for n, ks, kv in [(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)]:
+            d = torch.stack([torch.randperm(n, generator=g)[:ks] for _ in range(6)]).view(2, 3, ks)
+            c = torch.stack([torch.randperm(n, generator=g)[:kv] for _ in range(6)]).view(2, 3, kv)
+            c = c.sort(-1).values
+            a = VS.index_from_selection(c, d, n)
+            os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
+            b = VS.index_from_selection(c, d.sort(-1, descending=True).values, n)
+            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+            same_index(a, b)
+        # block-sparse: the radix-select top-k
+        for n, top_k in [(65, 3), (640, 4), (1000, 0.3), (777, 100), (1, 5), (2000, 7)]:
+            q = torch.randn(2, 4, n, 32, generator=g)
+            k = torch.randn(2, 2, n, 32, generator=g)
+            for heads in (None, [3, 0]):
+                a, b = both(lambda: BS.build(q, k, {"top_k": top_k}, heads=heads))
+                same_index(a, b)
+        # equal scores: the lowest block ids win
+        ix = BS.build(torch.ones(1, 1, 640, 16), torch.ones(1, 1, 640, 16), {"top_k": 4})
+        assert ix.block_offset[0, 0, 9, :4].tolist() == [0, 64, 128, 576]
+        # SampleAttention: unmasked/masked loop split, several tile shapes
+        for cfg in ({"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 32, "BLOCK_N": 128}):
+            SA.CONFIG["row_stats"].update(cfg)
+            SA.CONFIG["col_sums"].update(cfg)
+            for n, heads, params in [(1000, None, {"window_frac": 0.1, "sample_frac": 0.1}),
+                                     (2500, [1], {"sample_frac": 0.25, "count_window": False})]:
+                q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=1, d=64, hot_columns=[3, 100],
+                                    local=4.0)
+                got, want = both(lambda: SA.column_scores(q, k, params, heads=heads))
+                for x, y in zip(got, want):
+                    assert torch.allclose(x, y, atol=1e-4), (n, float((x - y).abs().max()))
+        print("ok")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
 # --- block_sparse ------------------------------------------------------------------------------------
 def _block_scores64(q, k, bm=64):
     """float64 pooled block scores (B, H, NQB, NKB), GQA by repeat."""

@@ -17,6 +17,10 @@ Deviations from MInference, and why:
     divides by 64, which shrinks that block's score);
   * when the (B, H, NQB, NKB) float32 score tensor would exceed ``SCORE_BUDGET_BYTES`` it is
     computed in chunks of query blocks (at 1M tokens a whole layer's scores are 34 GB).
+On CUDA (``use_triton``) the top-k, forcing, causal cut and ascending order are one Triton
+program per query block (``_triton_bs.py``: an exact radix select in registers; among exactly
+equal scores the lowest block ids win) instead of ``topk`` + ``sort`` + masks over the score
+tensor; elsewhere torch ops. Same selection.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import torch
 
 from ..index import SparseIndex, num_q_blocks
 from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, planted_qk,
-                      plot_mask, q_blocks, resolve_budget, row_chunks, with_defaults)
+                      plot_mask, q_blocks, resolve_budget, row_chunks, use_triton, with_defaults)
+from . import _triton_bs as _tbs
 from .registry import Pattern, register_pattern
 
 NAME = "block_sparse"
@@ -99,10 +104,33 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     return torch.cat(cnt_parts, -1), torch.cat(ids_parts, 2)
 
 
+def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int, block_n: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count (B, Hg, NQB), block starts (B, Hg, NQB, top_k)) int32: the pooled scores by a
+    matmul per chunk of query blocks, the top-k by one Triton program per row (``_triton_bs``);
+    entries past the count are unwritten."""
+    B, Hq, N, D = q.shape
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    kk = _top_k(N, p, block_n)
+    nqb, nkb = num_q_blocks(N, block_m), cdiv(N, block_n)
+    pq = hm.select_q(_pool(q, block_m))                                      # (B, Hg, NQB, D)
+    pk = hm.select_kv(_pool(k, block_n))                                     # (B, U, NKB, D)
+    Hg = pq.shape[1]
+    out = torch.empty(B * Hg, nqb, kk, dtype=torch.int32, device=q.device)
+    cnt = torch.empty(B * Hg, nqb, dtype=torch.int32, device=q.device)
+    for a, b in row_chunks(nqb, B * Hg * nkb * 4):
+        s = hm.scores(pq[:, :, a:b].to(pk.dtype), pk)                        # (B, Hg, c, NKB)
+        _tbs.select(s.view(B * Hg, b - a, nkb), out, cnt, a, kk, N, block_m, block_n)
+    return cnt.view(B, Hg, nqb), out.view(B, Hg, nqb, kk)
+
+
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
-    count, ids = select_blocks(q, k, params, heads=heads, block_m=block_m, block_n=block_n)
-    offs = torch.where(ids < INT32_BIG, ids * block_n, 0).to(torch.int32)
+    if use_triton(q.device) and _tbs.max_row(cdiv(q.shape[2], block_n)):
+        count, offs = _build_triton(q, k, validate(params), heads, block_m, block_n)
+    else:
+        count, ids = select_blocks(q, k, params, heads=heads, block_m=block_m, block_n=block_n)
+        offs = torch.where(ids < INT32_BIG, ids * block_n, 0).to(torch.int32)
     B, Hg, nqb = count.shape
     z = torch.zeros(B, Hg, nqb, dtype=torch.int32, device=q.device)
     return SparseIndex(count.contiguous(), offs, z, z.new_zeros(B, Hg, nqb, 0), block_m, block_n)

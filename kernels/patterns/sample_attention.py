@@ -42,7 +42,11 @@ Deviations and gaps:
     elsewhere torch ops in chunks of sampled rows (``SCORE_BUDGET_BYTES``); both batched over
     the group's heads, GQA without copying K per query head.
 Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work (the two
-kernels each recompute the sampled scores), inherent to the method's sampling.
+kernels each recompute the sampled scores), inherent to the method's sampling: at 128K
+(LLaMA-3-8B shape, sample_frac 0.05) about 7 TFLOP and 2 x 14G exponentials, about 21 ms on
+an H100 against a 49 ms sparse kernel. The kernels skip the masks on tiles that need none
+(key tiles before every row's window; sampled rows whose window starts after the key tile)
+and the rows a key tile cannot score (before it, or whose window already covers it).
 """
 from __future__ import annotations
 
@@ -121,7 +125,8 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     w0_blk = torch.clamp(start - (_window(N, p) - 1), min=0)
     w0_rows = w0_blk[rows_t // block_m]
     if use_triton(dev) and D in (16, 32, 64, 128, 256):
-        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"], stride, N - L)
+        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"], stride,
+                                     N - L, _window(N, p), block_m)
     ku = hm.select_kv(k)
     Hg = len(hm.heads)
     keys = torch.arange(N, device=dev)
@@ -178,7 +183,19 @@ def _get_kernels():
         l_i = tl.zeros([BLOCK_M], tl.float32)
         lo_i = tl.zeros([BLOCK_M], tl.float32)
         hi = tl.max(rpos, 0) + 1
-        for start_n in range(0, hi, BLOCK_N):
+        # key tiles before every row's window start: no causal or window mask, all of their
+        # mass is outside the windows (lo == l there)
+        a_end = (tl.min(tl.where(mmask, w0, 1 << 30), 0) // BLOCK_N) * BLOCK_N
+        for start_n in range(0, a_end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None])
+            s = tl.dot(q, kt) * qk_scale
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+        lo_i = l_i
+        for start_n in range(a_end, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
                          mask=offs_n[None, :] < N, other=0.0)
@@ -195,9 +212,28 @@ def _get_kernels():
         tl.store(FOUT + out, lo_i / l_i, mask=mmask)
 
     @triton.jit
+    def _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr, qk_scale,
+                       COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mmask = offs_m < R
+        q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :],
+                    mask=mmask[:, None], other=0.0)
+        rpos = tl.load(RPOS + offs_m, mask=mmask, other=-1)
+        lse = tl.load(lbase + offs_m, mask=mmask, other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        keep = offs_n[None, :] <= rpos[:, None]
+        if COUNT_WINDOW:
+            w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+            keep = keep & (offs_n[None, :] < w0[:, None])
+        return tl.sum(tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0), 0)
+
+    # the kernels below call it by its global name (the interpreter resolves names there)
+    globals()["_sa_col_masked"] = _sa_col_masked
+
+    @triton.jit
     def _sa_col_sums(Q, K, RPOS, W0, KVH, LSE, COL,
                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
-                     Hg, R, N, qk_scale, NSTR, STRIDE, TAIL0,
+                     Hg, R, N, qk_scale, NSTR, STRIDE, TAIL0, WIN, QBM,
                      COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      D: tl.constexpr):
         """Per key tile: the sum over sampled rows of softmax probabilities (outside each
@@ -213,32 +249,53 @@ def _get_kernels():
         kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
                      + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
         acc = tl.zeros([BLOCK_N], tl.float32)
-        # sampled rows are sorted: skip those before this key tile (causal zeros)
-        c = (j0 + STRIDE - 1) // STRIDE
-        first = tl.where(c < NSTR, c, NSTR + tl.maximum(j0 - TAIL0, 0))
+        # sampled rows are sorted: skip those before this key tile (causal zeros) and, when
+        # COUNT_WINDOW, those whose window starts at or before it (w0 > j0 needs a row
+        # block start >= j0 + WIN)
+        r0 = j0
+        if COUNT_WINDOW:
+            r0 = (j0 + WIN + QBM - 1) // QBM * QBM
+        c = (r0 + STRIDE - 1) // STRIDE
+        first = tl.where(c < NSTR, c, NSTR + tl.maximum(r0 - TAIL0, 0))
         qbase = Q + b * stride_qb + h * stride_qh
         lbase = LSE + pid_bh.to(tl.int64) * R
-        for start_m in range((first // BLOCK_M) * BLOCK_M, R, BLOCK_M):
+        # rows from r1 on keep the whole key tile (it lies before their window start, or,
+        # without COUNT_WINDOW, at or before the row): no masks for their full row tiles
+        if COUNT_WINDOW:
+            r1 = (j0 + BLOCK_N + WIN - 1 + QBM - 1) // QBM * QBM
+        else:
+            r1 = j0 + BLOCK_N - 1
+        c1 = (r1 + STRIDE - 1) // STRIDE
+        full = tl.minimum(tl.where(c1 < NSTR, c1, NSTR + tl.maximum(r1 - TAIL0, 0)), R)
+        t0 = (first // BLOCK_M) * BLOCK_M
+        t1 = tl.maximum(t0, (full + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
+        t2 = tl.maximum(t1, (R // BLOCK_M) * BLOCK_M)
+        for start_m in range(t1, t2, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            mmask = offs_m < R
-            q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :],
-                        mask=mmask[:, None], other=0.0)
-            rpos = tl.load(RPOS + offs_m, mask=mmask, other=-1)
-            lse = tl.load(lbase + offs_m, mask=mmask, other=0.0)
+            q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :])
+            lse = tl.load(lbase + offs_m)
             s = tl.dot(q, kt) * qk_scale
-            keep = offs_n[None, :] <= rpos[:, None]
-            if COUNT_WINDOW:
-                w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
-                keep = keep & (offs_n[None, :] < w0[:, None])
-            pexp = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
-            acc += tl.sum(pexp, 0)
+            acc += tl.sum(tl.math.exp2(s - lse[:, None]), 0)
+        for start_m in range(t0, t1, BLOCK_M):
+            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+                                  qk_scale, COUNT_WINDOW, BLOCK_M)
+        for start_m in range(t2, R, BLOCK_M):
+            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+                                  qk_scale, COUNT_WINDOW, BLOCK_M)
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
 
     _kernels = (_sa_row_stats, _sa_col_sums)
     return _kernels
 
 
-def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0):
+# launch configurations (BLOCK_M sampled rows x BLOCK_N keys per tile; the best of a small
+# sweep on an H100 at 128K, LLaMA-3-8B shape)
+CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+          "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
+
+
+def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0,
+                          window: int, block_m: int):
     import triton
     row_stats, col_sums = _get_kernels()
     B, Hq, N, D = q.shape
@@ -254,17 +311,18 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
     fout = torch.empty_like(lse)
     col = torch.empty(B, Hg, N, dtype=torch.float32, device=q.device)
     qk_scale = float(scale) * 1.4426950408889634
-    bm, bn = 64, 64
-    warps = 4 if D <= 128 else 8
-    row_stats[(triton.cdiv(R, bm), B * Hg)](
+    c1, c2 = dict(CONFIG["row_stats"]), dict(CONFIG["col_sums"])
+    if D > 128:
+        c1["num_warps"] = max(8, c1["num_warps"])
+        c2["num_warps"] = max(8, c2["num_warps"])
+    row_stats[(triton.cdiv(R, c1["BLOCK_M"]), B * Hg)](
         qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale,
-        BLOCK_M=bm, BLOCK_N=bn, D=D, num_warps=warps)
+        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, D=D, **c1)
     nstr = len(range(0, tail0, stride))
-    col_sums[(triton.cdiv(N, bn), B * Hg)](
+    col_sums[(triton.cdiv(N, c2["BLOCK_N"]), B * Hg)](
         qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
         k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
-        COUNT_WINDOW=bool(count_window), BLOCK_M=bm, BLOCK_N=bn, D=D, num_warps=warps)
+        window, block_m, COUNT_WINDOW=bool(count_window), D=D, **c2)
     tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
     win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot

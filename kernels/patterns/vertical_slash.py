@@ -31,10 +31,14 @@ Deviations from MInference, and why:
   * heads of a group are scored in one batched matmul (MInference loops over heads), chunked
     over keys (two passes: log-sum-exp, then probabilities) when the float32 score tensor would
     exceed ``SCORE_BUDGET_BYTES``.
-The range merge is a scan over the sorted diagonals per query block. On CUDA it is a Triton
-kernel (one lane per query block, like MInference's CUDA kernel); elsewhere the same scan
-in torch ops vectorised over (batch, head, query block), looping over the ``slash_size``
-diagonals in Python (fine at test sizes, slow at long lengths on CPU).
+On CUDA (``use_triton``) the builder is Triton kernels around ``torch.topk``
+(``_triton_vs.py``): the scores in two fused passes over the keys (no ``64 x N`` score
+tensor), then the range merge in ``O(blocks)`` steps per query block (one lane per
+query block, jumping from range to range through a "largest selected distance below t" table
+instead of visiting every selected diagonal) and the verticals filtered and compacted per
+query block. Elsewhere the merge is a scan over the sorted diagonals in torch ops vectorised
+over (batch, head, query block), looping over the ``slash_size`` diagonals in Python (fine at
+test sizes, slow at long lengths on CPU). Both give the same index.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from ..index import SparseIndex, num_q_blocks
 from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, compact,
                       dense_probs, planted_qk, plot_mask, q_blocks, resolve_budget, row_chunks,
                       use_triton, with_defaults)
+from . import _triton_vs as _tvs
 from .registry import Pattern, register_pattern
 
 NAME = "vertical_slash"
@@ -113,6 +118,8 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     L = min(LAST_Q, N)
     dev = q.device
     qg = hm.select_q(q[:, :, N - L:])                                         # (B, Hg, L, D)
+    if use_triton(dev) and _tvs.supported_head_dim(D) and q.dtype == k.dtype:
+        return _tvs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
     Hg = qg.shape[1]
     row_pos = torch.arange(N - L, N, device=dev)
     chunks = row_chunks(N, B * Hg * L * 4 * 3, multiple=64)
@@ -142,16 +149,18 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     return vertical, slash
 
 
-def select(vertical: torch.Tensor, slash: torch.Tensor, kv: int, ks: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def select(vertical: torch.Tensor, slash: torch.Tensor, kv: int, ks: int, *,
+           sort_dists: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced entries + top-k: (columns ascending (B, H, kv), distances descending (B, H, ks)),
-    int64."""
+    int64 (the distances in no particular order when ``sort_dists`` is False)."""
     v = vertical.clone()
     v[..., :FORCED_COLUMNS] += _FORCE
     s = slash.clone()
     s[..., :FORCED_DIAGONALS] += _FORCE
     cols = torch.topk(v, kv, -1).indices.sort(-1).values
-    dists = torch.topk(s, ks, -1).indices.sort(-1, descending=True).values
+    dists = torch.topk(s, ks, -1, sorted=False).indices
+    if sort_dists:
+        dists = dists.sort(-1, descending=True).values
     return cols, dists
 
 
@@ -180,62 +189,12 @@ def _scan_torch(dists: torch.Tensor, n: int, bm: int, width: int) -> tuple[torch
     return cnt.to(torch.int32), out[..., :width].to(torch.int32)
 
 
-_scan_kernel = None
-
-
-def _get_scan_kernel():
-    global _scan_kernel
-    if _scan_kernel is not None:
-        return _scan_kernel
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _vs_scan(D, OUT, CNT, S, NQB, N, stride_d, stride_ob, stride_oq, stride_c,
-                 BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
-        bh = tl.program_id(0).to(tl.int64)
-        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-        rmask = rows < NQB
-        start = rows * BLOCK_M
-        end = start + BLOCK_M
-        last = tl.minimum(end, N) - 1
-        E = tl.full([ROWS], -(1 << 30), tl.int32)
-        cnt = tl.zeros([ROWS], tl.int32)
-        out_row = OUT + bh * stride_ob + rows.to(tl.int64) * stride_oq
-        for j in range(S):
-            d = tl.load(D + bh * stride_d + j)
-            e = tl.maximum(end - d, BLOCK_M)
-            grow = (d < end) & (e > E)
-            st = tl.where(e > E + BLOCK_M, e - BLOCK_M, E)
-            emit = grow & (st <= last) & rmask
-            tl.store(out_row + cnt, st, mask=emit)
-            E = tl.where(grow, st + BLOCK_M, E)
-            cnt += emit.to(tl.int32)
-        tl.store(CNT + bh * stride_c + rows, cnt, mask=rmask)
-
-    _scan_kernel = _vs_scan
-    return _scan_kernel
-
-
-def _scan_triton(dists: torch.Tensor, n: int, bm: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton
-    B, H, S = dists.shape
-    nqb = num_q_blocks(n, bm)
-    d = dists.to(torch.int32).reshape(B * H, S).contiguous()
-    out = torch.full((B * H, nqb, max(width, 1)), INT32_BIG, dtype=torch.int32, device=dists.device)
-    cnt = torch.empty(B * H, nqb, dtype=torch.int32, device=dists.device)
-    rows = 128 if nqb >= 128 else max(16, triton.next_power_of_2(nqb))
-    grid = (B * H, triton.cdiv(nqb, rows))
-    _get_scan_kernel()[grid](d, out, cnt, S, nqb, n, d.stride(0), out.stride(0), out.stride(1),
-                             cnt.stride(0), BLOCK_M=bm, ROWS=rows)
-    return cnt.view(B, H, nqb), out[..., :width].view(B, H, nqb, width)
-
-
 def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_m: int = 64,
                          block_n: int = 64) -> SparseIndex:
     """The index of a selection: ``cols`` (B, H, kv) ascending key positions, ``dists``
-    (B, H, ks) descending distances (``row - key``). Block-list entries past the count hold
-    INT32_BIG.
+    (B, H, ks) descending distances (``row - key``; any order on the Triton path). Entries
+    past the counts are INT32_BIG (blocks) / 0 (columns) on the torch path, unwritten on the
+    Triton path.
 
     Verticals at or before the query block's last row and in no block become columns. (When
     the main diagonal is selected, as it always is from :func:`select`, this is exactly
@@ -247,9 +206,8 @@ def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_
     nqb = num_q_blocks(n, block_m)
     width = min(ks, nqb)
     if use_triton(dists.device):
-        bcount, boffs = _scan_triton(dists, n, block_m, width)
-    else:
-        bcount, boffs = _scan_torch(dists, n, block_m, width)
+        return SparseIndex(*_tvs.index(cols, dists, n, block_m, width), block_m, block_n)
+    bcount, boffs = _scan_torch(dists, n, block_m, width)
     # verticals -> columns: keep those at or before the block's last row and in no block
     _, last = q_blocks(n, block_m, cols.device)
     kv = cols.shape[-1]
@@ -276,7 +234,10 @@ def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, h
 
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
-    cols, dists = selection(q, k, params, heads=heads, scale=scale)
+    kv, ks = budgets(q.shape[2], params)
+    vertical, slash = scores(q, k, heads, scale)
+    # the Triton index kernels take the distances in any order
+    cols, dists = select(vertical, slash, kv, ks, sort_dists=not use_triton(q.device))
     return index_from_selection(cols, dists, q.shape[2], block_m, block_n)
 
 

@@ -1,0 +1,130 @@
+"""Attention-mass recall of each registered pattern, per head, at equal cost (issue 5).
+
+Reads the per-candidate scores a search wrote (``mcompile search --details FILE``): every
+candidate of every registered pattern scored on the captured q/k/v of every searched
+(full-attention) layer and query head, averaged over the calibration prompts, with its
+measured cost (kernel tiles of the built index plus the index builder's own work, as a
+fraction of dense causal attention). So no model runs here: this is a view of the search.
+
+For each pattern, each head and each cost target ``c``: the best recall among that pattern's
+candidates whose measured cost on that head is at most ``c`` (``-`` when even its cheapest
+candidate costs more; the means are over the heads where one fits). Output: a JSON file and two tables (markdown): the mean (and minimum)
+over heads per pattern and cost target, and per head at one cost target.
+
+    python benchmarks/pattern_recall.py benchmarks/results/search_gemma3-270m_32768.details.json \\
+        --costs 0.1,0.2,0.35 --per-head 0.2 --out benchmarks/results/pattern_recall_gemma3-270m_32768.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def best_at_cost(cost: np.ndarray, recall: np.ndarray, error: np.ndarray, pattern_of: list[str], pattern: str,
+                 target: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L, H) best recall of ``pattern``'s candidates with cost <= target per head (NaN when
+    none fits), and that candidate's output error and cost. Arrays are (L, C, H)."""
+    cols = [i for i, p in enumerate(pattern_of) if p == pattern]
+    c, r, e = cost[:, cols], recall[:, cols], error[:, cols]
+    r_ok = np.where(c <= target + 1e-9, r, -np.inf)
+    best = r_ok.argmax(1)                                              # (L, H)
+    pick = lambda a: np.take_along_axis(a, best[:, None], 1)[:, 0]   # noqa: E731
+    fits = np.isfinite(pick(r_ok))
+    nan = np.full(best.shape, np.nan)
+    return np.where(fits, pick(r), nan), np.where(fits, pick(e), nan), np.where(fits, pick(c), nan)
+
+
+def analyse(details: dict, costs: list[float]) -> dict:
+    s = details["scores"] if "scores" in details else details
+    cost, recall, error = (np.asarray(s[k], dtype=float) for k in ("cost", "recall", "error"))
+    patterns = [c["pattern"] for c in s["candidates"]]
+    names = [p for p in dict.fromkeys(patterns) if p != "dense"]
+    out = {"length": s["length"], "layers": s["layers"], "num_heads": s["num_heads"], "samples": s.get("samples"),
+           "costs": costs, "patterns": {}}
+    for p in names:
+        per = {}
+        for target in costs:
+            r, e, c = best_at_cost(cost, recall, error, patterns, p, target)
+            per[f"{target:g}"] = {"head_recall": np.round(r, 5).tolist(), "head_error": np.round(e, 5).tolist(),
+                                  "head_cost": np.round(c, 5).tolist(),
+                                  "mean_recall": None if np.isnan(r).all() else float(np.nanmean(r)),
+                                  "min_recall": None if np.isnan(r).all() else float(np.nanmin(r)),
+                                  "mean_error": None if np.isnan(e).all() else float(np.nanmean(e)),
+                                  "heads_fitting": int((~np.isnan(r)).sum())}
+        out["patterns"][p] = per
+    return out
+
+
+def _fmt(x, spec=".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def summary_table(res: dict) -> str:
+    costs = [f"{c:g}" for c in res["costs"]]
+    heads = len(res["layers"]) * res["num_heads"]
+    lines = ["| pattern | " + " | ".join(f"cost <= {c}: mean (min) recall" for c in costs) + " |",
+             "|---|" + "---|" * len(costs)]
+    for p, per in res["patterns"].items():
+        def cell(c):
+            n = per[c]["heads_fitting"]
+            some = f", {n}/{heads} heads fit" if 0 < n < heads else ""
+            return f"{_fmt(per[c]['mean_recall'], '.4f')} ({_fmt(per[c]['min_recall'])}{some})"
+        cells = [cell(c) for c in costs]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def head_table(res: dict, target: float) -> str:
+    key = f"{target:g}"
+    names = list(res["patterns"])
+    lines = [f"| layer.head | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, layer in enumerate(res["layers"]):
+        for h in range(res["num_heads"]):
+            cells = []
+            best = max((res["patterns"][p][key]["head_recall"][i][h] for p in names
+                        if not np.isnan(res["patterns"][p][key]["head_recall"][i][h])), default=None)
+            for p in names:
+                v = res["patterns"][p][key]["head_recall"][i][h]
+                text = _fmt(v, ".4f")
+                cells.append(f"**{text}**" if best is not None and v == best else text)
+            lines.append(f"| {layer}.{h} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("details", help="JSON written by mcompile search --details")
+    p.add_argument("--costs", default="0.1,0.2,0.35", help="cost targets (fractions of dense causal attention)")
+    p.add_argument("--per-head", type=float, default=0.2, help="the cost target of the per-head table")
+    p.add_argument("--out", default=None, help="JSON to write")
+    args = p.parse_args()
+    costs = [float(x) for x in args.costs.split(",") if x]
+    if args.per_head not in costs:
+        costs.append(args.per_head)
+    details = json.loads(Path(args.details).read_text())
+    res = analyse(details, costs)
+    res["source"] = str(args.details)
+    res["command"] = "python " + " ".join(sys.argv)
+    for k in ("config", "timings"):
+        if k in details:
+            res["search_" + k] = details[k]
+    print(f"attention-mass recall at equal cost, {len(res['layers'])} full-attention layers x {res['num_heads']} "
+          f"heads, {res['length']} tokens, mean of {res['samples']} calibration prompts "
+          "(cost = kernel tiles + index building, of dense causal attention)\n")
+    print(summary_table(res))
+    print(f"\nper head, cost <= {args.per_head:g} (bold: the best pattern for that head)\n")
+    print(head_table(res, args.per_head))
+    if args.out:
+        res["tables"] = {"summary": summary_table(res), "per_head": head_table(res, args.per_head)}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""benchmarks/prefill.py (locality init, probe, a tiny whole run) and benchmarks/plots.py on the CPU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+prefill = _load("prefill")
+plots = _load("plots")
+
+
+def _run_prefill(monkeypatch, argv):
+    monkeypatch.setattr(sys, "argv", ["prefill.py", *argv])
+    prefill.main()
+
+
+def test_locality_bias_decays_with_log_distance():
+    model = prefill.build_model(1, "tiny", "cpu", torch.float32)
+    alpha, near, far = 1.5, 16.0, 1.0e5
+    b, info = prefill.locality_bias(model, alpha, near, far)
+    theta = model.model.rotary_emb.inv_freq.double()
+    d = model.config.head_dim
+    assert info["pairs"] == int(((theta >= 1 / far) & (theta <= 1 / near)).sum()) > 0
+    assert torch.equal(b[: d // 2], b[d // 2:])
+
+    def kernel(dist):  # the bias-bias logit term at distance dist
+        return float(((b[: d // 2] ** 2 + b[d // 2:] ** 2) * torch.cos(theta * dist)).sum()) * d ** -0.5
+
+    # flat below `near`, then falling by about alpha per unit of ln(distance)
+    assert abs(kernel(0) - kernel(2)) < 0.2
+    drop = kernel(near * 4) - kernel(near * 4 * math.e ** 2)
+    assert 0.5 * 2 * alpha < drop < 1.5 * 2 * alpha
+
+
+def test_apply_init_sets_biases_and_restores_weights():
+    model = prefill.build_model(2, "tiny", "cpu", torch.float32)
+    w = model.model.layers[1].self_attn.q_proj.weight.detach().clone()
+    params = dict(prefill.LOCALITY_DEFAULTS, near=16.0)
+    desc = prefill.apply_init(model, "locality", params)
+    at = model.model.layers[1].self_attn
+    d = model.config.head_dim
+    assert desc["bias"]["pairs"] > 0 and at.q_proj.bias.abs().sum() > 0
+    assert torch.equal(at.q_proj.bias.view(-1, d)[0], at.k_proj.bias.view(-1, d)[-1])
+    assert torch.allclose(at.q_proj.weight, w * params["qk_scale"])
+    prefill.apply_init(model, "random", params)
+    assert at.q_proj.bias.abs().sum() == 0 and at.k_proj.bias.abs().sum() == 0
+    assert torch.equal(at.q_proj.weight, w)
+
+
+def test_chunked_mlp_is_the_same_function():
+    model = prefill.build_model(1, "tiny", "cpu", torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (1, 37))
+    with torch.no_grad():
+        ref = model(ids).logits
+        prefill.chunk_mlps(model, 4)
+        out = model(ids).logits
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_only_writes_profile_and_density(tmp_path, monkeypatch):
+    out = tmp_path / "probe.json"
+    _run_prefill(monkeypatch, ["--shape", "tiny", "--layers", "1", "--lengths", "256", "--device", "cpu",
+                               "--probe-only", "--locality", "near=16", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert {p["init"] for p in d["probe"]} == {"random", "locality"}
+    for p in d["probe"]:
+        assert 0 < p["density_default_plan"] <= 1
+        assert abs(sum(p["mass_by_distance"].values()) - 1) < 1e-3
+    assert "construction" in d["inits"]["locality"]
+
+
+def test_tiny_whole_run_json_and_plots(tmp_path, monkeypatch):
+    out = tmp_path / "prefill_cpu_1L.json"
+    _run_prefill(monkeypatch, ["--shape", "tiny", "--layers", "1", "--lengths", "256", "--min-len", "128",
+                               "--device", "cpu", "--repeats", "1", "--cases", "nocache,cache+mask", "--stats",
+                               "--attn-bench", "--no-probe", "--out", str(out)])
+    d = json.loads(out.read_text())
+    rows = d["rows"]
+    assert {(r["variant"], r["init"], r["use_cache"], r["mask"]) for r in rows} == {
+        ("dense-sdpa", "random", False, False), ("minference", "random", False, False),
+        ("minference", "locality", False, False), ("minference", "locality", True, True)}
+    for r in rows:
+        assert r["ms"] > 0 and r["per_layer_ms"] is not None
+        if r["variant"] == "minference":
+            assert all(k.startswith("sparse:") for k in r["decisions"]), r["decisions"]  # mask and cache stay sparse
+            assert 0 < r["density"] <= 1 and r["speedup"] > 0
+    assert d["extrapolation"]["to_layers"] == 32 and len(d["extrapolation"]["rows"]) == len(rows)
+    assert {a["variant"] for a in d["attention_alone"]} == {"dense-sdpa", "minference"}
+    assert d["dense_sdpa_backend"]
+    written = plots.main(["--prefill", str(out), str(tmp_path / "missing.json"), "--eval",
+                          "--out-dir", str(tmp_path / "plots")])
+    assert {p.name for p in written} == {"latency_vs_length.png", "speedup_vs_length.png", "attention_per_layer.png"}
+
+
+def test_plots_skip_missing_and_draw_niah(tmp_path):
+    ev = tmp_path / "eval_x.json"
+    ev.write_text(json.dumps({"niah": {"lengths": [1024, 2048], "depths": [0.0, 1.0],
+                                       "accuracy": {"dense": [[1, 1], [1, 0]], "default": [[1, 0], [0, 0]]}}}))
+    other = tmp_path / "eval_y.json"
+    other.write_text(json.dumps({"perplexity": {}}))
+    written = plots.main(["--results-dir", str(tmp_path / "nothing"), "--eval", str(ev), str(other),
+                          "--out-dir", str(tmp_path)])
+    assert [p.name for p in written] == ["niah_eval_x.png"]
+    assert plots.main(["--results-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")]) == []
