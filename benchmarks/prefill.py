@@ -206,12 +206,17 @@ def peak_gib(device: str) -> float | None:
 
 def measure(fn, repeats: int, device: str, single_s: float, compile_call: bool) -> dict:
     """First call (warm-up, or the compile), then ``repeats`` timed calls; a first call longer than
-    ``single_s`` that is not a compile is kept as the only sample."""
+    ``single_s`` that is not a compile is kept as the only sample. A first call that compiled a
+    new graph (a recompile: e.g. Inductor's 32-bit indexing guard fails once N x hidden >= 2^31)
+    counts as a compile call, never as a sample."""
     reset_peak(device)
     _sync(device)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     t = time.perf_counter()
     first_ms = time_once(fn, device)
     first_s = time.perf_counter() - t
+    if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+        compile_call = True
     if not compile_call and first_s > single_s:
         return {"first_call_s": round(first_s, 2), "ms": first_ms, "all_ms": [first_ms], "samples": "first call only",
                 "peak_gib": peak_gib(device)}

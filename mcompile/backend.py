@@ -18,6 +18,7 @@ from . import attention_op  # noqa: F401  (registers mcompile::attention)
 from . import reporting as _report
 from .capture import CaptureWriter
 from .options import Options
+from .passes.regions import float_inputs, outline_layers
 from .passes.rewrite import SiteSpec, classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
 from .plan import LayerPlan
@@ -54,6 +55,26 @@ def resolve_plans(opts: Options, sites: list[AttentionSite]):
     return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
 
 
+def _specialise_float_inputs(gm: fx.GraphModule) -> None:
+    """Under ``dynamic=True`` Dynamo passes module float attributes (norm eps, attention scale)
+    as graph inputs; shared layer subgraphs cannot take them (passes/regions.py). Ask Dynamo to
+    specialise them (a guard on each value) through the restart its own tensorify pass uses: the
+    attention scale, which our op takes as a Python float, forces that restart anyway, so this
+    costs no extra trace. Runs first, before anything is registered for this graph."""
+    floats = float_inputs(gm)
+    if not floats:
+        return
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    if any(TensorifyState.should_specialize(f) for f in floats):
+        return  # asked before and still there: compile the graph as it is
+    for f in floats:
+        TensorifyState.specialize(f)
+    log.debug("restarting Dynamo analysis to specialise float inputs %s", floats)
+    raise TensorifyScalarRestartAnalysis
+
+
 def _compile_id() -> str:
     cid = torch._guards.CompileContext.current_compile_id()
     return str(cid) if cid is not None else "eager"
@@ -63,6 +84,8 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
                        mode: str | None = None):
     opts = Options.from_dict(options)
     _configure_logging(opts.log_level)
+    if opts.regions:
+        _specialise_float_inputs(gm)
     sites = find_attention_sites(gm)
     specs = [classify_site(s) for s in sites]
     graph_id = _compile_id()
@@ -79,7 +102,9 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         _report.add_site(_row(key, graph_id, spec, plan))
     if rewritten:
         rewrite_sites(gm, specs, keys)
-    log.info("graph %s: rewrote %d of %d attention site(s); plan from %s", graph_id, len(rewritten), len(sites), source)
+    outlined = outline_layers(gm) if opts.regions else 0
+    log.info("graph %s: rewrote %d of %d attention site(s); plan from %s; %d layer(s) share compiled code",
+             graph_id, len(rewritten), len(sites), source, outlined)
     if opts.report:
         _report.report().save(opts.report)
     from torch._inductor.compile_fx import compile_fx

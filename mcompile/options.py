@@ -32,6 +32,7 @@ class Options:
     report: str | None = None        # path: write the report as JSON after each compile
     debug: bool = False              # check sparse-index invariants at run time (slow)
     stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
+    regions: bool = True             # compile repeated identical layers once (passes/regions.py)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -50,7 +51,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug", "stats"):
+        for name in ("force_db", "overwrite", "debug", "stats", "regions"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:

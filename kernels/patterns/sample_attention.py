@@ -50,6 +50,7 @@ and the rows a key tile cannot score (before it, or whose window already covers 
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -59,6 +60,8 @@ from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
                       check_fraction, dense_probs, device_index, planted_qk, plot_mask, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
 from .registry import Pattern, register_pattern
+
+log = logging.getLogger("mcompile")
 
 NAME = "sample_attention"
 DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1,
@@ -294,6 +297,24 @@ CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stage
           "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
 
+def _launch_shrinking(kernel, grid, config: dict, *args, **kwargs):
+    """Launch with ``config``; when the GPU's shared memory is too small for it, retry with
+    one stage fewer, then half the tiles (the result does not depend on the tiling)."""
+    c = dict(config)
+    while True:
+        try:
+            return kernel[grid(c)](*args, **kwargs, **c)
+        except Exception as e:
+            if type(e).__name__ != "OutOfResources" or (c["num_stages"] == 1 and c["BLOCK_N"] <= 16
+                                                        and c["BLOCK_M"] <= 16):
+                raise
+            if c["num_stages"] > 1:
+                c["num_stages"] -= 1
+            else:
+                c["BLOCK_N"], c["BLOCK_M"] = max(16, c["BLOCK_N"] // 2), max(16, c["BLOCK_M"] // 2)
+            log.info("sample_attention: shared memory too small, retrying with %s", c)
+
+
 def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0,
                           window: int, block_m: int):
     import triton
@@ -312,17 +333,17 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
     col = torch.empty(B, Hg, N, dtype=torch.float32, device=q.device)
     qk_scale = float(scale) * 1.4426950408889634
     c1, c2 = dict(CONFIG["row_stats"]), dict(CONFIG["col_sums"])
-    if D > 128:
-        c1["num_warps"] = max(8, c1["num_warps"])
-        c2["num_warps"] = max(8, c2["num_warps"])
-    row_stats[(triton.cdiv(R, c1["BLOCK_M"]), B * Hg)](
-        qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, D=D, **c1)
+    if D > 128:   # head dim 256 (Gemma 3): smaller tiles, fewer stages, to fit shared memory
+        c1.update(BLOCK_N=32, num_warps=8, num_stages=2)
+        c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
+    _launch_shrinking(row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
+                      qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
+                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, D=D)
     nstr = len(range(0, tail0, stride))
-    col_sums[(triton.cdiv(N, c2["BLOCK_N"]), B * Hg)](
-        qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
-        window, block_m, COUNT_WINDOW=bool(count_window), D=D, **c2)
+    _launch_shrinking(col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
+                      qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
+                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
+                      window, block_m, COUNT_WINDOW=bool(count_window), D=D)
     tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
     win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot
