@@ -27,8 +27,8 @@ import torch
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              vocab_size=1000)
 VARIANTS = {  # name -> (backend, options)
-    "minference": ("minference", {}),
-    "minference-flat": ("minference", {"regions": False}),
+    "minference": ("minference", {"regions": True}),         # regional compilation
+    "minference-flat": ("minference", {"regions": False}),   # the default
     "inductor": ("inductor", None),
 }
 

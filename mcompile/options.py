@@ -32,7 +32,7 @@ class Options:
     report: str | None = None        # path: write the report as JSON after each compile
     debug: bool = False              # check sparse-index invariants at run time (slow)
     stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
-    regions: bool = True             # compile repeated identical layers once (passes/regions.py)
+    regions: bool = False            # compile repeated identical layers once (passes/regions.py)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":

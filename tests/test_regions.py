@@ -11,7 +11,7 @@ import mcompile.backend as backend
 from mcompile import reporting
 from tiny_models import COMMON, tiny_inputs
 
-SPARSE = {"min_len": 16, "plan": "vertical_slash"}
+SPARSE = {"min_len": 16, "plan": "vertical_slash", "regions": True}
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def test_fullgraph_default_dynamic(outlined):
 
 def test_capture_mode_records_every_layer(tmp_path, outlined):
     model = _model()
-    opts = {"mode": "capture", "capture_dir": str(tmp_path / "cap"), "min_len": 16}
+    opts = {"mode": "capture", "capture_dir": str(tmp_path / "cap"), "min_len": 16, "regions": True}
     compiled = torch.compile(model, backend="minference", options=opts, dynamic=True)
     ids, _ = tiny_inputs(1, 40)
     _logits(compiled, ids)
