@@ -24,6 +24,11 @@ log = logging.getLogger("mcompile")
 
 SPARSE_DTYPES_CUDA = (torch.float16, torch.bfloat16)
 SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
+# The index of one call is built for at most this many bytes at a time: above it the heads are
+# taken in chunks (whole KV groups), each chunk's index built, used and freed before the next.
+# The vertical-slash index holds min(slash_size, key blocks) block slots per query block, 232 MB
+# per head at 512K tokens, which would otherwise push the peak above dense attention's.
+INDEX_BYTES_PER_CHUNK = 1 << 30
 
 
 @dataclass
@@ -145,6 +150,45 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     return cfg._sparse
 
 
+def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
+                budget: int | None = None) -> list[tuple[int, int]]:
+    """Query-head ranges [h0, h1), whole KV groups each, whose index fits ``budget`` bytes
+    (sizes follow from n and the plan: no host sync)."""
+    from .kernels.index import index_memory_bytes
+    from .kernels.patterns import layer_sizes
+    budget = INDEX_BYTES_PER_CHUNK if budget is None else budget
+    group = hq // hkv
+    per_head = index_memory_bytes(batch, 1, n, *layer_sizes(n, plan))
+    step = max(group, budget // max(per_head, 1) // group * group)
+    return [(h, min(hq, h + step)) for h in range(0, hq, step)]
+
+
+def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale):
+    """Build the index and run the kernel, head chunk by head chunk when the index is large."""
+    build_layer_index, sparse_attention = _sparse_backend()
+    B, hq, n, _ = q.shape
+    hkv = k.shape[1]
+    chunks = head_chunks(plan, B, n, hq, hkv)
+    out = None if len(chunks) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    group = hq // hkv
+    for h0, h1 in chunks:
+        kv = slice(h0 // group, h1 // group)
+        qc, kc, vc = q[:, h0:h1], k[:, kv], v[:, kv]
+        sub = plan if len(chunks) == 1 else LayerPlan(plan.heads[h0:h1])
+        index = build_layer_index(qc, kc, sub, scale=scale)
+        if cfg.debug:
+            from .kernels.index import check_index
+            check_index(index, n)
+        if cfg.stats:
+            _report.record_work(cfg.key, *index_work(index, B, h1 - h0, n))
+        result = sparse_attention(qc, kc, vc, index, scale=scale)
+        if out is None:
+            return result
+        out[:, h0:h1] = result
+        del index, result
+    return out
+
+
 def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
     cfg = site_config(key)
     if cfg.capture is not None:
@@ -155,15 +199,8 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])
-        build_layer_index, sparse_attention = _sparse_backend()
-        index = build_layer_index(q, k, plan, scale=scale)
-        if cfg.debug:
-            from .kernels.index import check_index
-            check_index(index, q.shape[2])
         _report.record_decision(key, decision)
-        if cfg.stats:
-            _report.record_work(key, *index_work(index, q.shape[0], q.shape[1], q.shape[2]))
-        return sparse_attention(q, k, v, index, scale=scale)
+        return sparse_call(cfg, plan, q, k, v, scale)
     _report.record_decision(key, f"dense: {reason}")
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
                            dropout_p)

@@ -224,3 +224,27 @@ def test_dynamic_mask_without_attention_mask_is_recognised():
     _close(_logits(compiled, ids, None, False), _logits(model, ids, None, False))
     rows = mcompile.report().rows
     assert rows and all(r.mask == "causal" and r.decision.startswith("sparse") for r in rows), str(mcompile.report())
+
+
+def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
+    """Above INDEX_BYTES_PER_CHUNK the heads run in chunks of whole KV groups; the result and the
+    recorded work are those of one call over all heads."""
+    from mcompile import runtime
+    model = tiny_model("llama")     # 4 q / 2 kv heads
+    ids, mask = tiny_inputs(1, 80)
+    opts = {**SPARSE, "stats": True}
+    compiled = torch.compile(model, backend="minference", options=opts)
+    whole = _logits(compiled, ids, mask, False)
+    density = mcompile.report().density()
+    calls = []
+    real = runtime.head_chunks
+    monkeypatch.setattr(runtime, "INDEX_BYTES_PER_CHUNK", 1)      # one KV group per chunk
+    monkeypatch.setattr(runtime, "head_chunks", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    torch._dynamo.reset()
+    reporting.reset()
+    compiled = torch.compile(model, backend="minference", options=opts)
+    chunked = _logits(compiled, ids, mask, False)
+    assert calls and all(c == [(0, 2), (2, 4)] for c in calls)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    _close(chunked, _logits(model, ids, mask, False))
+    assert mcompile.report().density() == pytest.approx(density)
