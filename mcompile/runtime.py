@@ -40,7 +40,7 @@ class SiteConfig:
     capture: Any = None             # a capture.CaptureWriter in capture mode
     debug: bool = False
     stats: bool = False
-    _sparse: tuple | None = None    # cached (plan, report line) of the sparse path
+    _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -77,7 +77,7 @@ def build_mask(q_len: int, kv_len: int, device, causal: bool, window: int, paddi
 def _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window) -> bool:
     """The recognised mask is plain causal over all keys (one host sync when there is padding)."""
     n = q.shape[2]
-    return (is_causal and window <= 0 and q_offset == 0 and kv_offset == 0 and n == k.shape[2]
+    return (is_causal and (window <= 0 or window >= n) and q_offset == 0 and kv_offset == 0 and n == k.shape[2]
             and (padding is None or bool(padding[:, :n].all())))
 
 
@@ -143,11 +143,13 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     Sliding-window layers run their exact window (the kernel masks per row); others follow
     the plan."""
     if cfg._sparse is None:
+        cfg._sparse = {}
+    if window not in cfg._sparse:
         plan = cfg.plan
         if window > 0:
             plan = LayerPlan.uniform("sliding_window", num_heads, window=window)
-        cfg._sparse = (plan, f"sparse: {_report.summarise_plan(plan)}")
-    return cfg._sparse
+        cfg._sparse[window] = (plan, f"sparse: {_report.summarise_plan(plan)}")
+    return cfg._sparse[window]
 
 
 def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
@@ -196,6 +198,9 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
         _report.record_decision(key, "dense: capture mode")
         return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
                                dropout_p)
+    n = q.shape[2]
+    if 0 < window and n <= window and q_offset == 0 and kv_offset == 0 and n == k.shape[2]:
+        window = 0          # a window that spans the whole prompt masks nothing: the layer is causal
     reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])

@@ -7,10 +7,11 @@ import textwrap
 
 import pytest
 import torch
+import transformers
 
 import mcompile
 from mcompile import reporting
-from tiny_models import FAMILIES, MAIN_FAMILIES, tiny_inputs, tiny_model
+from tiny_models import COMMON, FAMILIES, MAIN_FAMILIES, tiny_inputs, tiny_model
 
 # Sparse plans on the tiny lengths below cover every key, so they must equal dense.
 SPARSE = {"min_len": 16, "plan": "vertical_slash"}
@@ -248,3 +249,18 @@ def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     _close(chunked, _logits(model, ids, mask, False))
     assert mcompile.report().density() == pytest.approx(density)
+
+
+def test_window_longer_than_the_prompt_is_plain_causal():
+    """A sliding window that spans the whole prompt masks nothing: the layer follows the plan
+    (sparse) and, when short, runs SDPA's causal kernel; a longer prompt gets the exact window."""
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3TextConfig(head_dim=16, sliding_window=64,
+                                        layer_types=["sliding_attention", "full_attention"], **COMMON)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    compiled = torch.compile(model, backend="minference", options=SPARSE, dynamic=True)
+    for n, expected in ((60, "sparse: vertical_slash"), (12, "dense: short"), (100, "sparse: sliding_window(window=64)")):
+        ids, mask = tiny_inputs(1, n)
+        _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
+        rows = {r.layer: r for r in mcompile.report().rows}
+        assert rows[0].decision.startswith(expected), (n, rows[0].decision)
