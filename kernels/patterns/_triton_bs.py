@@ -11,15 +11,14 @@ selection). Replaces ``topk`` + ``sort`` + masking over the (B, H, NQB, NKB) sco
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-_k = None
 
-
+@functools.cache
 def _kernels():
-    global _k
-    if _k is not None:
-        return _k
+    """The Triton kernel, defined on first use (the package imports without triton)."""
     import triton
     import triton.language as tl
 
@@ -55,8 +54,7 @@ def _kernels():
         tl.store(OUT + bh * stride_ob + m.to(tl.int64) * stride_oq + pos, j * BLOCK_N, mask=take)
         tl.store(CNT + bh * stride_cb + m, kk)
 
-    _k = (_bs_select,)
-    return _k
+    return (_bs_select,)
 
 
 def max_row(nkb: int) -> bool:

@@ -17,15 +17,14 @@ Entries past the counts are left unwritten (the index's invariants ignore them).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-_k = None
 
-
+@functools.cache
 def _kernels():
-    global _k
-    if _k is not None:
-        return _k
+    """The Triton kernels, defined on first use (the package imports without triton)."""
     import triton
     import triton.language as tl
 
@@ -167,8 +166,7 @@ def _kernels():
         tl.store(CIDX + bh * stride_ib + m.to(tl.int64) * stride_iq + pos, c, mask=keep)
         tl.store(CCNT + bh * stride_cc + m, tl.sum(keep.to(tl.int32), 0))
 
-    _k = (_vs_row_stats, _vs_sums, _vs_blocks, _vs_columns)
-    return _k
+    return _vs_row_stats, _vs_sums, _vs_blocks, _vs_columns
 
 
 def supported_head_dim(d: int) -> bool:

@@ -50,6 +50,7 @@ and the rows a key tile cannot score (before it, or whose window already covers 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -152,13 +153,9 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     return col, win, tot
 
 
-_kernels = None
-
-
+@functools.cache
 def _get_kernels():
-    global _kernels
-    if _kernels is not None:
-        return _kernels
+    """The Triton kernels, defined on first use (the package imports without triton)."""
     import triton
     import triton.language as tl
 
@@ -287,8 +284,7 @@ def _get_kernels():
                                   qk_scale, COUNT_WINDOW, BLOCK_M)
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
 
-    _kernels = (_sa_row_stats, _sa_col_sums)
-    return _kernels
+    return _sa_row_stats, _sa_col_sums
 
 
 # launch configurations (BLOCK_M sampled rows x BLOCK_N keys per tile; the best of a small
