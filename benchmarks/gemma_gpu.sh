@@ -8,12 +8,14 @@
 #     prep     dequantise the GGUF file once into $MCOMPILE_CACHE            (~1 min, CPU work)
 #     search   mcompile search at 32K -> pattern_db/databases/gemma3-270m.json, its details
 #              (every candidate's cost/recall/error per head) and a PNG         (~2.5-3.5 min)
+#     select   choose the database again from the search's details at BUDGET (no model run: a new
+#              budget or scoring without a new search)                          (~5 s)
 #     recall   per-head attention-mass recall of each registered pattern at equal cost, from
 #              the search's details (issue 5; no model run)                      (~5 s)
 #     plans    searched plan vs MInference default vs best single pattern at equal cost, and
 #              other budgets: recall on held-out q/k/v, perplexity + top-1 on held-out text (~3 min)
-#     eval     mcompile eval with the database: perplexity vs dense, top-1, density, per-layer
-#              recall of the plan on the captured q/k (issue 8)                  (~1.5 min)
+#     eval     mcompile eval with the database over WINDOWS held-out windows: perplexity vs dense,
+#              top-1, density, per-layer recall of the plan on the first window's q/k (issue 8) (~2.5 min)
 #     niah     needle in a haystack, lengths x depths x needles, dense vs sparse, heat maps (~3 min)
 #     scoring  (optional) which scoring predicts perplexity: plans chosen by output error vs by
 #              recall at several budgets, Spearman correlations                   (~4-5 min)
@@ -45,12 +47,13 @@ MODEL=gemma3-270m
 LENGTH=${LENGTH:-32768}
 DEVICE=${DEVICE:-cuda}
 TEXT=${TEXT:-bible-kjv}
-BUDGET=${BUDGET:-0.3}                 # mean kernel cost of the searched heads, of dense causal attention
-EXTRA_BUDGETS=${EXTRA_BUDGETS:-0.2,0.4}
+BUDGET=${BUDGET:-0.34}                # mean kernel cost of the searched heads, of dense causal attention
+EXTRA_BUDGETS=${EXTRA_BUDGETS:-0.3,0.4}
 SCORING_BUDGETS=${SCORING_BUDGETS:-0.2,0.3,0.4}
 SAMPLES=${SAMPLES:-4}                 # calibration prompts of LENGTH tokens
 HELDOUT=${HELDOUT:-2}                 # held-out prompts (plans, scoring)
-MIN_LEN=${MIN_LEN:-1024}              # eval/niah: shorter prompts run dense
+MIN_LEN=${MIN_LEN:-8192}              # eval/niah: shorter prompts run dense (the backend's default)
+WINDOWS=${WINDOWS:-4}                 # eval: held-out windows of LENGTH tokens, pooled
 NIAH_LENGTHS=${NIAH_LENGTHS:-4096,8192,16384,32768}
 NIAH_DEPTHS=${NIAH_DEPTHS:-0,0.25,0.5,0.75,1}
 NIAH_NEEDLES=${NIAH_NEEDLES:-3}
@@ -98,7 +101,7 @@ if [ "$TEXT" = bible-kjv ] && ! command -v bible >/dev/null && [ -f .carry/bible
   export PATH=/tmp/mcompile-bin:$PATH
 fi
 
-declare -A ESTIMATE=([prep]="60" [search]="150-210" [recall]="5" [plans]="150-200" [eval]="60-100"
+declare -A ESTIMATE=([prep]="60" [search]="150-210" [select]="5" [recall]="5" [plans]="150-200" [eval]="120-180"
                      [niah]="120-200" [scoring]="240-300" [pack]="1")
 # later steps read the database and the search's details; a copy in $WORK (ignored by git)
 # survives a re-synced working tree on the device between calls
@@ -146,6 +149,12 @@ step_search() {   # the calibration capture is kept in $WORK/calib and reused wh
   save "$DB" "$R/search_$TAG.details.json"
 }
 
+step_select() {
+  $SEARCH --model "$MODEL" --from-details "$R/search_$TAG.details.json" --budget "$BUDGET" --out "$DB" --overwrite \
+    --plot "$R/search_$TAG.png" | tee "$R/search_$TAG.txt"
+  save "$DB"
+}
+
 step_recall() {
   $PYTHON benchmarks/pattern_recall.py "$R/search_$TAG.details.json" --costs 0.1,0.2,0.3,0.4 --per-head 0.3 \
     --out "$R/pattern_recall_$TAG.json" | tee "$R/pattern_recall_$TAG.md"
@@ -167,8 +176,8 @@ step_scoring() {
 
 step_eval() {
   keep_complete_capture "$WORK/eval_capture" 1
-  $MCOMPILE eval --model "$MODEL" --text "$TEXT" --length "$LENGTH" --db "$DB" --min-len "$MIN_LEN" \
-    --device "$DEVICE" --recall --capture-dir "$WORK/eval_capture" --out "$R/eval_$TAG.json" | tee "$R/eval_$TAG.txt"
+  $MCOMPILE eval --model "$MODEL" --text "$TEXT" --length "$LENGTH" --windows "$WINDOWS" --db "$DB" \
+    --min-len "$MIN_LEN" --device "$DEVICE" --recall --capture-dir "$WORK/eval_capture" --out "$R/eval_$TAG.json" | tee "$R/eval_$TAG.txt"
 }
 
 step_niah() {
@@ -185,7 +194,7 @@ step_pack() {   # every result of this pipeline in one archive, e.g. for the dev
 
 for step in $STEPS; do
   case $step in
-    prep|search|recall|plans|scoring|eval|niah|pack) run_step "$step" ;;
-    *) echo "unknown step $step (prep search recall plans scoring eval niah pack)" >&2; exit 2 ;;
+    prep|search|select|recall|plans|scoring|eval|niah|pack) run_step "$step" ;;
+    *) echo "unknown step $step (prep search select recall plans scoring eval niah pack)" >&2; exit 2 ;;
   esac
 done

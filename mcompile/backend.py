@@ -98,7 +98,8 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         keys[s.ordinal] = key = f"{graph_id}#{s.ordinal}"
         plan = plan_for(s.layer, s.num_heads) if spec.rewrite else None
         if spec.rewrite:
-            register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats))
+            register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats,
+                                     dense_tail=opts.dense_tail))
         _report.add_site(_row(key, graph_id, spec, plan))
     if rewritten:
         rewrite_sites(gm, specs, keys)

@@ -32,6 +32,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=None,
                    help="start this many tokens into the text (default: a window of the second half, "
                         "the search's held-out text, as benchmarks/search_eval.py chooses it with seed 0)")
+    p.add_argument("--windows", type=int, default=1,
+                   help="perplexity/top-1 over this many disjoint held-out windows of --length tokens (pooled; "
+                        "per-window values in the JSON); ignored with --offset")
     p.add_argument("--db", default=None, help="pattern database path or key (default: the backend's 'auto')")
     p.add_argument("--plan", default=None, help="force one pattern on every head instead of a database")
     p.add_argument("--min-len", type=int, default=1024)
@@ -80,7 +83,7 @@ def recall_table(recall: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare, plan_recall
+    from .evaluate import compare, plan_recall, pooled
     from .models import load_model
     from .niah import plot_grid, run_grid
     from .text import load_text
@@ -100,23 +103,35 @@ def cmd_eval(args) -> int:
         from .pattern_db.search import _adds_bos, prompt_windows, text_tokens
         tokens = text_tokens(tokenizer, text)
         bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
-        if args.offset is None:   # a window of the held-out half (the search calibrates on the first half)
-            offset, ids = prompt_windows(tokens, args.length, 1, 0, "heldout", bos)[0]
+        if args.windows < 1:
+            raise SystemExit(f"--windows must be >= 1, got {args.windows}")
+        if args.offset is None:   # windows of the held-out half (the search calibrates on the first half)
+            windows = prompt_windows(tokens, args.length, args.windows, 0, "heldout", bos)
         else:
-            offset = args.offset
-            body = tokens[offset:offset + args.length - (bos is not None)]
-            ids = torch.tensor([([bos] if bos is not None else []) + list(body)])
-            if ids.shape[1] < args.length:
-                raise SystemExit(f"text too short for {args.length} tokens at offset {offset}")
-        ids = ids.to(args.device)
-        cmp = compare(model, ids, options)
-        result["offset"] = offset
-        result["perplexity"] = cmp.to_dict()
-        dens = f"{cmp.density:.1%}" if cmp.density is not None else "n/a"
-        print(f"{args.model} @ {args.length} tokens (offset {offset}, {dtype}): perplexity dense "
-              f"{cmp.dense_perplexity:.4f}, sparse {cmp.sparse_perplexity:.4f} ({cmp.perplexity_change:+.2%}); "
-              f"top-1 agreement {cmp.top1_agreement:.2%}; density {dens} of dense causal blocks "
-              f"(full-attention layers)", flush=True)
+            body = tokens[args.offset:args.offset + args.length - (bos is not None)]
+            windows = [(args.offset, torch.tensor([([bos] if bos is not None else []) + list(body)]))]
+            if windows[0][1].shape[1] < args.length:
+                raise SystemExit(f"text too short for {args.length} tokens at offset {args.offset}")
+        cmps = []
+        for offset, ids in windows:
+            cmp = compare(model, ids.to(args.device), options)
+            cmps.append(cmp)
+            dens = f"{cmp.density:.1%}" if cmp.density is not None else "n/a"
+            print(f"{args.model} @ {args.length} tokens (offset {offset}, {dtype}): perplexity dense "
+                  f"{cmp.dense_perplexity:.4f}, sparse {cmp.sparse_perplexity:.4f} ({cmp.perplexity_change:+.2%}); "
+                  f"top-1 agreement {cmp.top1_agreement:.2%}; density {dens} of dense causal blocks "
+                  f"(full-attention layers)", flush=True)
+        ids = windows[0][1].to(args.device)     # --recall scores the plan on the first window
+        result["offset"] = windows[0][0]
+        result["perplexity"] = pooled(cmps)
+        result["perplexity"]["windows"] = [{"offset": o, **c.to_dict()} for (o, _), c in zip(windows, cmps)]
+        if len(cmps) > 1:
+            agg = result["perplexity"]
+            dens = f"{agg['density']:.1%}" if agg["density"] is not None else "n/a"
+            print(f"pooled over {len(cmps)} windows ({len(cmps) * args.length} tokens): perplexity dense "
+                  f"{agg['dense_perplexity']:.4f}, sparse {agg['sparse_perplexity']:.4f} "
+                  f"({agg['perplexity_change']:+.2%}); top-1 agreement {agg['top1_agreement']:.2%}; density {dens}",
+                  flush=True)
         if args.recall:
             t = time.perf_counter()
             from .pattern_db.search import capture_prompts

@@ -124,6 +124,21 @@ def compare(model, ids: torch.Tensor, sparse_options: dict, chunk: int = 1024,
     )
 
 
+def pooled(cmps) -> dict:
+    """Perplexity over every window's tokens together (windows have equal length: the geometric
+    mean of their perplexities), top-1 agreement and density averaged over windows."""
+    n = len(cmps)
+    dense = math.exp(sum(math.log(c.dense_perplexity) for c in cmps) / n)
+    sparse = math.exp(sum(math.log(c.sparse_perplexity) for c in cmps) / n)
+    dens = [c.density for c in cmps if c.density is not None]
+    return {"length": cmps[0].length, "windows_pooled": n, "dense_perplexity": dense, "sparse_perplexity": sparse,
+            "perplexity_change": sparse / dense - 1,
+            "top1_agreement": sum(c.top1_agreement for c in cmps) / n,
+            "density": sum(dens) / len(dens) if dens else None,
+            "layer_density": cmps[0].layer_density}
+
+
+
 # --- the plan on captured q/k/v ------------------------------------------------------------------
 def layer_plans(model, options: dict) -> dict[int, object]:
     """The LayerPlan the backend would run per full-attention layer with ``options``

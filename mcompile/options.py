@@ -33,6 +33,7 @@ class Options:
     debug: bool = False              # check sparse-index invariants at run time (slow)
     stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
     regions: bool = False            # compile repeated identical layers once (passes/regions.py)
+    dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -56,6 +57,8 @@ class Options:
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:
             raise bad("min_len", "an integer >= 1 (prompts shorter than it run dense)")
+        if isinstance(self.dense_tail, bool) or not isinstance(self.dense_tail, int) or self.dense_tail < 0:
+            raise bad("dense_tail", "an integer >= 0 (prompt rows at the end computed densely; 0 turns it off)")
         if self.mode not in MODES:
             raise bad("mode", f"one of {list(MODES)}")
         if self.plan is not None:

@@ -40,6 +40,7 @@ class SiteConfig:
     capture: Any = None             # a capture.CaptureWriter in capture mode
     debug: bool = False
     stats: bool = False
+    dense_tail: int = 64            # the last this-many rows of a sparse call attend to every key
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
 
 
@@ -137,6 +138,16 @@ def index_work(index, batch: int, heads: int, n: int) -> tuple[int, int, int]:
     return counts[0], counts[1], dense
 
 
+def _tail_listed(index, batch: int, heads: int, n: int, tail_rows: int) -> tuple[int, int]:
+    """(blocks, columns) the index lists for the query blocks the dense tail recomputes."""
+    from .kernels.tail import tail_blocks
+    t = tail_blocks(n, tail_rows, index.block_m)
+    if t == 0:
+        return 0, 0
+    return tuple(x.expand(batch, heads, -1)[..., -t:].sum().item()
+                 for x in (index.block_count, index.column_count))
+
+
 def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[LayerPlan, str]:
     """The plan a sparse call runs, and its report line, made once per site.
 
@@ -165,10 +176,14 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
     return [(h, min(hq, h + step)) for h in range(0, hq, step)]
 
 
-def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale):
-    """Build the index and run the kernel, head chunk by head chunk when the index is large."""
+def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0):
+    """Build the index and run the kernel, head chunk by head chunk when the index is large;
+    then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
     build_layer_index, sparse_attention = _sparse_backend()
+    from .kernels.tail import dense_tail_, tail_work
     B, hq, n, _ = q.shape
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
     hkv = k.shape[1]
     chunks = head_chunks(plan, B, n, hq, hkv)
     out = None if len(chunks) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -182,8 +197,14 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale):
             from .kernels.index import check_index
             check_index(index, n)
         if cfg.stats:
-            _report.record_work(cfg.key, *index_work(index, B, h1 - h0, n))
+            blocks, columns, dense = index_work(index, B, h1 - h0, n)
+            # the tail's blocks replace those the index lists for the same rows
+            tail = B * (h1 - h0) * tail_work(n, tail_rows, index.block_m, index.block_n)
+            listed = _tail_listed(index, B, h1 - h0, n, tail_rows)
+            _report.record_work(cfg.key, blocks - listed[0] + tail, columns - listed[1], dense)
         result = sparse_attention(qc, kc, vc, index, scale=scale)
+        if tail_rows:
+            dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
         if out is None:
             return result
         out[:, h0:h1] = result
@@ -205,7 +226,8 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])
         _report.record_decision(key, decision)
-        return sparse_call(cfg, plan, q, k, v, scale)
+        # a sliding-window layer's last rows are exact already and must not see past the window
+        return sparse_call(cfg, plan, q, k, v, scale, tail_rows=0 if window > 0 else cfg.dense_tail)
     _report.record_decision(key, f"dense: {reason}")
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
                            dropout_p)

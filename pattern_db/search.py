@@ -433,13 +433,22 @@ def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | Non
     finally:
         if tmp is not None:
             tmp.cleanup()
-    choice = choose(scores, config.budget, config.scoring)
+    return select(identity, scores, config, offsets=offsets, timings=timings, command=command)
+
+
+def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, *, offsets: Sequence[int],
+           timings: dict[str, float] | None = None, command: str | None = None) -> SearchResult:
+    """The plan under ``config.budget`` from scored candidates, as a database. Cheap: a search's
+    details file (``--details``) holds the scores, so another budget or scoring needs no model run
+    (``mcompile search --from-details``)."""
+    config.check()
+    choice = choose(scores, config.budget, config.scoring, config.patterns)
     comp = comparisons(scores, config.budget, config.scoring, choice)
     provenance = Provenance(
         command=command or "mcompile.pattern_db.search.search(...)",
         calibration={"data": config.text, "length": config.length, "samples": config.samples},
         budget={"target_cost": config.budget, "achieved_cost": round(comp["searched"]["cost"], 4),
-                "scoring": config.scoring, "seed": config.seed, "candidates": len(candidates),
+                "scoring": config.scoring, "seed": config.seed, "candidates": len(scores.candidates),
                 "levels": ",".join(f"{x:g}" for x in config.levels),
                 "rows_scored_per_sample": scores.rows_per_sample},
         notes=(f"mcompile search: calibration windows at token offsets {','.join(map(str, offsets))} of the "
@@ -452,7 +461,7 @@ def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | Non
                         else "attention-mass recall"))
     db = build_database(identity, scores, choice, provenance)
     return SearchResult(db=db, scores=scores, choice=choice, comparisons=comp, config=config,
-                        offsets=offsets, timings=timings)
+                        offsets=list(offsets), timings=dict(timings or {}))
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

