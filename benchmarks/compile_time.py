@@ -1,5 +1,7 @@
-"""Compile time of a whole decoder through torch.compile: minference with and without regional
-compilation (repeated layers compiled once, passes/regions.py), and plain Inductor.
+"""Compile time of a whole decoder through torch.compile: minference with layer-wise compilation
+(the default: each distinct layer compiled once, passes/layerwise.py), with regional compilation
+(invoke_subgraph, passes/regions.py), on the flat graph, and plain Inductor. Each row also has
+Dynamo's per-phase times (``phases_s``: cumulative, phases nest).
 
 Each measurement runs in a fresh process with an empty Inductor cache (cold): the first call
 (Dynamo + our passes + Inductor + one run) minus a warm call is the compile time. The output
@@ -7,6 +9,7 @@ of the compiled model is checked against eager.
 
     python benchmarks/compile_time.py --shape small --layers 8,32 --device cpu
     python benchmarks/compile_time.py --shape llama3-8b --layers 32 --length 4096    # the H100
+    python benchmarks/compile_time.py --shape llama3-8b --layers 32 --length 4096 --variants minference-layerwise
 
 Results: benchmarks/results/compile_time_<device>.json and a printed table.
 """
@@ -27,8 +30,9 @@ import torch
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              vocab_size=1000)
 VARIANTS = {  # name -> (backend, options)
-    "minference": ("minference", {"regions": True}),         # regional compilation
-    "minference-flat": ("minference", {"regions": False}),   # the default
+    "minference": ("minference", {"regions": True}),         # regional compilation (invoke_subgraph)
+    "minference-flat": ("minference", {"regions": False, "layerwise": False}),   # one flat graph
+    "minference-layerwise": ("minference", {"regions": False, "layerwise": True}),  # passes/layerwise.py
     "inductor": ("inductor", None),
 }
 
@@ -51,11 +55,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _breakdown() -> dict:
+    """Seconds per compile phase from torch._dynamo.utils.compile_times (cumulative; phases nest)."""
+    try:
+        times = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+        names, values = times
+        return {str(k): round(float(v), 2) for k, v in zip(names, values)}
+    except Exception as exc:  # noqa: BLE001  (the format differs between torch versions)
+        try:
+            return {"text": torch._dynamo.utils.compile_times(repr="str", aggregate=True)}
+        except Exception:
+            return {"error": repr(exc)}
+
+
 def measure(args) -> dict:
     """One variant in this process (a child): compile time, warm time, max difference to eager."""
     dtype = getattr(torch, args.dtype)
     model = build(args.shape, args.layer, args.device, dtype)
     backend, options = VARIANTS[args.variant]
+    layerwise_info = []
+    if backend == "minference":  # what layer-wise compilation made, if it ran
+        import mcompile.backend as mb
+
+        real = mb.compile_layerwise
+
+        def spy(*a, **k):
+            made = real(*a, **k)
+            layerwise_info.append(made.info if made is not None else None)
+            return made
+        mb.compile_layerwise = spy
     compiled = torch.compile(model, backend=backend, options=options, dynamic=True)
     ids = torch.randint(0, model.config.vocab_size, (1, args.length), device=args.device)
 
@@ -74,7 +102,8 @@ def measure(args) -> dict:
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     return {"variant": args.variant, "layers": args.layer, "compile_s": round(times[0] - times[1], 2),
             "first_call_s": round(times[0], 2), "warm_call_s": round(times[1], 3), "graphs": frames,
-            "max_abs_diff": (out.float() - expected.float()).abs().max().item()}
+            "max_abs_diff": (out.float() - expected.float()).abs().max().item(), "phases_s": _breakdown(),
+            **({"layerwise": layerwise_info} if layerwise_info else {})}
 
 
 def run_child(args, variant: str, layers: int) -> dict:

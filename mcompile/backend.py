@@ -4,7 +4,8 @@ Found through the ``torch_dynamo_backends`` entry point (pyproject.toml), so
 ``torch.compile(model, backend="minference")`` needs no ``import mcompile``. This module must
 not call ``register_backend`` for the same name (Dynamo asserts on duplicates).
 
-find sites -> resolve plan -> rewrite into mcompile::attention -> Inductor.
+find sites -> resolve plan -> rewrite into mcompile::attention -> Inductor, each distinct decoder
+layer compiled once (passes/layerwise.py; the flat graph where that does not apply).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from . import attention_op  # noqa: F401  (registers mcompile::attention)
 from . import reporting as _report
 from .capture import CaptureWriter
 from .options import Options
+from .passes.layerwise import compile_layerwise
 from .passes.regions import float_inputs, outline_layers
 from .passes.rewrite import SiteSpec, classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
@@ -84,7 +86,10 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
                        mode: str | None = None):
     opts = Options.from_dict(options)
     _configure_logging(opts.log_level)
-    if opts.regions:
+    # option layerwise (default): each distinct decoder layer compiled once, reused for the others
+    # (H100, LLaMA-3-8B shape, 32 layers, cold: 33.5 s instead of 71-86 s flat; lower peak at 512K)
+    layerwise = opts.layerwise and not opts.regions
+    if opts.regions or layerwise:
         _specialise_float_inputs(gm)
     sites = find_attention_sites(gm)
     specs = [classify_site(s) for s in sites]
@@ -111,6 +116,11 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     from torch._inductor.compile_fx import compile_fx
 
     patches = torch._inductor.list_mode_options(mode) if mode else None
+    if layerwise:
+        compiled = compile_layerwise(gm, example_inputs, lambda g, ins: compile_fx(g, ins, config_patches=patches))
+        if compiled is not None:
+            return compiled
+        log.info("graph %s: layer-wise compilation does not apply; compiling the whole graph", graph_id)
     return compile_fx(gm, example_inputs, config_patches=patches)
 
 

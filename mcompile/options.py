@@ -33,6 +33,7 @@ class Options:
     debug: bool = False              # check sparse-index invariants at run time (slow)
     stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
     regions: bool = False            # compile repeated identical layers once (passes/regions.py)
+    layerwise: bool = True           # compile each distinct decoder layer once (passes/layerwise.py); off with regions
     dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
 
     @classmethod
@@ -52,7 +53,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug", "stats", "regions"):
+        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:

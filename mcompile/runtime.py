@@ -24,11 +24,12 @@ log = logging.getLogger("mcompile")
 
 SPARSE_DTYPES_CUDA = (torch.float16, torch.bfloat16)
 SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
-# The index of one call is built for at most this many bytes at a time: above it the heads are
+# The index of one call is built for at most this many bytes at a time (2 GiB: 4 chunks at 512K
+# keep the peak under dense and cost 5% of the speed; 1 GiB cost 11%, benchmarks/index_chunks.py): above it the heads are
 # taken in chunks (whole KV groups), each chunk's index built, used and freed before the next.
 # The vertical-slash index holds min(slash_size, key blocks) block slots per query block, 232 MB
 # per head at 512K tokens, which would otherwise push the peak above dense attention's.
-INDEX_BYTES_PER_CHUNK = 1 << 30
+INDEX_BYTES_PER_CHUNK = 2 << 30
 
 
 @dataclass

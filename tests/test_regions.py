@@ -98,3 +98,75 @@ def test_capture_mode_records_every_layer(tmp_path, outlined):
     assert outlined[-1] == 4
     assert sorted(p.name for p in (tmp_path / "cap" / "sample0000").iterdir()) == [
         f"layer{i:03d}.pt" for i in range(4)]
+
+
+# --- layer-wise compilation (passes/layerwise.py) ----------------------------------------------
+LAYERWISE = {"min_len": 16, "plan": "vertical_slash"}
+
+
+@pytest.fixture
+def layerwise(monkeypatch):
+    """Layer-wise compilation on, and what it made."""
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    real = backend.compile_layerwise
+    monkeypatch.setattr(backend, "compile_layerwise", spy)
+    return {**LAYERWISE, "layerwise": True}, made
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_layerwise_compiles_each_distinct_layer_once(family, layerwise):
+    opts, made = layerwise
+    model = _model(family)
+    compiled = torch.compile(model, backend="minference", options=opts, dynamic=True)
+    for length, pad in ((40, 0), (56, 5)):
+        ids, mask = tiny_inputs(2, length, pad)
+        torch.testing.assert_close(_logits(compiled, ids, mask), _logits(model, ids, mask), rtol=1e-4, atol=1e-4)
+    info = made[-1].info
+    # before the layers, 4 layers, after them; compiled: the two ends and one (llama) or two (gemma3) layers
+    assert info["pieces"] == 6 and info["compiled"] == (3 if family == "llama" else 4)
+    rows = mcompile.report().rows
+    assert sorted(r.layer for r in rows) == [0, 1, 2, 3]
+    assert all(r.decision != "not run yet" and sum(r.calls.values()) == 2 for r in rows)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # no recompile per length
+
+
+def test_layerwise_matches_flat_and_default_dynamic(layerwise):
+    opts, made = layerwise
+    model = _model()
+    ids, mask = tiny_inputs(1, 48)
+    flat = torch.compile(model, backend="minference", options=SPARSE | {"regions": False}, dynamic=True)
+    expected = _logits(flat, ids, mask)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="minference", fullgraph=True, options=opts)  # default dynamic
+    torch.testing.assert_close(_logits(compiled, ids, mask), expected, rtol=1e-5, atol=1e-5)
+    for length in (32, 40):
+        ids, mask = tiny_inputs(1, length)
+        torch.testing.assert_close(_logits(compiled, ids, mask), _logits(model, ids, mask), rtol=1e-4, atol=1e-4)
+    assert made and all(m is not None for m in made)
+
+
+def test_layerwise_capture_mode_records_every_layer(tmp_path, layerwise):
+    opts, made = layerwise
+    model = _model()
+    opts = {**opts, "mode": "capture", "capture_dir": str(tmp_path / "cap")}
+    opts.pop("plan")
+    compiled = torch.compile(model, backend="minference", options=opts, dynamic=True)
+    ids, _ = tiny_inputs(1, 40)
+    _logits(compiled, ids)
+    assert made[-1] is not None
+    assert sorted(p.name for p in (tmp_path / "cap" / "sample0000").iterdir()) == [
+        f"layer{i:03d}.pt" for i in range(4)]
+
+
+def test_layerwise_not_used_with_autograd():
+    """With grad mode on and inputs that require grad the flat graph is compiled instead."""
+    from mcompile.passes.layerwise import compile_layerwise
+
+    gm = torch.fx.symbolic_trace(lambda x: (x * 2,))
+    with torch.enable_grad():
+        assert compile_layerwise(gm, [torch.ones(2, requires_grad=True)], lambda g, ins: g) is None
