@@ -34,17 +34,17 @@ def tail_work(n: int, rows: int, block_m: int = 64, block_n: int = 64) -> int:
 
 
 def _torch_tail(q, k, v, out, start: int, scale: float) -> None:
-    """out[:, :, start:] = causal softmax(q k^T) v for the tail rows (fp32 math)."""
-    n = q.shape[2]
-    group = q.shape[1] // k.shape[1]
-    qt = q[:, :, start:].float()
-    kk = k.float().repeat_interleave(group, dim=1)
-    vv = v.float().repeat_interleave(group, dim=1)
-    scores = (qt @ kk.transpose(-1, -2)) * scale                      # (B, H, n - start, n)
-    rows = torch.arange(start, n, device=q.device)[:, None]
+    """out[:, :, start:] = causal softmax(q k^T) v for the tail rows (fp32 math). The query
+    heads of one KV head are stacked as rows, so K/V are never repeated per head."""
+    B, Hq, n, D = q.shape
+    Hkv = k.shape[1]
+    group, t = Hq // Hkv, n - start
+    qt = q[:, :, start:].float().reshape(B, Hkv, group * t, D)
+    scores = (qt @ k.float().transpose(-1, -2)) * scale                 # (B, Hkv, group * t, n)
+    rows = torch.arange(start, n, device=q.device).repeat(group)[:, None]
     keys = torch.arange(n, device=q.device)[None, :]
     scores = scores.masked_fill(keys > rows, float("-inf"))
-    out[:, :, start:] = (scores.softmax(-1) @ vv).to(out.dtype)
+    out[:, :, start:] = (scores.softmax(-1) @ v.float()).reshape(B, Hq, t, D).to(out.dtype)
 
 
 def dense_tail_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,

@@ -25,6 +25,7 @@ after its last use and calls the pieces boxed where it can, so inputs die inside
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -162,7 +163,7 @@ def compile_layerwise(gm: fx.GraphModule, example_inputs: list[Any],
     for n in gm.graph.nodes:
         if n.op == "get_attr":
             ids[n] = len(ids)
-            consts[ids[n]] = _getattr_path(gm, n.target)
+            consts[ids[n]] = operator.attrgetter(n.target)(gm)
     for r in regions:
         for o in r.outputs:
             ids[o] = len(ids)
@@ -226,9 +227,3 @@ def _symbols_bound(region) -> bool:
     used = set().union(*(_free_symbols(n.meta.get("example_value")) for n in region.sub.graph.nodes
                          if n.op != "output"))   # placeholders too: an input SymInt like max(0, 1 - s9)
     return used <= bound
-
-
-def _getattr_path(obj, target: str):
-    for name in target.split("."):
-        obj = getattr(obj, name)
-    return obj
