@@ -9,11 +9,16 @@ import os as _os
 
 def _map_checkout_subpackages() -> None:
     """passes/, kernels/ and pattern_db/ install as mcompile.passes etc. (pyproject's package-dir).
-    When Python runs from the repository root, ./mcompile can shadow the editable install's
-    mapping; then look for the subpackages beside it."""
+
+    The checkout's kernels/ has no __init__.py on purpose: a folder without one is only a
+    namespace portion, and Python prefers a regular package (Hugging Face's ``kernels``, which
+    transformers imports) wherever each sits on sys.path, so running Python from the checkout
+    root can never shadow it. setuptools' editable finder does not resolve such a mapped
+    namespace subpackage, so in a checkout mcompile also looks for its subpackages beside itself.
+    """
     if _util.find_spec(__name__ + ".kernels") is None:
         root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-        if all(_os.path.isfile(_os.path.join(root, d, "__init__.py")) for d in ("passes", "kernels", "pattern_db")):
+        if _os.path.isfile(_os.path.join(root, "kernels", "sparse_attention.py")):
             __path__.append(root)  # noqa: F821 (the package's own __path__)
 
 

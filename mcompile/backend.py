@@ -104,7 +104,7 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         plan = plan_for(s.layer, s.num_heads) if spec.rewrite else None
         if spec.rewrite:
             register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats,
-                                     dense_tail=opts.dense_tail))
+                                     dense_tail=opts.dense_tail, cost_model=opts.cost_model))
         _report.add_site(_row(key, graph_id, spec, plan))
     if rewritten:
         rewrite_sites(gm, specs, keys)
@@ -134,4 +134,5 @@ def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None) -> _re
         decision = "not run yet"
     return _report.SiteRow(key=key, graph=graph_id, layer=s.layer, module=s.module_path, heads=s.num_heads,
                            kv_heads=s.num_kv_heads, head_dim=s.head_dim, causal=spec.causal, mask=spec.mask_kind,
-                           plan=_report.summarise_plan(plan), decision=decision)
+                           plan=_report.summarise_plan(plan), decision=decision,
+                           head_plans=_report.head_plans(plan))

@@ -9,7 +9,8 @@ from .reporting import Report
 
 def _cmd_report(args: argparse.Namespace) -> int:
     try:
-        print(Report.load(args.file))
+        saved = Report.load(args.file)
+        print(saved.format_heads() if args.heads else saved)
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"mcompile report: cannot read {args.file}: {err}", file=sys.stderr)
         return 1
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     p = sub.add_parser("report", help="print a report saved with options={'report': FILE}")
     p.add_argument("file")
+    p.add_argument("--heads", action="store_true", help="print the full plan of every query head")
     p.set_defaults(func=_cmd_report)
     from .eval_cli import add_eval_parser
     from .pattern_db.cli import add_db_parser

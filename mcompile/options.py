@@ -35,6 +35,7 @@ class Options:
     regions: bool = False            # compile repeated identical layers once (passes/regions.py)
     layerwise: bool = True           # compile each distinct decoder layer once (passes/layerwise.py); off with regions
     dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
+    cost_model: bool = True          # GPU: run dense where the measured cost model predicts sparse is slower
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -53,7 +54,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise"):
+        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise", "cost_model"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:

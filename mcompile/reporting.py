@@ -16,7 +16,8 @@ from typing import Any
 _lock = threading.Lock()
 _rows: dict[str, "SiteRow"] = {}
 
-COLUMNS = ("graph", "layer", "heads", "kv_heads", "head_dim", "causal", "mask", "plan", "decision", "calls")
+# one line per site and decision; the per-head plan is printed by ``format_heads``
+COLUMNS = ("graph", "layer", "heads", "d", "mask", "plan", "decision", "calls")
 
 
 @dataclass
@@ -30,20 +31,46 @@ class SiteRow:
     head_dim: int
     causal: bool
     mask: str
-    plan: str                      # e.g. "vertical_slash(vertical_size=1000,slash_size=6096) x9" or "-"
+    plan: str                      # summary, e.g. "vertical_slash(1000/6096) x9" or "sample_attention 5, dense 4"
     decision: str                  # compile-time decision until the site runs, then the latest run's
     calls: Counter = field(default_factory=Counter)   # run-time decision -> count
     work: list = field(default_factory=lambda: [0, 0, 0])  # with options stats=True: computed blocks, columns, dense blocks
+    head_plans: list = field(default_factory=list)        # one "pattern(k=v,...)" per query head
+
+
+def format_value(value: Any) -> str:
+    """A parameter value for people: fractions and floats to 3 significant digits."""
+    frac = getattr(value, "value", None)
+    if isinstance(frac, float):
+        return f"{frac:.3g}N"
+    if isinstance(value, dict) and set(value) == {"frac"}:
+        return f"{value['frac']:.3g}N"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def describe_head(head) -> str:
+    """``pattern(k=v,...)`` of one HeadPlan, values rounded."""
+    params = ",".join(f"{k}={format_value(v)}" for k, v in sorted(head.params.items()))
+    return f"{head.pattern}({params})" if params else head.pattern
 
 
 def summarise_plan(layer_plan) -> str:
+    """Short enough for one table cell: a uniform layer shows its parameters
+    (``vertical_slash(1000/6096) x9``), a mixed one its heads per pattern, most first."""
     if layer_plan is None:
         return "-"
-    counts = Counter()
-    for h in layer_plan.heads:
-        params = ",".join(f"{k}={v}" for k, v in sorted(h.params.items()))
-        counts[f"{h.pattern}({params})" if params else h.pattern] += 1
-    return ", ".join(f"{name} x{n}" for name, n in counts.items())
+    heads = list(layer_plan.heads)
+    if len({h.key() for h in heads}) == 1:
+        values = "/".join(format_value(v) for _, v in sorted(heads[0].params.items()))
+        return f"{heads[0].pattern}({values}) x{len(heads)}" if values else f"{heads[0].pattern} x{len(heads)}"
+    counts = Counter(h.pattern for h in heads)
+    return ", ".join(f"{name} {n}" for name, n in counts.most_common())
+
+
+def head_plans(layer_plan) -> list[str]:
+    return [] if layer_plan is None else [describe_head(h) for h in layer_plan.heads]
 
 
 def add_site(row: SiteRow) -> None:
@@ -94,15 +121,23 @@ class Report:
     def __str__(self) -> str:
         if not self.rows:
             return "mcompile: no attention sites compiled yet"
-        table = [COLUMNS] + [
-            (r.graph, str(r.layer), str(r.heads), str(r.kv_heads), str(r.head_dim), "yes" if r.causal else "no",
-             r.mask, r.plan, r.decision, str(sum(r.calls.values())))
-            for r in self.rows
-        ]
+        table = [COLUMNS]
+        for r in self.rows:
+            site = (r.graph, str(r.layer), f"{r.heads}/{r.kv_heads}", str(r.head_dim), r.mask, r.plan)
+            for decision, calls in (r.calls.most_common() or [(r.decision, 0)]):
+                table.append((*site, decision, str(calls)))
         widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+    def format_heads(self) -> str:
+        """The full plan of every site, one line per query head (``mcompile report FILE --heads``)."""
+        lines = []
+        for r in self.rows:
+            lines.append(f"graph {r.graph} layer {r.layer} ({r.module}): {r.plan}")
+            lines += [f"  head {h}: {p}" for h, p in enumerate(r.head_plans)]
+        return "\n".join(lines) if lines else str(self)
 
 
 def report() -> Report:

@@ -42,7 +42,9 @@ class SiteConfig:
     debug: bool = False
     stats: bool = False
     dense_tail: int = 64            # the last this-many rows of a sparse call attend to every key
+    cost_model: bool = True         # on the GPU, run dense where the measured cost model says sparse is slower
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
+    _costs: dict | None = None      # window -> cost_gate.SiteCost
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -77,10 +79,29 @@ def build_mask(q_len: int, kv_len: int, device, causal: bool, window: int, paddi
 
 
 def _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window) -> bool:
-    """The recognised mask is plain causal over all keys (one host sync when there is padding)."""
+    """The recognised mask is plain causal over all keys."""
     n = q.shape[2]
     return (is_causal and (window <= 0 or window >= n) and q_offset == 0 and kv_offset == 0 and n == k.shape[2]
-            and (padding is None or bool(padding[:, :n].all())))
+            and (padding is None or no_padding(padding, 0, n)))
+
+
+_PADDING_SEEN: dict = {}    # id(padding) -> (weakref, version, start, stop, all keys valid)
+
+
+def no_padding(padding: torch.Tensor, start: int, stop: int) -> bool:
+    """Whether ``padding[:, start:stop]`` keeps every key. Every layer of one forward gets the
+    same padding tensor, so the answer (one host sync) is kept for that tensor while it lives
+    unchanged (its in-place version counter is part of the key): one sync per forward, not one
+    per layer, where a sync stalls the host until the GPU drains."""
+    import weakref
+    seen = _PADDING_SEEN.get(id(padding))
+    if seen is not None and seen[0]() is padding and seen[1:4] == (padding._version, start, stop):
+        return seen[4]
+    valid = bool(padding[:, start:stop].all())
+    if len(_PADDING_SEEN) > 64:
+        _PADDING_SEEN.clear()
+    _PADDING_SEEN[id(padding)] = (weakref.ref(padding), padding._version, start, stop, valid)
+    return valid
 
 
 def dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
@@ -124,7 +145,7 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
         return "dropout"
     if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
         return f"unsupported on GPU: {q.dtype}, head dim {q.shape[-1]}"
-    if padding is not None and not bool(padding[:, kv_offset:kv_offset + n].all()):  # one host sync per call
+    if padding is not None and not no_padding(padding, kv_offset, kv_offset + n):
         return "padding in the batch"
     if _sparse_backend() is None:
         return "sparse kernels not available"
@@ -157,10 +178,11 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     if cfg._sparse is None:
         cfg._sparse = {}
     if window not in cfg._sparse:
-        plan = cfg.plan
+        plan, decision = cfg.plan, "sparse"
         if window > 0:
             plan = LayerPlan.uniform("sliding_window", num_heads, window=window)
-        cfg._sparse[window] = (plan, f"sparse: {_report.summarise_plan(plan)}")
+            decision = f"sparse: exact window {window}"
+        cfg._sparse[window] = (plan, decision)
     return cfg._sparse[window]
 
 
@@ -177,7 +199,30 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
     return [(h, min(hq, h + step)) for h in range(0, hq, step)]
 
 
-def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0):
+def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int):
+    """(the site's cost record or None, the reason to run dense or None): on the GPU the
+    measured cost model (mcompile.cost_gate) keeps a plan that would be slower than dense off."""
+    from .kernels.cost_model import shipped
+    model = shipped() if (cfg.cost_model and q.is_cuda) else None
+    if model is None:
+        return None, None
+    from . import cost_gate
+    from .kernels.patterns import PATTERNS
+    from .kernels.tail import tail_work
+    if cfg._costs is None:
+        cfg._costs = {}
+    if window not in cfg._costs:
+        cfg._costs[window] = cost_gate.site_cost(plan, PATTERNS)
+    site_cost = cfg._costs[window]
+    B, hq, n, d = q.shape
+    tail = hq * tail_work(n, tail_rows) if tail_rows else 0
+    sparse, prediction = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS)
+    if sparse:
+        return site_cost, None
+    return site_cost, f"cost model: {prediction.describe()}"
+
+
+def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
     """Build the index and run the kernel, head chunk by head chunk when the index is large;
     then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
     build_layer_index, sparse_attention = _sparse_backend()
@@ -189,6 +234,7 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     chunks = head_chunks(plan, B, n, hq, hkv)
     out = None if len(chunks) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     group = hq // hkv
+    counts = None   # blocks and columns summed over heads, for the cost gate's measurement
     for h0, h1 in chunks:
         kv = slice(h0 // group, h1 // group)
         qc, kc, vc = q[:, h0:h1], k[:, kv], v[:, kv]
@@ -203,14 +249,20 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
             tail = B * (h1 - h0) * tail_work(n, tail_rows, index.block_m, index.block_n)
             listed = _tail_listed(index, B, h1 - h0, n, tail_rows)
             _report.record_work(cfg.key, blocks - listed[0] + tail, columns - listed[1], dense)
+        if site_cost is not None and site_cost.dynamic and site_cost.pending is None:
+            work = torch.stack([t.expand(B, h1 - h0, -1).sum(dtype=torch.int64)
+                                for t in (index.block_count, index.column_count)])
+            counts = work if counts is None else counts + work
         result = sparse_attention(qc, kc, vc, index, scale=scale)
         if tail_rows:
             dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
-        if out is None:
-            return result
-        out[:, h0:h1] = result
-        del index, result
-    return out
+        if out is not None:
+            out[:, h0:h1] = result
+        del index
+    if counts is not None:
+        from .cost_gate import measure
+        measure(site_cost, n, B * hq, counts)
+    return result if out is None else out
 
 
 def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
@@ -226,9 +278,12 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])
-        _report.record_decision(key, decision)
         # a sliding-window layer's last rows are exact already and must not see past the window
-        return sparse_call(cfg, plan, q, k, v, scale, tail_rows=0 if window > 0 else cfg.dense_tail)
+        tail_rows = 0 if window > 0 else cfg.dense_tail
+        site_cost, reason = _cost_gate(cfg, plan, window, q, tail_rows)
+        if reason is None:
+            _report.record_decision(key, decision)
+            return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
     _report.record_decision(key, f"dense: {reason}")
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
                            dropout_p)

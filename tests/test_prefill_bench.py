@@ -97,7 +97,7 @@ def test_tiny_whole_run_json_and_plots(tmp_path, monkeypatch):
     for r in rows:
         assert r["ms"] > 0 and r["per_layer_ms"] is not None
         if r["variant"] == "minference":
-            assert all(k.startswith("sparse:") for k in r["decisions"]), r["decisions"]  # mask and cache stay sparse
+            assert all(k.startswith("sparse") for k in r["decisions"]), r["decisions"]  # mask and cache stay sparse
             assert 0 < r["density"] <= 1 and r["speedup"] > 0
     assert d["extrapolation"]["to_layers"] == 32 and len(d["extrapolation"]["rows"]) == len(rows)
     assert {a["variant"] for a in d["attention_alone"]} == {"dense-sdpa", "minference"}

