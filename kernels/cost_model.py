@@ -1,4 +1,4 @@
-"""The measured cost model: predicted GPU time of one attention call, dense or sparse.
+"""The measured cost model: predicted time of one attention call, dense or sparse.
 
 Dense is SDPA's causal kernel; sparse is each pattern group's index building plus the one
 sparse kernel over the computed blocks and columns, plus the dense tail. Every constant is a
@@ -6,10 +6,15 @@ measurement on the GPU by ``benchmarks/cost_model.py`` (``cost_model.json`` besi
 per head dim and length, interpolated linearly in ``log n`` (outside the measured lengths the
 per-block constants are held and the build times follow the last segment's log-log slope).
 
+GPU time and host time are measured apart: the builders launch many small kernels, and below
+about 64K tokens their Python and launch work on the host outlasts what they give the GPU to
+do. A call without host synchronisation costs whichever is longer, so a path is priced at
+``max(GPU time, host time)``.
+
 Units: microseconds; a block is ``block_m x block_n`` = 64 x 64 scores of one query head; a
 column is 64 scores (one key for the 64 rows of a query block).
 
-The runtime (``mcompile.runtime``) asks :func:`predict` whether a plan is worth running at
+The runtime (``mcompile.cost_gate``) asks :func:`predict` whether a plan is worth running at
 length n; the offline search can price candidates with the same numbers.
 """
 from __future__ import annotations
@@ -60,22 +65,22 @@ class CostModel:
 
     def dense_us(self, n: int, heads: int, head_dim: int) -> float:
         t = self._table(head_dim)
-        return t["dense_fixed_us"] + heads * causal_blocks(n) * _held(t["n"], t["dense_us_per_block"], n)
+        gpu = heads * causal_blocks(n) * _held(t["n"], t["dense_us_per_block"], n)
+        return max(gpu, t["dense_host_us"])
 
-    def kernel_us(self, n: int, blocks: float, columns: float, head_dim: int) -> float:
+    def kernel_gpu_us(self, n: int, blocks: float, columns: float, head_dim: int) -> float:
         """The sparse kernel over ``blocks`` blocks and ``columns`` columns summed over heads."""
         t = self._table(head_dim)
-        return (t["kernel_fixed_us"] + blocks * _held(t["n"], t["kernel_us_per_block"], n)
-                + columns * _held(t["n"], t["kernel_us_per_column"], n))
+        return blocks * _held(t["n"], t["kernel_us_per_block"], n) + columns * _held(t["n"], t["kernel_us_per_column"], n)
 
-    def build_us(self, pattern: str, n: int, heads: int, head_dim: int) -> float:
-        """Index building of one group of ``heads`` query heads sharing a pattern."""
-        build = self._table(head_dim)["build"]
-        if pattern not in build:
-            raise KeyError(f"cost model: pattern {pattern!r} not measured; measured: {sorted(build)}")
-        b = build[pattern]
-        ns = self._table(head_dim)["n"]
-        return _loglog(ns, b["group_us"], n) + heads * _loglog(ns, b["head_us"], n)
+    def build_us(self, pattern: str, n: int, heads: int, head_dim: int) -> tuple[float, float]:
+        """(GPU, host) time of building the index of one group of ``heads`` query heads."""
+        t = self._table(head_dim)
+        if pattern not in t["build"]:
+            raise KeyError(f"cost model: pattern {pattern!r} not measured; measured: {sorted(t['build'])}")
+        b = t["build"][pattern]
+        return tuple(_loglog(t["n"], b[f"group_{kind}_us"], n) + heads * _loglog(t["n"], b[f"head_{kind}_us"], n)
+                     for kind in ("gpu", "host"))
 
 
 def causal_blocks(n: int, block: int = 64) -> int:
@@ -119,8 +124,9 @@ def predict(model: CostModel, n: int, head_dim: int, groups: list[tuple[str, int
     ``columns``: what the kernel computes, summed over heads (worst case or measured);
     ``tail_blocks``: what the dense tail adds, summed over heads."""
     heads = sum(h for _, h in groups)
-    dense = model.dense_us(n, heads, head_dim)
-    build = sum(model.build_us(p, n, h, head_dim) for p, h in groups if p != "dense")
-    sparse = build + model.kernel_us(n, blocks + tail_blocks, columns, head_dim)
+    t = model._table(head_dim)
+    builds = [model.build_us(p, n, h, head_dim) for p, h in groups if p != "dense"]
+    gpu = sum(b[0] for b in builds) + model.kernel_gpu_us(n, blocks + tail_blocks, columns, head_dim)
+    host = sum(b[1] for b in builds) + t["kernel_host_us"] * (2 if tail_blocks else 1)
     density = (blocks + columns / 64) / max(1, heads * causal_blocks(n))
-    return Prediction(dense, sparse, density)
+    return Prediction(model.dense_us(n, heads, head_dim), max(gpu, host), density)

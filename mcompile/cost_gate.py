@@ -33,6 +33,7 @@ class SiteCost:
     worst: dict = field(default_factory=dict)           # n -> (blocks, columns) summed over heads
     observed: list = field(default_factory=list)        # Observation, newest last
     pending: tuple | None = None    # (n, dense blocks, pinned counts, event) in flight
+    settled: dict = field(default_factory=dict)         # n -> (run sparse, reason to run dense or None)
 
     def poll(self) -> None:
         """Take a measurement whose copy has landed (never waits)."""
@@ -74,20 +75,28 @@ def worst_case(sc: SiteCost, plan, n: int, patterns) -> tuple[int, int]:
 
 
 def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blocks: int,
-           patterns) -> tuple[bool, Prediction | None]:
-    """(run sparse, the prediction it rests on; None while the site measures a new length)."""
+           patterns) -> tuple[bool, str | None]:
+    """(run sparse, the reason to run dense). A length is settled once its prediction rests on
+    exact counts or a measurement near it; until then an online plan runs sparse to measure."""
+    if n in sc.settled:
+        return sc.settled[n]
     sc.poll()
-    heads = len(plan.heads)
     blocks, columns = worst_case(sc, plan, n, patterns)
-    worst = predict(model, n, head_dim, sc.groups, blocks, columns, tail_blocks)
-    if not sc.dynamic or worst.worth_it:
-        return worst.worth_it, worst
-    seen = sc.near(n)
-    if seen is None:
-        return True, None
-    expected = seen.density * heads * causal_blocks(n)
-    measured = predict(model, n, head_dim, sc.groups, expected, 0.0, tail_blocks)
-    return measured.worth_it, measured
+    prediction = predict(model, n, head_dim, sc.groups, blocks, columns, tail_blocks)
+    if sc.dynamic and not prediction.worth_it:
+        seen = sc.near(n)
+        if seen is None:
+            return True, None
+        prediction = predict(model, n, head_dim, sc.groups, seen.density * len(plan.heads) * causal_blocks(n),
+                             0.0, tail_blocks)
+    if len(sc.settled) > 256:
+        sc.settled.clear()
+    sc.settled[n] = (prediction.worth_it, None if prediction.worth_it else f"cost model: {prediction.describe()}")
+    return sc.settled[n]
+
+
+def wants_measurement(sc: SiteCost, n: int) -> bool:
+    return sc.dynamic and sc.pending is None and n not in sc.settled
 
 
 def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor) -> None:

@@ -199,11 +199,18 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
     return [(h, min(hq, h + step)) for h in range(0, hq, step)]
 
 
-def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int):
-    """(the site's cost record or None, the reason to run dense or None): on the GPU the
-    measured cost model (mcompile.cost_gate) keeps a plan that would be slower than dense off."""
+def cost_model_for(cfg: SiteConfig, q):
+    """The measured cost model for this call: the shipped one on the GPU (the CPU path is the
+    reference, for correctness, and follows the plan)."""
     from .kernels.cost_model import shipped
-    model = shipped() if (cfg.cost_model and q.is_cuda) else None
+    return shipped() if (cfg.cost_model and q.is_cuda) else None
+
+
+def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int):
+    """(the site's cost record when this call should measure its index, the reason to run
+    dense or None): on the GPU the measured cost model (mcompile.cost_gate) keeps a plan that
+    would be slower than dense off."""
+    model = cost_model_for(cfg, q)
     if model is None:
         return None, None
     from . import cost_gate
@@ -216,10 +223,8 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int)
     site_cost = cfg._costs[window]
     B, hq, n, d = q.shape
     tail = hq * tail_work(n, tail_rows) if tail_rows else 0
-    sparse, prediction = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS)
-    if sparse:
-        return site_cost, None
-    return site_cost, f"cost model: {prediction.describe()}"
+    _, reason = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS)
+    return (site_cost if cost_gate.wants_measurement(site_cost, n) else None), reason
 
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
@@ -249,7 +254,7 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
             tail = B * (h1 - h0) * tail_work(n, tail_rows, index.block_m, index.block_n)
             listed = _tail_listed(index, B, h1 - h0, n, tail_rows)
             _report.record_work(cfg.key, blocks - listed[0] + tail, columns - listed[1], dense)
-        if site_cost is not None and site_cost.dynamic and site_cost.pending is None:
+        if site_cost is not None:       # the cost gate asked to measure this length
             work = torch.stack([t.expand(B, h1 - h0, -1).sum(dtype=torch.int64)
                                 for t in (index.block_count, index.column_count)])
             counts = work if counts is None else counts + work

@@ -66,6 +66,7 @@ def test_default_plan_long_prompt_runs_sparse_on_gpu():
 def _smollm2_layer_call(n=32768):
     """One attention call of the shipped SmolLM2 database's most mixed layer, through the op,
     on structured q/k/v (9 query / 3 KV heads, d 64), with an all-ones padding tensor."""
+    from mcompile import attention_op  # noqa: F401  (registers mcompile::attention)
     from mcompile.pattern_db import ModelIdentity, resolve_model_plan
     from mcompile.runtime import SiteConfig, register_site
 
