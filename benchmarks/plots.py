@@ -7,6 +7,8 @@
   * ``speedup_vs_length.png``: dense / minference for the same series, with the issue's targets.
   * ``attention_per_layer.png``: one layer's attention alone (dense SDPA vs index + sparse kernel),
     where prefill.py ran with ``--attn-bench``.
+  * ``ttft_<model>_<device>.png``: a real model's time to first token against dense, per length
+    and variant, from benchmarks/ttft.py's JSONs (bars: dense time / variant time).
   * ``niah_<name>.png``: needle-in-a-haystack heat maps (dense vs sparse) from ``mcompile eval``
     JSONs that hold a ``niah`` grid (drawn by ``mcompile.niah.plot_grid``).
 Missing inputs are skipped with a message.
@@ -197,6 +199,37 @@ def plot_niah(evals: list[tuple[Path, dict]], out_dir: Path) -> list[Path]:
     return written
 
 
+def plot_ttft(runs: list[tuple[Path, dict]], out_dir: Path, plt) -> list[Path]:
+    written = []
+    for path, data in runs:
+        rows = data.get("rows", [])
+        dense = {r["n"]: r["ms"] for r in rows if r["variant"] == "dense"}
+        lengths = sorted(dense)
+        variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dense"]
+        if not lengths or not variants:
+            print(f"skip {path.name}: no dense and sparse rows")
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        width = 0.8 / len(variants)
+        for i, variant in enumerate(variants):
+            ms = {r["n"]: r["ms"] for r in rows if r["variant"] == variant}
+            xs = [j + (i - (len(variants) - 1) / 2) * width for j, n in enumerate(lengths) if n in ms]
+            ax.bar(xs, [dense[n] / ms[n] for n in lengths if n in ms], width, label=variant)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
+        ax.set_ylabel("speedup over dense (x)")
+        model = rows[0]["model"].split("/")[-1]
+        ax.set_title(f"time to first token, {Path(model).stem}, {_short_device(data.get('device', ''))} "
+                     f"({data.get('date', '')})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = out_dir / (path.stem + ".png")
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
 def main(argv=None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where the default inputs are found")
@@ -204,8 +237,11 @@ def main(argv=None) -> list[Path]:
                     help="prefill JSONs (default: <results-dir>/prefill_*.json, probes excluded)")
     ap.add_argument("--eval", type=Path, nargs="*", default=None,
                     help="mcompile eval JSONs with a NIAH grid (default: <results-dir>/eval*.json)")
+    ap.add_argument("--ttft", type=Path, nargs="*", default=None,
+                    help="benchmarks/ttft.py JSONs (default: <results-dir>/ttft_*.json)")
     ap.add_argument("--out-dir", type=Path, default=None, help="default: --results-dir")
     args = ap.parse_args(argv)
+    ttft = args.ttft if args.ttft is not None else sorted(args.results_dir.glob("ttft_*.json"))
     out_dir = args.out_dir or args.results_dir
     prefill = args.prefill if args.prefill is not None else sorted(
         p for p in args.results_dir.glob("prefill_*.json") if "probe" not in p.name)
@@ -226,6 +262,7 @@ def main(argv=None) -> list[Path]:
     written = plot_prefill(prefill_points(runs), out_dir, plt)
     written += plot_attention(runs, out_dir, plt)
     written += plot_niah(_load(evals), out_dir)
+    written += plot_ttft(_load([p for p in ttft if p.exists()]), out_dir, plt)
     for p in written:
         print(f"wrote {p}")
     return written

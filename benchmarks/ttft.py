@@ -18,11 +18,13 @@ Sliding-window layers (Gemma 3) run their exact window in both sparse variants.
 Per row: ``ms`` is the median of ``--repeats`` prefills timed with CUDA events after a warm-up
 call at the same length (which compiles). One more call under ``torch.profiler`` gives, per
 attention layer call (the ``mcompile::attention`` op): ``host_ms_per_layer`` (CPU time inside the
-op), ``gpu_ms_per_layer`` (GPU time of the kernels it launched), ``index_ms_per_layer`` (the part
-of that GPU time not spent in the sparse attention kernel ``_sparse_attn_fwd``: estimation, index
-building, the dense tail's launch is counted as attention) and ``launches_per_layer``. ``density``
-comes from one more call with ``stats=True`` (computed blocks of dense causal, the full-attention
-layers' sparse calls; 1.0 when every call ran dense). ``peak_gib`` is
+op), ``gpu_ms_per_layer`` (GPU time of the kernels it launched), ``index_ms_per_layer`` (per
+call that ran sparse, the part of its GPU time not spent in the sparse attention kernel
+``_sparse_attn_fwd``: estimation and index building; the dense tail runs that kernel and counts
+as attention) and ``launches_per_layer``. ``density``
+comes from one more call with ``stats=True`` in a fresh compile: the blocks the plan computes
+when it runs sparse, of dense causal (that call measures, so it runs sparse even where the cost
+model then chooses dense; 1.0 for dense). ``peak_gib`` is
 ``torch.cuda.max_memory_allocated`` over a timed call, weights included. ``decisions`` counts the
 op's decisions over the timed calls (from ``mcompile.report()``).
 
@@ -111,20 +113,25 @@ def per_layer_profile(fn, device: str) -> dict:
         p.name == ATTENTION_OP for p in _ancestors(e))]
     if not calls:
         return {"calls": 0}
-    host = gpu = attention = launches = 0.0
+    host = gpu = attention = index = launches = 0.0
+    sparse_calls = 0
     for call in calls:
         host += call.cpu_time_total
         events = [call, *_descendants(call)]
         launches += sum(1 for e in events if "LaunchKernel" in e.name)
-        for e in events:
-            for kernel in e.kernels:
-                gpu += kernel.duration
-                if SPARSE_KERNEL in kernel.name:
-                    attention += kernel.duration
+        kernels = [kernel for e in events for kernel in e.kernels]
+        call_gpu = sum(k.duration for k in kernels)
+        call_attention = sum(k.duration for k in kernels if SPARSE_KERNEL in k.name)
+        gpu, attention = gpu + call_gpu, attention + call_attention
+        if call_attention:          # a sparse call: the rest of its GPU time built the index
+            index += call_gpu - call_attention
+            sparse_calls += 1
     n = len(calls)
-    return {"calls": n, "host_ms_per_layer": host / n / 1e3, "gpu_ms_per_layer": gpu / n / 1e3,
-            "index_ms_per_layer": (gpu - attention) / n / 1e3 if attention else 0.0,
-            "attention_kernel_ms_per_layer": attention / n / 1e3, "launches_per_layer": launches / n}
+    return {"calls": n, "sparse_calls": sparse_calls, "host_ms_per_layer": host / n / 1e3,
+            "gpu_ms_per_layer": gpu / n / 1e3,
+            "index_ms_per_layer": index / sparse_calls / 1e3 if sparse_calls else 0.0,
+            "attention_kernel_ms_per_layer": attention / sparse_calls / 1e3 if sparse_calls else 0.0,
+            "launches_per_layer": launches / n}
 
 
 def _ancestors(event):
