@@ -41,8 +41,8 @@ class Prediction:
         return self.sparse_us <= WORTH_IT * self.dense_us
 
     def describe(self) -> str:
-        return (f"predicted sparse {self.sparse_us / 1e3:.2f} ms (density {self.density:.2f}) "
-                f"vs dense {self.dense_us / 1e3:.2f} ms")
+        """The report's reason: predicted sparse time > predicted dense time."""
+        return f"cost {self.sparse_us / 1e3:.2f} > {self.dense_us / 1e3:.2f} ms"
 
 
 class CostModel:

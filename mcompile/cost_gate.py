@@ -91,7 +91,7 @@ def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blo
                              0.0, tail_blocks)
     if len(sc.settled) > 256:
         sc.settled.clear()
-    sc.settled[n] = (prediction.worth_it, None if prediction.worth_it else f"cost model: {prediction.describe()}")
+    sc.settled[n] = (prediction.worth_it, None if prediction.worth_it else prediction.describe())
     return sc.settled[n]
 
 

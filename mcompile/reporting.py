@@ -7,6 +7,7 @@ latest run-time decision (sparse pattern per head, or dense and why).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -16,8 +17,8 @@ from typing import Any
 _lock = threading.Lock()
 _rows: dict[str, "SiteRow"] = {}
 
-# one line per site and decision; the per-head plan is printed by ``format_heads``
-COLUMNS = ("graph", "layer", "heads", "d", "mask", "plan", "decision", "calls")
+# one line per site and decision, grouped by graph; the per-head plan is printed by ``format_heads``
+COLUMNS = ("layer", "heads", "mask", "plan", "decision", "calls")
 
 
 @dataclass
@@ -56,9 +57,15 @@ def describe_head(head) -> str:
     return f"{head.pattern}({params})" if params else head.pattern
 
 
+def abbreviation(pattern: str) -> str:
+    """The initials of a pattern's name (``block_sparse`` -> ``bs``) for table cells."""
+    return "".join(word[0] for word in pattern.split("_"))
+
+
 def summarise_plan(layer_plan) -> str:
     """Short enough for one table cell: a uniform layer shows its parameters
-    (``vertical_slash(1000/6096) x9``), a mixed one its heads per pattern, most first."""
+    (``vertical_slash(1000/6096) x9``), a mixed one its heads per pattern, most first, by the
+    patterns' initials (``sa 5, bs 3, vs 1``; the table prints the legend)."""
     if layer_plan is None:
         return "-"
     heads = list(layer_plan.heads)
@@ -66,7 +73,14 @@ def summarise_plan(layer_plan) -> str:
         values = "/".join(format_value(v) for _, v in sorted(heads[0].params.items()))
         return f"{heads[0].pattern}({values}) x{len(heads)}" if values else f"{heads[0].pattern} x{len(heads)}"
     counts = Counter(h.pattern for h in heads)
-    return ", ".join(f"{name} {n}" for name, n in counts.most_common())
+    return ", ".join(f"{abbreviation(name)} {n}" for name, n in counts.most_common())
+
+
+def _legend(rows) -> str:
+    """The initials the mixed plans of ``rows`` use, spelled out."""
+    names = sorted({h.split("(")[0] for r in rows for h in r.head_plans})
+    used = [n for n in names if any(re.search(rf"(^|, ){abbreviation(n)} \d", r.plan) for r in rows)]
+    return "plans: " + ", ".join(f"{abbreviation(n)} = {n}" for n in used) if used else ""
 
 
 def head_plans(layer_plan) -> list[str]:
@@ -122,14 +136,23 @@ class Report:
         if not self.rows:
             return "mcompile: no attention sites compiled yet"
         table = [COLUMNS]
+        graphs = []                      # (index into table where the graph's rows start, graph id)
         for r in self.rows:
-            site = (r.graph, str(r.layer), f"{r.heads}/{r.kv_heads}", str(r.head_dim), r.mask, r.plan)
+            if not graphs or graphs[-1][1] != r.graph:
+                graphs.append((len(table), r.graph))
+            site = (str(r.layer), f"{r.heads}/{r.kv_heads} d{r.head_dim}", r.mask, r.plan)
             for decision, calls in (r.calls.most_common() or [(r.decision, 0)]):
                 table.append((*site, decision, str(calls)))
         widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        out = [lines[0], "  ".join("-" * w for w in widths)]
+        starts = dict(graphs)
+        for i, line in enumerate(lines[1:], start=1):
+            if i in starts:
+                out.append(f"graph {starts[i]}:")
+            out.append(line)
+        legend = _legend(self.rows)
+        return "\n".join(out + ([legend] if legend else []))
 
     def format_heads(self) -> str:
         """The full plan of every site, one line per query head (``mcompile report FILE --heads``)."""

@@ -138,13 +138,13 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
     if not is_causal:
         return "not causal"
     if n != k.shape[2] or q_offset != 0 or kv_offset != 0:
-        return "queries do not start at key 0 (cache with past keys)"
+        return "cache with past keys"
     if n < cfg.min_len:
         return f"short: {n} < min_len {cfg.min_len}"
     if dropout_p > 0:
         return "dropout"
     if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
-        return f"unsupported on GPU: {q.dtype}, head dim {q.shape[-1]}"
+        return f"unsupported on GPU: {str(q.dtype).removeprefix('torch.')} d{q.shape[-1]}"
     if padding is not None and not no_padding(padding, kv_offset, kv_offset + n):
         return "padding in the batch"
     if _sparse_backend() is None:
