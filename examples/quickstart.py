@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--text", default="bible-kjv", help="a text source name or a text file")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--length", type=int, default=None, help="prompt tokens (default: 32768 on the GPU, 2048 on the CPU)")
+    parser.add_argument("--compare-speed", action="store_true",
+                        help="also time dense vs minference (always on the GPU; on the CPU it times the reference)")
     parser.add_argument("--min-len", type=int, default=None,
                         help="prompts shorter than this run dense (default: the backend's 8192 on the GPU, 1024 on the CPU)")
     args = parser.parse_args()
@@ -72,9 +74,12 @@ def main() -> None:
     dense = model(ids, use_cache=False).logits
     eager_s = time.perf_counter() - start
 
-    if on_gpu:  # the baseline for speed: the same compiled graph with every attention dense (SDPA)
+    compare = on_gpu or args.compare_speed
+    if compare:  # the baseline for speed: the same compiled graph with every attention dense (SDPA)
         dense_ms = prefill_ms(torch.compile(model, backend="minference", options={**options, "plan": "dense"}),
-                              ids, "cuda")
+                              ids, args.device)
+        from mcompile import reporting
+        reporting.reset()   # the report below then shows the sparse model's sites only
 
     # The one line: an unmodified transformers model, sparse attention per layer and head.
     model.compile(backend="minference", options=options)
@@ -92,8 +97,9 @@ def main() -> None:
     print(f"eager (dense) {eager_s:.1f} s; compiled minference, first call (includes compiling) {compiled_s:.1f} s")
     if not on_gpu:
         print(CPU_NOTE)
+    if not compare:
         return
-    sparse_ms = prefill_ms(model, ids, "cuda")
+    sparse_ms = prefill_ms(model, ids, args.device)
     print(f"prefill to the first token, {length} tokens, median of 3: dense {dense_ms:.1f} ms, "
           f"minference {sparse_ms:.1f} ms: {dense_ms / sparse_ms:.2f}x")
 

@@ -564,3 +564,25 @@ def test_demos(tmp_path):
     for name, pat in P.PATTERNS.items():
         path = pat.demo(str(tmp_path / f"{name}.png"), n=512)
         assert os.path.getsize(path) > 1000
+
+
+def test_static_index_is_built_once_per_shape():
+    """A static pattern's index is kept per shape and parameters: the same object comes back
+    for the same length, a new one for another length or parameters, and it is what a fresh
+    build gives."""
+    from mcompile.kernels.patterns import build_head_group
+    q = torch.randn(1, 4, 300, 16)
+    first = build_head_group(q, q[:, :2], "a_shape", {"n_init": 64, "n_local": 128})
+    again = build_head_group(torch.randn(1, 4, 300, 16), q[:, :2], "a_shape", {"n_init": 64, "n_local": 128})
+    assert again is first
+    other = build_head_group(q, q[:, :2], "a_shape", {"n_init": 64, "n_local": 192})
+    longer = build_head_group(torch.randn(1, 4, 400, 16), q[:, :2], "a_shape", {"n_init": 64, "n_local": 128})
+    assert other is not first and longer is not first and longer.num_q_blocks == 7
+    fresh = P.PATTERNS["a_shape"].build(q, q[:, :2], {"n_init": 64, "n_local": 128})
+    for cached, built in zip(first.tensors(), fresh.tensors()):
+        assert torch.equal(cached, built)
+    with pytest.raises(RuntimeError):       # broadcast views: an in-place write cannot corrupt the cache
+        first.block_count.add_(1)
+    # online patterns are built every call
+    dyn = [build_head_group(q, q[:, :2], "block_sparse", {"top_k": 2}) for _ in range(2)]
+    assert dyn[0] is not dyn[1]

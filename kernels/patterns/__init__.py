@@ -13,6 +13,9 @@ to the common widths and written into the layer's index.
 """
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
+
 import torch
 
 from ..index import SparseIndex
@@ -48,12 +51,34 @@ def _groups(layer_plan) -> list[tuple[str, dict, list[int]]]:
     return list(groups.values())
 
 
+STATIC_CACHE_ENTRIES = 64
+_static_indexes: OrderedDict = OrderedDict()   # static pattern and shape -> its (broadcast) index
+
+
 def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dict | None,
                      heads=None, block_m: int = 64, block_n: int = 64,
                      scale: float | None = None) -> SparseIndex:
-    """The index of one group of query heads sharing pattern and params: (B, len(heads), ...)."""
-    return get_pattern(pattern).build(q, k, params or {}, heads=heads, block_m=block_m,
-                                      block_n=block_n, scale=scale)
+    """The index of one group of query heads sharing pattern and params: (B, len(heads), ...).
+
+    A static pattern's index depends on the length and its parameters alone, so it is built
+    once per shape and device and kept (the most recent ``STATIC_CACHE_ENTRIES``): later calls
+    cost no launches and no host work. Its tensors are broadcast views, which cannot be written
+    in place. Nothing is kept while a CUDA graph captures (its memory belongs to the graph)."""
+    found = get_pattern(pattern)
+    build = functools.partial(found.build, q, k, params or {}, heads=heads, block_m=block_m,
+                              block_n=block_n, scale=scale)
+    if found.dynamic or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return build()
+    B, Hq, N, _ = q.shape
+    key = (pattern, repr(sorted((params or {}).items())), B, Hq if heads is None else len(heads), N,
+           block_m, block_n, str(q.device))
+    index = _static_indexes.get(key)
+    if index is None:
+        index = _static_indexes[key] = build()
+        if len(_static_indexes) > STATIC_CACHE_ENTRIES:
+            _static_indexes.popitem(last=False)
+    _static_indexes.move_to_end(key)
+    return index
 
 
 def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
