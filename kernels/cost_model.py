@@ -116,17 +116,17 @@ def shipped() -> CostModel | None:
     return CostModel.load() if DATA.is_file() else None
 
 
-def predict(model: CostModel, n: int, head_dim: int, groups: list[tuple[str, int]], blocks: float,
-            columns: float, tail_blocks: float = 0.0) -> Prediction:
-    """Dense vs sparse for one call at length n.
+def predict(model: CostModel, n: int, head_dim: int, heads: int, builds: list[tuple[str, int]],
+            blocks: float, columns: float, tail_blocks: float = 0.0) -> Prediction:
+    """Dense vs sparse for one call of ``heads`` query heads at length n.
 
-    ``groups``: (pattern, heads) of each pattern group the builder runs; ``blocks`` and
-    ``columns``: what the kernel computes, summed over heads (worst case or measured);
-    ``tail_blocks``: what the dense tail adds, summed over heads."""
-    heads = sum(h for _, h in groups)
+    ``builds``: (pattern, heads) of each pattern group whose index is built in this call (the
+    static patterns' indexes are kept per shape, so they cost nothing after a length's first
+    call); ``blocks`` and ``columns``: what the kernel computes, summed over heads (worst case
+    or measured); ``tail_blocks``: what the dense tail adds, summed over heads."""
     t = model._table(head_dim)
-    builds = [model.build_us(p, n, h, head_dim) for p, h in groups if p != "dense"]
-    gpu = sum(b[0] for b in builds) + model.kernel_gpu_us(n, blocks + tail_blocks, columns, head_dim)
-    host = sum(b[1] for b in builds) + t["kernel_host_us"] * (2 if tail_blocks else 1)
+    costs = [model.build_us(p, n, h, head_dim) for p, h in builds]
+    gpu = sum(c[0] for c in costs) + model.kernel_gpu_us(n, blocks + tail_blocks, columns, head_dim)
+    host = sum(c[1] for c in costs) + t["kernel_host_us"] * (2 if tail_blocks else 1)
     density = (blocks + columns / 64) / max(1, heads * causal_blocks(n))
     return Prediction(model.dense_us(n, heads, head_dim), max(gpu, host), density)

@@ -30,6 +30,7 @@ class SiteCost:
     """Per site: the plan's groups and worst case per length, and the densities measured."""
     groups: list                    # (pattern, heads) per pattern group
     dynamic: bool                   # some group's selection depends on q/k
+    builds: list = field(default_factory=list)          # the groups built every call: the online ones
     worst: dict = field(default_factory=dict)           # n -> (blocks, columns) summed over heads
     observed: list = field(default_factory=list)        # Observation, newest last
     pending: tuple | None = None    # (n, dense blocks, pinned counts, event) in flight
@@ -56,7 +57,8 @@ def site_cost(plan, patterns) -> SiteCost:
     groups = {}
     for h in plan.heads:
         groups[h.pattern] = groups.get(h.pattern, 0) + 1
-    return SiteCost(list(groups.items()), any(patterns[p].dynamic for p in groups))
+    online = [(p, h) for p, h in groups.items() if patterns[p].dynamic]
+    return SiteCost(list(groups.items()), bool(online), online)
 
 
 def worst_case(sc: SiteCost, plan, n: int, patterns) -> tuple[int, int]:
@@ -82,12 +84,13 @@ def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blo
         return sc.settled[n]
     sc.poll()
     blocks, columns = worst_case(sc, plan, n, patterns)
-    prediction = predict(model, n, head_dim, sc.groups, blocks, columns, tail_blocks)
+    heads = len(plan.heads)
+    prediction = predict(model, n, head_dim, heads, sc.builds, blocks, columns, tail_blocks)
     if sc.dynamic and not prediction.worth_it:
         seen = sc.near(n)
         if seen is None:
             return True, None
-        prediction = predict(model, n, head_dim, sc.groups, seen.density * len(plan.heads) * causal_blocks(n),
+        prediction = predict(model, n, head_dim, heads, sc.builds, seen.density * heads * causal_blocks(n),
                              0.0, tail_blocks)
     if len(sc.settled) > 256:
         sc.settled.clear()

@@ -43,7 +43,8 @@ def test_static_plans_are_priced_exactly():
         sc = cost_gate.site_cost(plan, PATTERNS)
         run, reason = cost_gate.decide(m, sc, plan, 32768, 64, 0, PATTERNS)
         blocks = heads * PATTERNS["sliding_window"].cost(32768, {"window": window})[0]
-        pred = predict(m, 32768, 64, sc.groups, blocks, 0)
+        pred = predict(m, 32768, 64, heads, sc.builds, blocks, 0)
+        assert sc.builds == []          # a static index is kept per shape: no build after the first call
         assert run is expected and (reason is None) is expected, pred.describe()
         if not expected:
             assert reason == f"cost {pred.sparse_us / 1e3:.2f} > {pred.dense_us / 1e3:.2f} ms"
@@ -74,7 +75,7 @@ def test_dynamic_plan_measures_then_decides_from_the_measurement():
         assert run is expected and not cost_gate.wants_measurement(sc, n)
         if not expected:
             expected_blocks = sc.observed[-1].density * heads * causal_blocks(n)
-            pred = predict(m, n, 64, sc.groups, expected_blocks, 0.0)
+            pred = predict(m, n, 64, heads, sc.builds, expected_blocks, 0.0)
             assert reason == pred.describe() and pred.density == pytest.approx(density, abs=1e-4)
         # a length 4x away is not covered by that measurement
         assert cost_gate.decide(m, sc, plan, 4 * n, 64, 0, PATTERNS) == (True, None)
@@ -85,8 +86,8 @@ def test_host_time_counts_when_it_outlasts_the_gpu():
     attention takes is not worth running."""
     blocks = 4 * PATTERNS["sliding_window"].cost(32768, {"window": 512})[0]
     dense = synthetic().dense_us(32768, 4, 64)
-    assert predict(synthetic(host=0.0), 32768, 64, [("sliding_window", 4)], blocks, 0).worth_it
-    slow_host = predict(synthetic(host=2 * dense), 32768, 64, [("sliding_window", 4)], blocks, 0)
+    assert predict(synthetic(host=0.0), 32768, 64, 4, [("sliding_window", 4)], blocks, 0).worth_it
+    slow_host = predict(synthetic(host=2 * dense), 32768, 64, 4, [("sliding_window", 4)], blocks, 0)
     assert not slow_host.worth_it and slow_host.sparse_us >= 2 * dense
 
 
@@ -95,13 +96,15 @@ def test_mixed_plan_counts_each_pattern_group_once():
     plan = LayerPlan((HeadPlan("a_shape", {"n_init": 64, "n_local": 1024}),) * 3
                      + (HeadPlan("block_sparse", {"top_k": 8}),))
     sc = cost_gate.site_cost(plan, PATTERNS)
-    assert sorted(sc.groups) == [("a_shape", 3), ("block_sparse", 1)]
+    assert sorted(sc.groups) == [("a_shape", 3), ("block_sparse", 1)] and sc.builds == [("block_sparse", 1)]
     blocks, columns = cost_gate.worst_case(sc, plan, 8192, PATTERNS)
     a, _ = PATTERNS["a_shape"].cost(8192, {"n_init": 64, "n_local": 1024})
     b, _ = PATTERNS["block_sparse"].cost(8192, {"top_k": 8})
     assert (blocks, columns) == (3 * a + b, 0)
-    pred = predict(m, 8192, 64, sc.groups, blocks, columns)
+    pred = predict(m, 8192, 64, 4, sc.groups, blocks, columns)      # every group built
     assert pred.sparse_us == pytest.approx(2 * 200 + 4 * 40 * 2 + 1.25 * (3 * a + b))   # GPU-bound here
+    steady = predict(m, 8192, 64, 4, sc.builds, blocks, columns)   # a_shape's index kept
+    assert steady.sparse_us == pytest.approx(200 + 40 * 2 + 1.25 * (3 * a + b))
 
 
 def test_shipped_cost_model_covers_every_pattern_and_head_dim():
@@ -116,7 +119,7 @@ def test_shipped_cost_model_covers_every_pattern_and_head_dim():
     plan = LayerPlan.uniform("vertical_slash", 9)
     sc = cost_gate.site_cost(plan, PATTERNS)
     blocks, columns = cost_gate.worst_case(sc, plan, 8192, PATTERNS)
-    assert not predict(model, 8192, 64, sc.groups, blocks, columns).worth_it
+    assert not predict(model, 8192, 64, 9, sc.builds, blocks, columns).worth_it
 
 
 def test_backend_runs_dense_where_the_cost_model_says_sparse_is_slower(monkeypatch):
