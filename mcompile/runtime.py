@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ class SiteConfig:
     cost_model: bool = True         # on the GPU, run dense where the measured cost model says sparse is slower
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
+    _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -270,13 +271,10 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     return result if out is None else out
 
 
-def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
-    cfg = site_config(key)
-    if cfg.capture is not None:
-        cfg.capture.record(cfg.layer, q, k, v)
-        _report.record_decision(key, "dense: capture mode")
-        return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
-                               dropout_p)
+def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p):
+    """("sparse", plan, report line, tail rows, cost record to measure into or None) or
+    ("dense", report line), and whether that holds for every call with the same shapes and
+    flags (``padding`` aside, which is checked per call)."""
     n = q.shape[2]
     if 0 < window and n <= window and q_offset == 0 and kv_offset == 0 and n == k.shape[2]:
         window = 0          # a window that spans the whole prompt masks nothing: the layer is causal
@@ -287,8 +285,31 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
         tail_rows = 0 if window > 0 else cfg.dense_tail
         site_cost, reason = _cost_gate(cfg, plan, window, q, tail_rows)
         if reason is None:
-            _report.record_decision(key, decision)
-            return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
-    _report.record_decision(key, f"dense: {reason}")
+            return ("sparse", plan, decision, tail_rows, site_cost), site_cost is None
+    return ("dense", f"dense: {reason}"), True
+
+
+def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
+    cfg = site_config(key)
+    if cfg.capture is not None:
+        cfg.capture.record(cfg.layer, q, k, v)
+        _report.record_decision(key, "dense: capture mode")
+        return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
+                               dropout_p)
+    # every call of a site with the same shapes and flags takes the same route once it is
+    # settled, so the decision is made once (per-call Python is host time on the GPU's path)
+    signature = (q.shape, k.shape, q.dtype, q.device, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+    route = cfg._routes.get(signature) if padding is None else None
+    if route is None:
+        route, settled = _route(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+        if settled and padding is None:
+            if len(cfg._routes) > 256:
+                cfg._routes.clear()
+            cfg._routes[signature] = route
+    if route[0] == "sparse":
+        _, plan, decision, tail_rows, site_cost = route
+        _report.record_decision(key, decision)
+        return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
+    _report.record_decision(key, route[1])
     return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
                            dropout_p)
