@@ -102,9 +102,19 @@ def test_tiny_whole_run_json_and_plots(tmp_path, monkeypatch):
     assert d["extrapolation"]["to_layers"] == 32 and len(d["extrapolation"]["rows"]) == len(rows)
     assert {a["variant"] for a in d["attention_alone"]} == {"dense-sdpa", "minference"}
     assert d["dense_sdpa_backend"]
-    written = plots.main(["--prefill", str(out), str(tmp_path / "missing.json"), "--eval",
+    written = plots.main(["--prefill", str(out), str(tmp_path / "missing.json"), "--eval", "--ttft",
                           "--out-dir", str(tmp_path / "plots")])
     assert {p.name for p in written} == {"latency_vs_length.png", "speedup_vs_length.png", "attention_per_layer.png"}
+
+
+def test_plots_draw_ttft_and_skip_rows_without_dense(tmp_path):
+    rows = [{"model": "m", "n": n, "variant": v, "ms": ms} for n, v, ms in
+            ((8192, "dense", 10.0), (8192, "database", 20.0), (32768, "dense", 100.0), (32768, "database", 50.0))]
+    good, bad = tmp_path / "ttft_m_h200.json", tmp_path / "ttft_bad.json"
+    good.write_text(json.dumps({"device": "NVIDIA H200", "date": "2026-12-04", "rows": rows}))
+    bad.write_text(json.dumps({"rows": [r for r in rows if r["variant"] != "dense"]}))
+    written = plots.main(["--prefill", "--eval", "--ttft", str(good), str(bad), "--out-dir", str(tmp_path)])
+    assert [p.name for p in written] == ["ttft_m_h200.png"] and written[0].stat().st_size > 0
 
 
 def test_plots_skip_missing_and_draw_niah(tmp_path):
