@@ -200,21 +200,30 @@ def plot_niah(evals: list[tuple[Path, dict]], out_dir: Path) -> list[Path]:
 
 
 def plot_ttft(runs: list[tuple[Path, dict]], out_dir: Path, plt) -> list[Path]:
+    """Bars: dense time / variant time, each variant against dense compiled the same way (with
+    or without CUDA graphs)."""
+    def graphs(r):
+        return bool(r.get("cuda_graphs"))
+
+    def label(r):
+        return r["variant"] + (" +graphs" if graphs(r) else "")
+
     written = []
     for path, data in runs:
         rows = data.get("rows", [])
-        dense = {r["n"]: r["ms"] for r in rows if r["variant"] == "dense"}
-        lengths = sorted(dense)
-        variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dense"]
+        dense = {(r["n"], graphs(r)): r["ms"] for r in rows if r["variant"] == "dense"}
+        lengths = sorted({n for n, _ in dense})
+        variants = [v for v in dict.fromkeys(label(r) for r in rows if r["variant"] != "dense")]
         if not lengths or not variants:
             print(f"skip {path.name}: no dense and sparse rows")
             continue
         fig, ax = plt.subplots(figsize=(7, 3.6))
         width = 0.8 / len(variants)
         for i, variant in enumerate(variants):
-            ms = {r["n"]: r["ms"] for r in rows if r["variant"] == variant}
-            xs = [j + (i - (len(variants) - 1) / 2) * width for j, n in enumerate(lengths) if n in ms]
-            ax.bar(xs, [dense[n] / ms[n] for n in lengths if n in ms], width, label=variant)
+            speed = {r["n"]: dense[r["n"], graphs(r)] / r["ms"] for r in rows
+                     if label(r) == variant and (r["n"], graphs(r)) in dense}
+            xs = [j + (i - (len(variants) - 1) / 2) * width for j, n in enumerate(lengths) if n in speed]
+            ax.bar(xs, [speed[n] for n in lengths if n in speed], width, label=variant)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
         ax.set_ylabel("speedup over dense (x)")

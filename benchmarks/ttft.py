@@ -146,24 +146,30 @@ def _work(report) -> list[int]:
     return [sum(r.work[i] for r in report.rows) for i in range(3)]
 
 
-def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor], args) -> list[dict]:
+def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor], args,
+                cuda_graphs: bool = False) -> list[dict]:
     import mcompile
     from mcompile import reporting
 
     torch._dynamo.reset()
     reporting.reset()
-    base = {"min_len": args.min_len, **options}
+    base = {"min_len": args.min_len, **options, "cuda_graphs": cuda_graphs}
     # dynamic=True: one compile per variant for every length
     compiled = torch.compile(model, backend="minference", options=base, dynamic=True)
-    with_stats = torch.compile(model, backend="minference", options={**base, "stats": True}, dynamic=True)
+    with_stats = torch.compile(model, backend="minference", options={**base, "stats": True, "cuda_graphs": False},
+                               dynamic=True)
     timer = Timer(args.device)
     rows = []
     for n, ids in prompts.items():
         def prefill(m=compiled):
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad():
                 return m(ids, use_cache=False, logits_to_keep=1).logits
         start = time.perf_counter()
         prefill()                                 # warm-up (compiles at the first lengths)
+        if cuda_graphs:
+            prefill()                             # CUDA graphs: the first call warms up, the second records
         warm_s = time.perf_counter() - start
         before = Counter({(r.key, d): c for r in mcompile.report().rows for d, c in r.calls.items()})
         if args.device == "cuda":
@@ -174,6 +180,7 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
         decisions = Counter()
         for (_, decision), count in (after - before).items():
             decisions[decision] += count
+        submit_ms = host_submit_ms(prefill, args.device)
         profile = per_layer_profile(prefill, args.device)
         density = 1.0
         if name != "dense":
@@ -181,25 +188,45 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
             prefill(with_stats)
             blocks, columns, dense_blocks = (a - b for a, b in zip(_work(mcompile.report()), work_before))
             density = (blocks + columns / 64) / dense_blocks if dense_blocks else 1.0
-        row = {"model": args.model, "n": n, "variant": name, "ms": statistics.median(times),
-               "times_ms": times, "first_call_s": warm_s, **{k: v for k, v in profile.items() if k != "calls"},
+        row = {"model": args.model, "n": n, "variant": name, "cuda_graphs": cuda_graphs, "ms": statistics.median(times),
+               "times_ms": times, "first_call_s": warm_s, "host_submit_ms": submit_ms,
+               **{k: v for k, v in profile.items() if k != "calls"},
                "attention_calls": profile["calls"], "density": density, "peak_gib": peak,
                "decisions": dict(decisions)}
         rows.append(row)
-        print(f"  {name:9s} {n:>8d}: {row['ms']:9.1f} ms  density {density:.3f}  "
+        print(f"  {label(row):16s} {n:>8d}: {row['ms']:9.1f} ms  density {density:.3f}  host submit {submit_ms:.1f} ms  "
               f"host/layer {row.get('host_ms_per_layer', 0):.2f} ms  gpu/layer {row.get('gpu_ms_per_layer', 0):.2f} ms  "
               f"launches/layer {row.get('launches_per_layer', 0):.0f}", flush=True)
     return rows
 
 
+def host_submit_ms(fn, device: str) -> float:
+    """Host time until ``fn`` returns, the GPU idle at the start: where it is close to the
+    whole prefill's time, the host, not the GPU, sets the pace."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    submitted = (time.perf_counter() - start) * 1e3
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return submitted
+
+
+def label(row: dict) -> str:
+    return row["variant"] + (" +graphs" if row.get("cuda_graphs") else "")
+
+
 def table(rows: list[dict]) -> str:
-    dense = {r["n"]: r["ms"] for r in rows if r["variant"] == "dense"}
-    head = ("n", "variant", "ms", "vs dense", "host/layer", "gpu/layer", "index/layer", "launches", "density", "peak GiB")
+    # each row against dense compiled the same way (with or without CUDA graphs)
+    dense = {(r["n"], bool(r.get("cuda_graphs"))): r["ms"] for r in rows if r["variant"] == "dense"}
+    head = ("n", "variant", "ms", "vs dense", "host submit", "host/layer", "gpu/layer", "index/layer", "launches", "density", "peak GiB")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    for r in sorted(rows, key=lambda r: (r["n"], list(VARIANTS).index(r["variant"]))):
-        speed = f"{dense[r['n']] / r['ms']:.2f}x" if r["n"] in dense else "-"
+    for r in sorted(rows, key=lambda r: (r["n"], bool(r.get("cuda_graphs")), list(VARIANTS).index(r["variant"]))):
+        same = (r["n"], bool(r.get("cuda_graphs")))
+        speed = f"{dense[same] / r['ms']:.2f}x" if same in dense else "-"
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        lines.append(" | ".join([str(r["n"]), r["variant"], f"{r['ms']:.1f}", speed,
+        lines.append(" | ".join([str(r["n"]), label(r), f"{r['ms']:.1f}", speed, f"{r.get('host_submit_ms', 0):.1f}",
                                  f"{r.get('host_ms_per_layer', 0):.2f}", f"{r.get('gpu_ms_per_layer', 0):.2f}",
                                  f"{r.get('index_ms_per_layer', 0):.2f}", f"{r.get('launches_per_layer', 0):.0f}",
                                  f"{r['density']:.3f}", peak]))
@@ -214,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=None, help="database JSON for the 'database' variant (default: shipped)")
     parser.add_argument("--text", default="bible-kjv", help="a text source name or a text file")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cuda-graphs", choices=("off", "on", "both"), default="off",
+                        help="compile with the backend's cuda_graphs option (mode='reduce-overhead'); "
+                             "'both' runs every variant each way")
     parser.add_argument("--min-len", type=int, default=8192)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on the GPU, float32 on the CPU")
@@ -237,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.db:
         options["database"] = {"db": args.db}
         options["database-ungated"] = {"db": args.db, "cost_model": False}
+    graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
     rows = []
-    for name in variants:
-        print(f"variant {name}: options {options[name]}", flush=True)
-        rows += run_variant(model, name, options[name], prompts, args)
+    for graphs in graph_modes:
+        for name in variants:
+            print(f"variant {name}: options {options[name]}, cuda_graphs {graphs}", flush=True)
+            rows += run_variant(model, name, options[name], prompts, args, cuda_graphs=graphs)
     import transformers
     result = {
         "benchmark": "ttft", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

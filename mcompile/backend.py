@@ -18,6 +18,7 @@ import torch.fx as fx
 from . import attention_op  # noqa: F401  (registers mcompile::attention)
 from . import reporting as _report
 from .capture import CaptureWriter
+from .cuda_graphs import CudaGraphRunner
 from .options import Options
 from .passes.layerwise import compile_layerwise
 from .passes.regions import float_inputs, outline_layers
@@ -86,6 +87,12 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
                        mode: str | None = None):
     opts = Options.from_dict(options)
     _configure_logging(opts.log_level)
+    # torch.compile passes mode= or options=, never both: mode="reduce-overhead" and the option
+    # cuda_graphs=True ask for the same thing, CUDA graphs over the compiled graph
+    patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+    if opts.cuda_graphs:
+        patches["triton.cudagraphs"] = True
+    cuda_graphs = bool(patches.get("triton.cudagraphs"))
     # option layerwise (default): each distinct decoder layer compiled once, reused for the others
     # (H100, LLaMA-3-8B shape, 32 layers, cold: 33.5 s instead of 71-86 s flat; lower peak at 512K)
     layerwise = opts.layerwise and not opts.regions
@@ -104,7 +111,8 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         plan = plan_for(s.layer, s.num_heads) if spec.rewrite else None
         if spec.rewrite:
             register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats,
-                                     dense_tail=opts.dense_tail, cost_model=opts.cost_model))
+                                     dense_tail=opts.dense_tail, cost_model=opts.cost_model,
+                                     cuda_graphs=cuda_graphs))
         _report.add_site(_row(key, graph_id, spec, plan))
     if rewritten:
         rewrite_sites(gm, specs, keys)
@@ -115,13 +123,16 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         _report.report().save(opts.report)
     from torch._inductor.compile_fx import compile_fx
 
-    patches = torch._inductor.list_mode_options(mode) if mode else None
     if layerwise:
-        compiled = compile_layerwise(gm, example_inputs, lambda g, ins: compile_fx(g, ins, config_patches=patches))
+        # the layer-wise runner replays as a whole (mcompile/cuda_graphs.py): Inductor's own CUDA
+        # graphs would stop at each attention op, whose layer slot is a CPU input
+        piece_patches = {k: v for k, v in patches.items() if k != "triton.cudagraphs"} or None
+        compiled = compile_layerwise(gm, example_inputs,
+                                     lambda g, ins: compile_fx(g, ins, config_patches=piece_patches))
         if compiled is not None:
-            return compiled
+            return CudaGraphRunner(compiled, name=f"graph {graph_id}") if cuda_graphs else compiled
         log.info("graph %s: layer-wise compilation does not apply; compiling the whole graph", graph_id)
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    return compile_fx(gm, example_inputs, config_patches=patches or None)
 
 
 def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None) -> _report.SiteRow:

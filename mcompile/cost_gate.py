@@ -38,8 +38,8 @@ class SiteCost:
 
     def poll(self) -> None:
         """Take a measurement whose copy has landed (never waits)."""
-        if self.pending is None:
-            return
+        if self.pending is None or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            return      # a capturing stream may not query events
         n, dense_blocks, pinned, event = self.pending
         if not event.query():
             return
@@ -102,8 +102,9 @@ def wants_measurement(sc: SiteCost, n: int) -> bool:
     return sc.dynamic and sc.pending is None and n not in sc.settled
 
 
-def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor) -> None:
-    """Start the copy of ``counts`` (int64 (2,) on the GPU: blocks, columns summed over heads)."""
+def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor, wait: bool = False) -> None:
+    """Start the copy of ``counts`` (int64 (2,) on the GPU: blocks, columns summed over heads);
+    with ``wait``, wait for it and take it now."""
     if sc.pending is not None or not counts.is_cuda or torch.cuda.is_current_stream_capturing():
         return
     pinned = torch.empty(2, dtype=torch.int64, pin_memory=True)
@@ -111,3 +112,6 @@ def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor) -> None:
     event = torch.cuda.Event()
     event.record()
     sc.pending = (n, heads * causal_blocks(n), pinned, event)
+    if wait:
+        event.synchronize()
+        sc.poll()

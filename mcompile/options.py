@@ -36,6 +36,7 @@ class Options:
     layerwise: bool = True           # compile each distinct decoder layer once (passes/layerwise.py); off with regions
     dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
     cost_model: bool = True          # GPU: run dense where the measured cost model predicts sparse is slower
+    cuda_graphs: bool = False        # GPU: replay each length's prefill as CUDA graphs (mode="reduce-overhead")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -54,7 +55,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise", "cost_model"):
+        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise", "cost_model", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:
@@ -73,6 +74,11 @@ class Options:
             raise bad("log", f"a logging level, one of {list(LOG_LEVELS)} or an int")
         if self.report is not None and not isinstance(self.report, (str, os.PathLike)):
             raise bad("report", "None or a path for the JSON report")
+        host_reads = [name for name, on in (("stats", self.stats), ("debug", self.debug),
+                                            ("mode", self.mode == "capture")) if on]
+        if self.cuda_graphs and host_reads:
+            raise OptionError(f"minference option 'cuda_graphs' excludes {host_reads}: they read the GPU's "
+                              "results on the host every call, which a replayed CUDA graph does not do")
 
     @property
     def log_level(self) -> int:

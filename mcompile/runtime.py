@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reporting as _report
+from .cuda_graphs import refuse_capture
 from .passes.rewrite import MASK_RECOGNISED
 from .plan import LayerPlan
 
@@ -43,6 +44,7 @@ class SiteConfig:
     stats: bool = False
     dense_tail: int = 64            # the last this-many rows of a sparse call attend to every key
     cost_model: bool = True         # on the GPU, run dense where the measured cost model says sparse is slower
+    cuda_graphs: bool = False       # Inductor replays the graph: a length's route must settle before it records
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
     _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
@@ -267,7 +269,9 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
         del index
     if counts is not None:
         from .cost_gate import measure
-        measure(site_cost, n, B * hq, counts)
+        # under CUDA graphs only the eager warm-up call runs Python: it waits for its count so
+        # that the recording call, which follows, takes the settled route
+        measure(site_cost, n, B * hq, counts, wait=cfg.cuda_graphs)
     return result if out is None else out
 
 
@@ -299,6 +303,8 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     # every call of a site with the same shapes and flags takes the same route once it is
     # settled, so the decision is made once (per-call Python is host time on the GPU's path)
     signature = (q.shape, k.shape, q.dtype, q.device, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+    if padding is not None:
+        refuse_capture("a padding mask is given: its values choose each call's route")
     route = cfg._routes.get(signature) if padding is None else None
     if route is None:
         route, settled = _route(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)

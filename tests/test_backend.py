@@ -149,6 +149,8 @@ def test_eager_attention_passes_through():
     ({"min_len": 0}, "'min_len'"),
     ({"plan": "diagonal"}, "'plan': 'diagonal'"),
     ({"log": "loud"}, "'log'"),
+    ({"cuda_graphs": "yes"}, "'cuda_graphs'"),
+    ({"cuda_graphs": True, "stats": True}, "excludes ['stats']"),
 ])
 def test_bad_options_are_clear_errors(options, needle):
     with pytest.raises(mcompile.OptionError) as err:
@@ -159,6 +161,21 @@ def test_bad_options_are_clear_errors(options, needle):
     with pytest.raises(Exception) as err:
         _logits(compiled, ids, mask, False)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("how", [{"options": {"min_len": 16, "cuda_graphs": True}},
+                                 {"mode": "reduce-overhead"}])
+def test_cuda_graph_request_keeps_cpu_results(how):
+    """mode="reduce-overhead" and the cuda_graphs option ask Inductor for CUDA graphs; a CPU
+    graph is not captured and gives what it gives without them (the GPU test replays them)."""
+    torch._dynamo.reset()
+    model = tiny_model("llama")
+    ids, mask = tiny_inputs(1, 40)
+    plain = torch.compile(model, backend="minference", options={"min_len": 16})
+    expected = _logits(plain, ids, mask, False)
+    torch._dynamo.reset()
+    graphs = torch.compile(model, backend="minference", **how)
+    _close(_logits(graphs, ids, mask, False), expected)
 
 
 def test_capture_writes_and_refuses_to_overwrite(tmp_path):

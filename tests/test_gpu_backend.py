@@ -84,6 +84,7 @@ def _smollm2_layer_call(n=32768):
 
     def call():
         return torch.ops.mcompile.attention(q, k, v, None, padding, 0, 0, key, "recognised", True, 0, 0.125, 0.0)
+    call.inputs = (q, k, v)
     return call, key
 
 
@@ -117,3 +118,88 @@ def test_sparse_layer_call_kernel_launches():
 
 
 LAUNCH_BOUND = 400
+
+
+def test_sparse_layer_call_replays_as_a_cuda_graph():
+    """The database's most mixed layer, captured in a CUDA graph: a replay on new q/k/v (the
+    online patterns rebuild their index from them inside the graph) equals an eager call on
+    the same inputs, and differs from dense attention, so the plan really drops keys."""
+    call, _ = _smollm2_layer_call()
+    q, k, v = call.inputs
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()                              # warm-up: Triton compiles, caches fill
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    base = torch.randn(1, 1, q.shape[2], 64, device="cuda", generator=g)
+    q.copy_(torch.randn(q.shape, device="cuda", generator=g) + 3 * base)
+    k.copy_(torch.randn(k.shape, device="cuda", generator=g) + 3 * base)
+    v.copy_(torch.randn(v.shape, device="cuda", generator=g))
+    captured.fill_(float("nan"))
+    graph.replay()
+    replayed = captured.float().clone()
+    eager = call().float()
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125,
+                                                             enable_gqa=True).float()
+    assert torch.isfinite(replayed).all()
+    assert (replayed - eager).abs().max().item() < 2e-2
+    assert (eager - dense).abs().max().item() > 5e-2
+
+
+def test_compiled_model_with_cuda_graphs_replays_its_sparse_plan():
+    """options cuda_graphs=True: the third call at a length replays (the op's Python, which
+    counts calls in the report, does not run) and equals the same plan without CUDA graphs."""
+    model = _model(torch.bfloat16)
+    n = 16384
+    ids = torch.randint(0, 256, (1, n), device="cuda")
+    plan = {"pattern": "vertical_slash", "vertical_size": 64, "slash_size": 512}
+    results = {}
+    for graphs in (False, True):
+        torch._dynamo.reset()
+        reporting.reset()
+        compiled = torch.compile(model, backend="minference", dynamic=True,
+                                 options={"plan": plan, "cuda_graphs": graphs, "cost_model": False})
+        with torch.no_grad():
+            for call in range(3):
+                torch.compiler.cudagraph_mark_step_begin()
+                out = compiled(ids, use_cache=False).logits.float().clone()
+                if call == 1:
+                    calls_after_recording = sum(sum(r.calls.values()) for r in mcompile.report().rows)
+        calls = sum(sum(r.calls.values()) for r in mcompile.report().rows)
+        results[graphs] = out
+        assert all(r.decision == "sparse" for r in mcompile.report().rows), str(mcompile.report())
+        if graphs:
+            assert calls == calls_after_recording, (calls, calls_after_recording)
+        else:
+            assert calls == 3 * 2, calls
+    with torch.no_grad():
+        dense = model(ids, use_cache=False).logits.float()
+    graph_gap = ((results[True] - results[False]).norm() / results[False].norm()).item()
+    plan_gap = ((results[False] - dense).norm() / dense.norm()).item()
+    assert graph_gap < plan_gap / 5, (graph_gap, plan_gap)
+
+
+def test_cuda_graphs_refuse_a_padding_mask_and_run_eagerly():
+    """A padding mask's values choose each call's route, so a prefill given one is not
+    captured: every call runs the op's Python (the report counts each) and matches the same
+    compile without CUDA graphs."""
+    model = _model(torch.bfloat16)
+    n = 16384
+    ids = torch.randint(0, 256, (1, n), device="cuda")
+    mask = torch.ones_like(ids)
+    plan = {"pattern": "vertical_slash", "vertical_size": 64, "slash_size": 512}
+    outs = {}
+    for graphs in (False, True):
+        torch._dynamo.reset()
+        reporting.reset()
+        compiled = torch.compile(model, backend="minference", dynamic=True,
+                                 options={"plan": plan, "cuda_graphs": graphs, "cost_model": False})
+        with torch.no_grad():
+            for _ in range(3):
+                outs[graphs] = compiled(ids, attention_mask=mask, use_cache=False).logits.float()
+        assert sum(sum(r.calls.values()) for r in mcompile.report().rows) == 3 * 2
+    assert torch.equal(outs[True], outs[False])

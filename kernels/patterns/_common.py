@@ -190,8 +190,8 @@ def device_index(values: Sequence[int], device) -> torch.Tensor:
     key = (tuple(int(v) for v in values), str(torch.device(device)))
     t = _IDX_CACHE.get(key)
     if t is None:
-        if len(_IDX_CACHE) > 4096:
-            _IDX_CACHE.clear()
+        # never evicted: a captured CUDA graph reads these tensors where they are (plans hold
+        # few distinct head lists)
         t = torch.tensor(key[0], dtype=torch.long, device=device)
         _IDX_CACHE[key] = t
     return t
