@@ -26,7 +26,11 @@ comes from one more call with ``stats=True`` in a fresh compile: the blocks the 
 when it runs sparse, of dense causal (that call measures, so it runs sparse even where the cost
 model then chooses dense; 1.0 for dense). ``peak_gib`` is
 ``torch.cuda.max_memory_allocated`` over a timed call, weights included. ``decisions`` counts the
-op's decisions over the timed calls (from ``mcompile.report()``).
+op's decisions over the timed calls (from ``mcompile.report()``). ``kernel_ms``: the GPU kernels
+of the whole profiled prefill that took longest, by name. Under ``--cuda-graphs`` a replayed
+call runs none of the op's Python: ``host_ms_per_layer`` is then the host submit time per layer
+and ``launches_per_layer`` the graph launches per layer (the GPU columns stay with the row
+compiled without graphs).
 
 Output: ``benchmarks/results/ttft_<model>_<device>.json`` (``--out``) with ``rows`` and the
 environment, and a printed table.
@@ -47,6 +51,7 @@ import torch
 
 ATTENTION_OP = "mcompile::attention"
 SPARSE_KERNEL = "_sparse_attn_fwd"
+TOP_KERNELS = 12        # the GPU kernels of the whole prefill kept in each row, by total time
 VARIANTS = {"dense": {"plan": "dense"}, "database": {"db": "auto"}, "default": {"db": None},
             # the same plans without the cost model's dense fallback (what the plan alone costs)
             "database-ungated": {"db": "auto", "cost_model": False}, "default-ungated": {"db": None, "cost_model": False}}
@@ -109,10 +114,17 @@ def per_layer_profile(fn, device: str) -> dict:
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-    calls = [e for e in prof.events() if e.name == ATTENTION_OP and not any(
+    events = prof.events()
+    top = Counter()
+    for e in events:
+        for kernel in e.kernels:
+            top[kernel.name[:80]] += kernel.duration / 1e3
+    whole = {"kernel_ms": {name: round(ms, 3) for name, ms in top.most_common(TOP_KERNELS)},
+             "graph_launches": sum(1 for e in events if e.name == "cudaGraphLaunch")}
+    calls = [e for e in events if e.name == ATTENTION_OP and not any(
         p.name == ATTENTION_OP for p in _ancestors(e))]
     if not calls:
-        return {"calls": 0}
+        return {"calls": 0, **whole}
     host = gpu = attention = index = launches = 0.0
     sparse_calls = 0
     for call in calls:
@@ -131,7 +143,7 @@ def per_layer_profile(fn, device: str) -> dict:
             "gpu_ms_per_layer": gpu / n / 1e3,
             "index_ms_per_layer": index / sparse_calls / 1e3 if sparse_calls else 0.0,
             "attention_kernel_ms_per_layer": attention / sparse_calls / 1e3 if sparse_calls else 0.0,
-            "launches_per_layer": launches / n}
+            "launches_per_layer": launches / n, **whole}
 
 
 def _ancestors(event):
@@ -188,6 +200,11 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
             prefill(with_stats)
             blocks, columns, dense_blocks = (a - b for a, b in zip(_work(mcompile.report()), work_before))
             density = (blocks + columns / 64) / dense_blocks if dense_blocks else 1.0
+        if cuda_graphs and profile["calls"] == 0:
+            # replayed: the op's Python does not run; the host's whole share is submitting the graph
+            layers = model.config.num_hidden_layers
+            profile.update(host_ms_per_layer=submit_ms / layers,
+                           launches_per_layer=profile["graph_launches"] / layers)
         row = {"model": args.model, "n": n, "variant": name, "cuda_graphs": cuda_graphs, "ms": statistics.median(times),
                "times_ms": times, "first_call_s": warm_s, "host_submit_ms": submit_ms,
                **{k: v for k, v in profile.items() if k != "calls"},
@@ -268,23 +285,23 @@ def main(argv: list[str] | None = None) -> int:
         options["database"] = {"db": args.db}
         options["database-ungated"] = {"db": args.db, "cost_model": False}
     graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
-    rows = []
-    for graphs in graph_modes:
-        for name in variants:
-            print(f"variant {name}: options {options[name]}, cuda_graphs {graphs}", flush=True)
-            rows += run_variant(model, name, options[name], prompts, args, cuda_graphs=graphs)
     import transformers
+    model_tag = Path(args.model).stem if Path(args.model).exists() else args.model
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ttft_{model_tag}_{device_name(args.device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "ttft", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype),
-        "text": args.text, "repeats": args.repeats, "min_len": args.min_len, "rows": rows,
+        "text": args.text, "repeats": args.repeats, "min_len": args.min_len, "rows": [],
     }
-    model_tag = Path(args.model).stem if Path(args.model).exists() else args.model
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ttft_{model_tag}_{device_name(args.device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    for graphs in graph_modes:
+        for name in variants:
+            print(f"variant {name}: options {options[name]}, cuda_graphs {graphs}", flush=True)
+            result["rows"] += run_variant(model, name, options[name], prompts, args, cuda_graphs=graphs)
+            out.write_text(json.dumps(result, indent=1) + "\n")     # kept when a later variant is cut off
+    rows = result["rows"]
     print(table(rows))
     print(f"wrote {out}")
     return 0

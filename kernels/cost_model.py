@@ -9,7 +9,8 @@ per-block constants are held and the build times follow the last segment's log-l
 GPU time and host time are measured apart: the builders launch many small kernels, and below
 about 64K tokens their Python and launch work on the host outlasts what they give the GPU to
 do. A call without host synchronisation costs whichever is longer, so a path is priced at
-``max(GPU time, host time)``.
+``max(GPU time, host time)``; a call replayed from a CUDA graph costs no host time, so there it
+is priced at its GPU time alone.
 
 Units: microseconds; a block is ``block_m x block_n`` = 64 x 64 scores of one query head; a
 column is 64 scores (one key for the 64 rows of a query block).
@@ -63,10 +64,12 @@ class CostModel:
             return self.tables[head_dim]
         return self.tables[min(self.tables, key=lambda d: abs(math.log(d / head_dim)))]
 
-    def dense_us(self, n: int, heads: int, head_dim: int) -> float:
+    def dense_gpu_us(self, n: int, heads: int, head_dim: int) -> float:
         t = self._table(head_dim)
-        gpu = heads * causal_blocks(n) * _held(t["n"], t["dense_us_per_block"], n)
-        return max(gpu, t["dense_host_us"])
+        return heads * causal_blocks(n) * _held(t["n"], t["dense_us_per_block"], n)
+
+    def dense_us(self, n: int, heads: int, head_dim: int) -> float:
+        return max(self.dense_gpu_us(n, heads, head_dim), self._table(head_dim)["dense_host_us"])
 
     def kernel_gpu_us(self, n: int, blocks: float, columns: float, head_dim: int) -> float:
         """The sparse kernel over ``blocks`` blocks and ``columns`` columns summed over heads."""
@@ -117,16 +120,19 @@ def shipped() -> CostModel | None:
 
 
 def predict(model: CostModel, n: int, head_dim: int, heads: int, builds: list[tuple[str, int]],
-            blocks: float, columns: float, tail_blocks: float = 0.0) -> Prediction:
+            blocks: float, columns: float, tail_blocks: float = 0.0, *, replayed: bool = False) -> Prediction:
     """Dense vs sparse for one call of ``heads`` query heads at length n.
 
     ``builds``: (pattern, heads) of each pattern group whose index is built in this call (the
     static patterns' indexes are kept per shape, so they cost nothing after a length's first
     call); ``blocks`` and ``columns``: what the kernel computes, summed over heads (worst case
-    or measured); ``tail_blocks``: what the dense tail adds, summed over heads."""
+    or measured); ``tail_blocks``: what the dense tail adds, summed over heads; ``replayed``: the
+    call is replayed from a CUDA graph, so neither path costs host time."""
     t = model._table(head_dim)
     costs = [model.build_us(p, n, h, head_dim) for p, h in builds]
     gpu = sum(c[0] for c in costs) + model.kernel_gpu_us(n, blocks + tail_blocks, columns, head_dim)
     host = sum(c[1] for c in costs) + t["kernel_host_us"] * (2 if tail_blocks else 1)
     density = (blocks + columns / 64) / max(1, heads * causal_blocks(n))
+    if replayed:
+        return Prediction(model.dense_gpu_us(n, heads, head_dim), gpu, density)
     return Prediction(model.dense_us(n, heads, head_dim), max(gpu, host), density)

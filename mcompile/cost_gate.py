@@ -34,7 +34,7 @@ class SiteCost:
     worst: dict = field(default_factory=dict)           # n -> (blocks, columns) summed over heads
     observed: list = field(default_factory=list)        # Observation, newest last
     pending: tuple | None = None    # (n, dense blocks, pinned counts, event) in flight
-    settled: dict = field(default_factory=dict)         # n -> (run sparse, reason to run dense or None)
+    settled: dict = field(default_factory=dict)         # (n, replayed) -> (run sparse, reason to run dense or None)
 
     def poll(self) -> None:
         """Take a measurement whose copy has landed (never waits)."""
@@ -77,29 +77,30 @@ def worst_case(sc: SiteCost, plan, n: int, patterns) -> tuple[int, int]:
 
 
 def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blocks: int,
-           patterns) -> tuple[bool, str | None]:
+           patterns, replayed: bool = False) -> tuple[bool, str | None]:
     """(run sparse, the reason to run dense). A length is settled once its prediction rests on
-    exact counts or a measurement near it; until then an online plan runs sparse to measure."""
-    if n in sc.settled:
-        return sc.settled[n]
+    exact counts or a measurement near it; until then an online plan runs sparse to measure.
+    ``replayed``: the site's calls replay from CUDA graphs, so only GPU time is priced."""
+    if (n, replayed) in sc.settled:
+        return sc.settled[n, replayed]
     sc.poll()
     blocks, columns = worst_case(sc, plan, n, patterns)
     heads = len(plan.heads)
-    prediction = predict(model, n, head_dim, heads, sc.builds, blocks, columns, tail_blocks)
+    prediction = predict(model, n, head_dim, heads, sc.builds, blocks, columns, tail_blocks, replayed=replayed)
     if sc.dynamic and not prediction.worth_it:
         seen = sc.near(n)
         if seen is None:
             return True, None
         prediction = predict(model, n, head_dim, heads, sc.builds, seen.density * heads * causal_blocks(n),
-                             0.0, tail_blocks)
+                             0.0, tail_blocks, replayed=replayed)
     if len(sc.settled) > 256:
         sc.settled.clear()
-    sc.settled[n] = (prediction.worth_it, None if prediction.worth_it else prediction.describe())
-    return sc.settled[n]
+    sc.settled[n, replayed] = (prediction.worth_it, None if prediction.worth_it else prediction.describe())
+    return sc.settled[n, replayed]
 
 
-def wants_measurement(sc: SiteCost, n: int) -> bool:
-    return sc.dynamic and sc.pending is None and n not in sc.settled
+def wants_measurement(sc: SiteCost, n: int, replayed: bool = False) -> bool:
+    return sc.dynamic and sc.pending is None and (n, replayed) not in sc.settled
 
 
 def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor, wait: bool = False) -> None:

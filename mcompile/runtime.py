@@ -44,7 +44,7 @@ class SiteConfig:
     stats: bool = False
     dense_tail: int = 64            # the last this-many rows of a sparse call attend to every key
     cost_model: bool = True         # on the GPU, run dense where the measured cost model says sparse is slower
-    cuda_graphs: bool = False       # Inductor replays the graph: a length's route must settle before it records
+    cuda_graphs: bool = False       # calls replay from CUDA graphs: routes settle before recording, host time is free
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
     _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
@@ -209,10 +209,10 @@ def cost_model_for(cfg: SiteConfig, q):
     return shipped() if (cfg.cost_model and q.is_cuda) else None
 
 
-def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int):
+def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int, replayed: bool):
     """(the site's cost record when this call should measure its index, the reason to run
     dense or None): on the GPU the measured cost model (mcompile.cost_gate) keeps a plan that
-    would be slower than dense off."""
+    would be slower than dense off. ``replayed``: the call replays from a CUDA graph."""
     model = cost_model_for(cfg, q)
     if model is None:
         return None, None
@@ -226,8 +226,8 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int)
     site_cost = cfg._costs[window]
     B, hq, n, d = q.shape
     tail = hq * tail_work(n, tail_rows) if tail_rows else 0
-    _, reason = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS)
-    return (site_cost if cost_gate.wants_measurement(site_cost, n) else None), reason
+    _, reason = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS, replayed=replayed)
+    return (site_cost if cost_gate.wants_measurement(site_cost, n, replayed) else None), reason
 
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
@@ -287,7 +287,9 @@ def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_ca
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])
         # a sliding-window layer's last rows are exact already and must not see past the window
         tail_rows = 0 if window > 0 else cfg.dense_tail
-        site_cost, reason = _cost_gate(cfg, plan, window, q, tail_rows)
+        # a padding mask keeps the call out of CUDA graphs (cuda_graphs.refuse_capture)
+        replayed = cfg.cuda_graphs and padding is None
+        site_cost, reason = _cost_gate(cfg, plan, window, q, tail_rows, replayed)
         if reason is None:
             return ("sparse", plan, decision, tail_rows, site_cost), site_cost is None
     return ("dense", f"dense: {reason}"), True

@@ -48,7 +48,7 @@ def test_static_plans_are_priced_exactly():
         assert run is expected and (reason is None) is expected, pred.describe()
         if not expected:
             assert reason == f"cost {pred.sparse_us / 1e3:.2f} > {pred.dense_us / 1e3:.2f} ms"
-        assert not sc.dynamic and sc.pending is None and 32768 in sc.settled
+        assert not sc.dynamic and sc.pending is None and (32768, False) in sc.settled
 
 
 class _Landed:
@@ -89,6 +89,24 @@ def test_host_time_counts_when_it_outlasts_the_gpu():
     assert predict(synthetic(host=0.0), 32768, 64, 4, [("sliding_window", 4)], blocks, 0).worth_it
     slow_host = predict(synthetic(host=2 * dense), 32768, 64, 4, [("sliding_window", 4)], blocks, 0)
     assert not slow_host.worth_it and slow_host.sparse_us >= 2 * dense
+
+
+def test_replayed_calls_are_priced_by_gpu_time_alone():
+    """Under CUDA graphs the builders' host work is not repeated: the host-bound plan above is
+    worth running there, priced at its GPU time, and the gate keeps the two verdicts apart."""
+    blocks = 4 * PATTERNS["sliding_window"].cost(32768, {"window": 512})[0]
+    slow_host = synthetic(host=2 * synthetic().dense_us(32768, 4, 64))
+    eager = predict(slow_host, 32768, 64, 4, [("sliding_window", 4)], blocks, 0)
+    replayed = predict(slow_host, 32768, 64, 4, [("sliding_window", 4)], blocks, 0, replayed=True)
+    assert not eager.worth_it and replayed.worth_it
+    assert replayed.sparse_us == pytest.approx(200 + 4 * 40 * 8 + 1.25 * blocks)
+    assert replayed.dense_us == pytest.approx(4 * causal_blocks(32768))
+    plan = LayerPlan.uniform("sliding_window", 4, window=512)
+    sc = cost_gate.site_cost(plan, PATTERNS)
+    sc.builds = [("sliding_window", 4)]         # priced as if built every call
+    assert cost_gate.decide(slow_host, sc, plan, 32768, 64, 0, PATTERNS)[0] is False
+    assert cost_gate.decide(slow_host, sc, plan, 32768, 64, 0, PATTERNS, replayed=True) == (True, None)
+    assert cost_gate.decide(slow_host, sc, plan, 32768, 64, 0, PATTERNS)[0] is False
 
 
 def test_mixed_plan_counts_each_pattern_group_once():
