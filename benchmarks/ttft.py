@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -165,7 +166,9 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
 
     torch._dynamo.reset()
     reporting.reset()
-    base = {"min_len": args.min_len, **options, "cuda_graphs": cuda_graphs}
+    messages = _LogKeeper()         # what mcompile logs (e.g. a signature not replayed as a graph)
+    logging.getLogger("mcompile").addHandler(messages)
+    base = {"min_len": args.min_len, "log": "info", **options, "cuda_graphs": cuda_graphs}
     # dynamic=True: one compile per variant for every length
     compiled = torch.compile(model, backend="minference", options=base, dynamic=True)
     with_stats = torch.compile(model, backend="minference", options={**base, "stats": True, "cuda_graphs": False},
@@ -209,12 +212,32 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
                "times_ms": times, "first_call_s": warm_s, "host_submit_ms": submit_ms,
                **{k: v for k, v in profile.items() if k != "calls"},
                "attention_calls": profile["calls"], "density": density, "peak_gib": peak,
-               "decisions": dict(decisions)}
+               "decisions": dict(decisions), "log": messages.take()}
         rows.append(row)
+        for line in row["log"]:
+            print(f"    log: {line}", flush=True)
         print(f"  {label(row):16s} {n:>8d}: {row['ms']:9.1f} ms  density {density:.3f}  host submit {submit_ms:.1f} ms  "
               f"host/layer {row.get('host_ms_per_layer', 0):.2f} ms  gpu/layer {row.get('gpu_ms_per_layer', 0):.2f} ms  "
               f"launches/layer {row.get('launches_per_layer', 0):.0f}", flush=True)
+    logging.getLogger("mcompile").removeHandler(messages)
     return rows
+
+
+class _LogKeeper(logging.Handler):
+    """The distinct messages mcompile logs at INFO and above, in order, until taken."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        line = record.getMessage()[:200]
+        if line not in self.lines and len(self.lines) < 20:
+            self.lines.append(line)
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
 
 
 def host_submit_ms(fn, device: str) -> float:

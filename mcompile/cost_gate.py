@@ -8,15 +8,24 @@ block and column counts are summed on the GPU and copied to pinned host memory w
 waiting; a later call reads them once the copy has landed (no host synchronisation). Until a
 site has measured a length near n (within a factor 2), a plan whose worst case is not already
 cheaper than dense runs sparse once to find out.
+
+The model prices the kernel on the shapes it was measured on; a plan whose predicted time is
+not clearly below dense (above ``CONFIDENT`` of it) is timed once per site and length on the
+GPU, both ways, before the route settles (:func:`time_both`): a prediction that is off cannot
+make a settled route slower than dense.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from .kernels.cost_model import CostModel, Prediction, causal_blocks, predict
+
+CONFIDENT = 0.5     # a predicted sparse/dense time ratio below this settles without timing
+CYCLES_PER_MS = 2e6     # GPU clock cycles per ms for torch.cuda._sleep (about 2 GHz on Hopper)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class SiteCost:
     observed: list = field(default_factory=list)        # Observation, newest last
     pending: tuple | None = None    # (n, dense blocks, pinned counts, event) in flight
     settled: dict = field(default_factory=dict)         # (n, replayed) -> (run sparse, reason to run dense or None)
+    ratio: dict = field(default_factory=dict)           # (n, replayed) -> predicted sparse / dense time
 
     def poll(self) -> None:
         """Take a measurement whose copy has landed (never waits)."""
@@ -95,6 +105,8 @@ def decide(model: CostModel, sc: SiteCost, plan, n: int, head_dim: int, tail_blo
                              0.0, tail_blocks, replayed=replayed)
     if len(sc.settled) > 256:
         sc.settled.clear()
+        sc.ratio.clear()
+    sc.ratio[n, replayed] = prediction.sparse_us / max(prediction.dense_us, 1e-9)
     sc.settled[n, replayed] = (prediction.worth_it, None if prediction.worth_it else prediction.describe())
     return sc.settled[n, replayed]
 
@@ -116,3 +128,30 @@ def measure(sc: SiteCost, n: int, heads: int, counts: torch.Tensor, wait: bool =
     if wait:
         event.synchronize()
         sc.poll()
+
+
+def needs_timing(sc: SiteCost, n: int, replayed: bool) -> bool:
+    """Whether the settled prediction at n is close enough to dense's to check on the GPU."""
+    return sc.settled.get((n, replayed), (False,))[0] and sc.ratio.get((n, replayed), 1.0) > CONFIDENT
+
+
+def time_both(sparse, dense, replayed: bool) -> tuple[float, float]:
+    """(sparse ms, dense ms) of one call each on the current CUDA stream, after one untimed
+    call each (Triton compiles, cuDNN picks its plan). Waits for the GPU: a site does this once
+    per length, before its route settles. ``replayed``: only GPU time counts, so a GPU sleep
+    queued first hides the host's launch work (it outlasts a measured submission threefold)."""
+    times = []
+    for fn in (sparse, dense):
+        start_host = time.perf_counter()
+        fn()
+        submit_ms = (time.perf_counter() - start_host) * 1e3
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if replayed:
+            torch.cuda._sleep(int(CYCLES_PER_MS * (3 * submit_ms + 1)))
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return times[0], times[1]

@@ -48,6 +48,7 @@ class SiteConfig:
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
     _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
+    _timed: dict = field(default_factory=dict)    # (q shape, window, replayed) -> (sparse ms, dense ms) timed once
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -215,7 +216,7 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
     would be slower than dense off. ``replayed``: the call replays from a CUDA graph."""
     model = cost_model_for(cfg, q)
     if model is None:
-        return None, None
+        return None, None, False
     from . import cost_gate
     from .kernels.patterns import PATTERNS
     from .kernels.tail import tail_work
@@ -227,7 +228,8 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
     B, hq, n, d = q.shape
     tail = hq * tail_work(n, tail_rows) if tail_rows else 0
     _, reason = cost_gate.decide(model, site_cost, plan, n, d, tail, PATTERNS, replayed=replayed)
-    return (site_cost if cost_gate.wants_measurement(site_cost, n, replayed) else None), reason
+    timing = reason is None and cost_gate.needs_timing(site_cost, n, replayed)
+    return (site_cost if cost_gate.wants_measurement(site_cost, n, replayed) else None), reason, timing
 
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
@@ -276,9 +278,10 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
 
 
 def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p):
-    """("sparse", plan, report line, tail rows, cost record to measure into or None) or
-    ("dense", report line), and whether that holds for every call with the same shapes and
-    flags (``padding`` aside, which is checked per call)."""
+    """("sparse", plan, report line, tail rows, cost record to measure into or None, whether to
+    time it against dense: None no, else whether only GPU time counts) or ("dense", report
+    line), and whether that holds for every call with the same shapes and flags (``padding``
+    aside, which is checked per call)."""
     n = q.shape[2]
     if 0 < window and n <= window and q_offset == 0 and kv_offset == 0 and n == k.shape[2]:
         window = 0          # a window that spans the whole prompt masks nothing: the layer is causal
@@ -289,10 +292,36 @@ def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_ca
         tail_rows = 0 if window > 0 else cfg.dense_tail
         # a padding mask keeps the call out of CUDA graphs (cuda_graphs.refuse_capture)
         replayed = cfg.cuda_graphs and padding is None
-        site_cost, reason = _cost_gate(cfg, plan, window, q, tail_rows, replayed)
+        site_cost, reason, timing = _cost_gate(cfg, plan, window, q, tail_rows, replayed)
         if reason is None:
-            return ("sparse", plan, decision, tail_rows, site_cost), site_cost is None
+            return ("sparse", plan, decision, tail_rows, site_cost, replayed if timing else None), site_cost is None
     return ("dense", f"dense: {reason}"), True
+
+
+def _timed_route(cfg: SiteConfig, signature, route, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
+                 is_causal, window, scale, dropout_p):
+    """The route after timing a sparse route the cost model only narrowly prefers: dense when
+    sparse measured slower. Settles the signature's route either way."""
+    from .cost_gate import time_both
+    _, plan, decision, tail_rows, _, replayed = route
+    timed_key = (q.shape, window, replayed)
+    if timed_key not in cfg._timed:
+        if len(cfg._timed) > 256:
+            cfg._timed.clear()
+        cfg._timed[timed_key] = time_both(
+            lambda: sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows),
+            lambda: dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window,
+                                    scale, dropout_p),
+            replayed)
+        log.debug("%s at n=%d: sparse %.3f ms, dense %.3f ms", cfg.key, q.shape[2], *cfg._timed[timed_key])
+    sparse_ms, dense_ms = cfg._timed[timed_key]
+    if sparse_ms > dense_ms:
+        route = ("dense", f"dense: measured {sparse_ms:.2f} > {dense_ms:.2f} ms")
+    else:
+        route = (*route[:5], None)
+    if padding is None:
+        cfg._routes[signature] = route
+    return route
 
 
 def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
@@ -315,7 +344,13 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
                 cfg._routes.clear()
             cfg._routes[signature] = route
     if route[0] == "sparse":
-        _, plan, decision, tail_rows, site_cost = route
+        _, plan, decision, tail_rows, site_cost, timing = route
+        # timing runs each path twice more: not while capturing, nor where those calls would be counted
+        if timing is not None and not (cfg.stats or cfg.debug or (q.is_cuda and torch.cuda.is_current_stream_capturing())):
+            route = _timed_route(cfg, signature, route, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
+                                 is_causal, window, scale, dropout_p)
+    if route[0] == "sparse":
+        _, plan, decision, tail_rows, site_cost, _ = route
         _report.record_decision(key, decision)
         return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
     _report.record_decision(key, route[1])

@@ -165,3 +165,44 @@ def test_backend_runs_dense_where_the_cost_model_says_sparse_is_slower(monkeypat
             assert not torch.allclose(out, ref, atol=1e-3)
         else:
             torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeypatch):
+    """A window the cost model prefers only narrowly (predicted at 0.64 of dense) is timed both
+    ways once per site and length: measured slower it runs dense (equal to eager), measured
+    faster it runs sparse (equal to the same plan without the cost model, which drops keys)."""
+    import mcompile
+    from mcompile import cost_gate, reporting, runtime
+    from tiny_models import tiny_inputs, tiny_model
+
+    monkeypatch.setattr(runtime, "cost_model_for", lambda cfg, q: synthetic(group=20.0) if cfg.cost_model else None)
+    timed = []
+
+    def fake_time_both(sparse, dense, replayed):
+        timed.append(replayed)
+        sparse(), dense()                   # both paths run on the real inputs
+        return verdict
+    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+    model = tiny_model("llama")
+    ids, mask = tiny_inputs(1, 1024)
+    plan = {"pattern": "sliding_window", "window": 256}
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask, use_cache=False).logits
+        torch._dynamo.reset()
+        ungated = torch.compile(model, backend="minference", options={"min_len": 64, "plan": plan, "dense_tail": 0,
+                                                                      "cost_model": False})
+        sparse_ref = ungated(ids, attention_mask=mask, use_cache=False).logits
+    assert not torch.allclose(sparse_ref, ref, atol=1e-3)
+    layers = model.config.num_hidden_layers
+    for verdict, expected in (((2.0, 1.0), "dense: measured 2.00 > 1.00 ms"), ((0.5, 1.0), "sparse")):
+        torch._dynamo.reset()
+        reporting.reset()
+        timed.clear()
+        compiled = torch.compile(model, backend="minference", options={"min_len": 64, "plan": plan, "dense_tail": 0})
+        with torch.no_grad():
+            outs = [compiled(ids, attention_mask=mask, use_cache=False).logits for _ in range(2)]
+        assert timed == [False] * layers        # once per site, though the padding mask is read every call
+        rows = mcompile.report().rows
+        assert rows and all(r.decision == expected for r in rows), str(mcompile.report())
+        for out in outs:
+            torch.testing.assert_close(out, ref if expected.startswith("dense") else sparse_ref, rtol=1e-4, atol=1e-4)
