@@ -135,11 +135,14 @@ def needs_timing(sc: SiteCost, n: int, replayed: bool) -> bool:
     return sc.settled.get((n, replayed), (False,))[0] and sc.ratio.get((n, replayed), 1.0) > CONFIDENT
 
 
-def time_both(sparse, dense, replayed: bool) -> tuple[float, float]:
-    """(sparse ms, dense ms) of one call each on the current CUDA stream, after one untimed
-    call each (Triton compiles, cuDNN picks its plan). Waits for the GPU: a site does this once
-    per length, before its route settles. ``replayed``: only GPU time counts, so a GPU sleep
-    queued first hides the host's launch work (it outlasts a measured submission threefold)."""
+def time_both(sparse, dense) -> tuple[float, float]:
+    """(sparse ms, dense ms) of GPU time of one call each on the current CUDA stream, after one
+    untimed call each (Triton compiles, cuDNN picks its plan). Waits for the GPU: a site does
+    this once per length, before its route settles. A GPU sleep queued before each timed call
+    (three times the host's measured submission) hides the host's launch work: timed from an
+    idle GPU, a host-bound call would look slower than it runs inside a prefill, where its host
+    work overlaps the layers before it (host time is the cost model's to price; calls replayed
+    from CUDA graphs have none)."""
     times = []
     for fn in (sparse, dense):
         start_host = time.perf_counter()
@@ -147,8 +150,7 @@ def time_both(sparse, dense, replayed: bool) -> tuple[float, float]:
         submit_ms = (time.perf_counter() - start_host) * 1e3
         torch.cuda.synchronize()
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if replayed:
-            torch.cuda._sleep(int(CYCLES_PER_MS * (3 * submit_ms + 1)))
+        torch.cuda._sleep(int(CYCLES_PER_MS * (3 * submit_ms + 1)))
         begin.record()
         fn()
         end.record()

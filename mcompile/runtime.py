@@ -48,7 +48,7 @@ class SiteConfig:
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
     _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
-    _timed: dict = field(default_factory=dict)    # (q shape, window, replayed) -> (sparse ms, dense ms) timed once
+    _timed: dict = field(default_factory=dict)    # (q shape, window) -> (sparse ms, dense ms) of GPU time, timed once
 
 
 _SITES: dict[str, SiteConfig] = {}
@@ -279,9 +279,8 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
 
 def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p):
     """("sparse", plan, report line, tail rows, cost record to measure into or None, whether to
-    time it against dense: None no, else whether only GPU time counts) or ("dense", report
-    line), and whether that holds for every call with the same shapes and flags (``padding``
-    aside, which is checked per call)."""
+    time it against dense first) or ("dense", report line), and whether that holds for every
+    call with the same shapes and flags (``padding`` aside, which is checked per call)."""
     n = q.shape[2]
     if 0 < window and n <= window and q_offset == 0 and kv_offset == 0 and n == k.shape[2]:
         window = 0          # a window that spans the whole prompt masks nothing: the layer is causal
@@ -294,7 +293,7 @@ def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_ca
         replayed = cfg.cuda_graphs and padding is None
         site_cost, reason, timing = _cost_gate(cfg, plan, window, q, tail_rows, replayed)
         if reason is None:
-            return ("sparse", plan, decision, tail_rows, site_cost, replayed if timing else None), site_cost is None
+            return ("sparse", plan, decision, tail_rows, site_cost, timing), site_cost is None
     return ("dense", f"dense: {reason}"), True
 
 
@@ -303,22 +302,21 @@ def _timed_route(cfg: SiteConfig, signature, route, q, k, v, attn_mask, padding,
     """The route after timing a sparse route the cost model only narrowly prefers: dense when
     sparse measured slower. Settles the signature's route either way."""
     from .cost_gate import time_both
-    _, plan, decision, tail_rows, _, replayed = route
-    timed_key = (q.shape, window, replayed)
+    _, plan, decision, tail_rows, _, _ = route
+    timed_key = (q.shape, window)
     if timed_key not in cfg._timed:
         if len(cfg._timed) > 256:
             cfg._timed.clear()
         cfg._timed[timed_key] = time_both(
             lambda: sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows),
             lambda: dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window,
-                                    scale, dropout_p),
-            replayed)
+                                    scale, dropout_p))
         log.debug("%s at n=%d: sparse %.3f ms, dense %.3f ms", cfg.key, q.shape[2], *cfg._timed[timed_key])
     sparse_ms, dense_ms = cfg._timed[timed_key]
     if sparse_ms > dense_ms:
         route = ("dense", f"dense: measured {sparse_ms:.2f} > {dense_ms:.2f} ms")
     else:
-        route = (*route[:5], None)
+        route = (*route[:5], False)
     if padding is None:
         cfg._routes[signature] = route
     return route
@@ -346,7 +344,7 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
     if route[0] == "sparse":
         _, plan, decision, tail_rows, site_cost, timing = route
         # timing runs each path twice more: not while capturing, nor where those calls would be counted
-        if timing is not None and not (cfg.stats or cfg.debug or (q.is_cuda and torch.cuda.is_current_stream_capturing())):
+        if timing and not (cfg.stats or cfg.debug or (q.is_cuda and torch.cuda.is_current_stream_capturing())):
             route = _timed_route(cfg, signature, route, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
                                  is_causal, window, scale, dropout_p)
     if route[0] == "sparse":

@@ -178,8 +178,8 @@ def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeyp
     monkeypatch.setattr(runtime, "cost_model_for", lambda cfg, q: synthetic(group=20.0) if cfg.cost_model else None)
     timed = []
 
-    def fake_time_both(sparse, dense, replayed):
-        timed.append(replayed)
+    def fake_time_both(sparse, dense):
+        timed.append(1)
         sparse(), dense()                   # both paths run on the real inputs
         return verdict
     monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
@@ -201,7 +201,7 @@ def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeyp
         compiled = torch.compile(model, backend="minference", options={"min_len": 64, "plan": plan, "dense_tail": 0})
         with torch.no_grad():
             outs = [compiled(ids, attention_mask=mask, use_cache=False).logits for _ in range(2)]
-        assert timed == [False] * layers        # once per site, though the padding mask is read every call
+        assert len(timed) == layers             # once per site, though the padding mask is read every call
         rows = mcompile.report().rows
         assert rows and all(r.decision == expected for r in rows), str(mcompile.report())
         for out in outs:
