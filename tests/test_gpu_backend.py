@@ -152,19 +152,24 @@ def test_sparse_layer_call_replays_as_a_cuda_graph():
     assert (eager - dense).abs().max().item() > 5e-2
 
 
+def _compiled_with_graphs(model, graphs: bool):
+    """A fresh compile of ``model`` with a plan that drops keys at 16K tokens, the cost model off,
+    with or without CUDA graphs."""
+    torch._dynamo.reset()
+    reporting.reset()
+    plan = {"pattern": "vertical_slash", "vertical_size": 64, "slash_size": 512}
+    return torch.compile(model, backend="minference", dynamic=True,
+                         options={"plan": plan, "cuda_graphs": graphs, "cost_model": False})
+
+
 def test_compiled_model_with_cuda_graphs_replays_its_sparse_plan():
     """options cuda_graphs=True: the third call at a length replays (the op's Python, which
     counts calls in the report, does not run) and equals the same plan without CUDA graphs."""
     model = _model(torch.bfloat16)
-    n = 16384
-    ids = torch.randint(0, 256, (1, n), device="cuda")
-    plan = {"pattern": "vertical_slash", "vertical_size": 64, "slash_size": 512}
+    ids = torch.randint(0, 256, (1, 16384), device="cuda")
     results = {}
     for graphs in (False, True):
-        torch._dynamo.reset()
-        reporting.reset()
-        compiled = torch.compile(model, backend="minference", dynamic=True,
-                                 options={"plan": plan, "cuda_graphs": graphs, "cost_model": False})
+        compiled = _compiled_with_graphs(model, graphs)
         with torch.no_grad():
             for call in range(3):
                 torch.compiler.cudagraph_mark_step_begin()
@@ -190,16 +195,11 @@ def test_cuda_graphs_refuse_a_padding_mask_and_run_eagerly():
     captured: every call runs the op's Python (the report counts each) and matches the same
     compile without CUDA graphs."""
     model = _model(torch.bfloat16)
-    n = 16384
-    ids = torch.randint(0, 256, (1, n), device="cuda")
+    ids = torch.randint(0, 256, (1, 16384), device="cuda")
     mask = torch.ones_like(ids)
-    plan = {"pattern": "vertical_slash", "vertical_size": 64, "slash_size": 512}
     outs = {}
     for graphs in (False, True):
-        torch._dynamo.reset()
-        reporting.reset()
-        compiled = torch.compile(model, backend="minference", dynamic=True,
-                                 options={"plan": plan, "cuda_graphs": graphs, "cost_model": False})
+        compiled = _compiled_with_graphs(model, graphs)
         with torch.no_grad():
             for _ in range(3):
                 outs[graphs] = compiled(ids, attention_mask=mask, use_cache=False).logits.float()
