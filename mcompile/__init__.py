@@ -27,6 +27,8 @@ _map_checkout_subpackages()
 from .options import OptionError, Options  # noqa: E402
 from .plan import HeadPlan, LayerPlan  # noqa: E402
 from .reporting import Report, report  # noqa: E402
+from .tensor_parallel import TensorParallelError, shard_heads  # noqa: E402
 
-__all__ = ["report", "Report", "Options", "OptionError", "HeadPlan", "LayerPlan"]
+__all__ = ["report", "Report", "Options", "OptionError", "HeadPlan", "LayerPlan", "shard_heads",
+           "TensorParallelError"]
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ from .passes.rewrite import SiteSpec, classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
 from .plan import LayerPlan
 from .runtime import SiteConfig, register_site
+from .tensor_parallel import HeadShard, head_shard
 
 log = logging.getLogger("mcompile")
 
@@ -45,17 +46,31 @@ def model_shape(sites: list[AttentionSite]) -> dict[str, int]:
             "num_kv_heads": first.num_kv_heads, "head_dim": first.head_dim}
 
 
-def resolve_plans(opts: Options, sites: list[AttentionSite]):
-    """A function layer -> LayerPlan | None, and a description of where the plan came from."""
+def resolve_plans(opts: Options, sites: list[AttentionSite], shard: HeadShard | None = None):
+    """A function (layer, local query heads) -> LayerPlan | None, and a description of where the
+    plan came from. Under tensor parallelism (``shard``) the model's plan is resolved for all of
+    its heads and each site takes its rank's."""
     forced = opts.forced_plan()
     if forced is not None:
         name, params = forced
         return (lambda layer, heads: LayerPlan.uniform(name, heads, **params)), f"forced: {name}"
-    from .pattern_db import ModelIdentity, resolve_model_plan
+    from .pattern_db import FingerprintMismatchError, ModelIdentity, resolve_model_plan
 
-    identity = ModelIdentity(**model_shape(sites))
-    model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
-    return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
+    shape = model_shape(sites)
+    if shard is not None:
+        shape.update(num_heads=shape["num_heads"] * shard.degree, num_kv_heads=shape["num_kv_heads"] * shard.degree)
+    identity = ModelIdentity(**shape)
+    try:
+        model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
+    except FingerprintMismatchError as exc:
+        if shard is not None:
+            exc.args = (f"{exc} Under tensor parallel degree {shard.degree}: each rank's sites hold "
+                        f"{sites[0].num_heads} query / {sites[0].num_kv_heads} KV heads, so the model has "
+                        f"{identity.num_heads} / {identity.num_kv_heads}.",)
+        raise
+    if shard is None:
+        return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
+    return (lambda layer, heads: shard.local_plan(model_plan.layer_plan(layer), heads)), model_plan.source
 
 
 def _specialise_float_inputs(gm: fx.GraphModule) -> None:
@@ -102,7 +117,8 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     specs = [classify_site(s) for s in sites]
     graph_id = _compile_id()
     rewritten = [spec for spec in specs if spec.rewrite]
-    plan_for, source = resolve_plans(opts, sites) if rewritten else (None, "-")
+    shard = head_shard(opts.tensor_parallel, example_inputs)
+    plan_for, source = resolve_plans(opts, sites, shard) if rewritten else (None, "-")
     capture = CaptureWriter.open(opts.capture_dir, opts.overwrite) if rewritten and opts.mode == "capture" else None
     keys = {}
     for spec in specs:
@@ -113,7 +129,7 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
             register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats,
                                      dense_tail=opts.dense_tail, cost_model=opts.cost_model,
                                      cuda_graphs=cuda_graphs))
-        _report.add_site(_row(key, graph_id, spec, plan))
+        _report.add_site(_row(key, graph_id, spec, plan, shard))
     if rewritten:
         rewrite_sites(gm, specs, keys)
     outlined = outline_layers(gm) if opts.regions else 0
@@ -135,7 +151,8 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     return compile_fx(gm, example_inputs, config_patches=patches or None)
 
 
-def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None) -> _report.SiteRow:
+def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None,
+         shard: HeadShard | None = None) -> _report.SiteRow:
     s = spec.site
     if not spec.rewrite:
         decision = spec.reason
@@ -146,4 +163,5 @@ def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None) -> _re
     return _report.SiteRow(key=key, graph=graph_id, layer=s.layer, module=s.module_path, heads=s.num_heads,
                            kv_heads=s.num_kv_heads, head_dim=s.head_dim, causal=spec.causal, mask=spec.mask_kind,
                            plan=_report.summarise_plan(plan), decision=decision,
-                           head_plans=_report.head_plans(plan))
+                           head_plans=_report.head_plans(plan),
+                           shard=shard.describe(s.num_heads) if shard is not None else "")

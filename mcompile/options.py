@@ -37,6 +37,7 @@ class Options:
     dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
     cost_model: bool = True          # GPU: run dense where the measured cost model predicts sparse is slower
     cuda_graphs: bool = False        # GPU: replay each length's prefill as CUDA graphs (mode="reduce-overhead")
+    tensor_parallel: Any = None      # None: detect head sharding from DTensor parameters; False; a 1-D DeviceMesh; {"degree", "rank"}
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":

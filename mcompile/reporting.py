@@ -37,6 +37,7 @@ class SiteRow:
     calls: Counter = field(default_factory=Counter)   # run-time decision -> count
     work: list = field(default_factory=lambda: [0, 0, 0])  # with options stats=True: computed blocks, columns, dense blocks
     head_plans: list = field(default_factory=list)        # one "pattern(k=v,...)" per query head
+    shard: str = ""                # under tensor parallelism: "rank 1/2: heads 4-7" (the model's query heads)
 
 
 def format_value(value: Any) -> str:
@@ -140,7 +141,8 @@ class Report:
         for r in self.rows:
             if not graphs or graphs[-1][1] != r.graph:
                 graphs.append((len(table), r.graph))
-            site = (str(r.layer), f"{r.heads}/{r.kv_heads} d{r.head_dim}", r.mask, r.plan)
+            heads = f"{r.heads}/{r.kv_heads} d{r.head_dim}" + (f" ({r.shard})" if r.shard else "")
+            site = (str(r.layer), heads, r.mask, r.plan)
             for decision, calls in (r.calls.most_common() or [(r.decision, 0)]):
                 table.append((*site, decision, str(calls)))
         widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
