@@ -117,7 +117,7 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     specs = [classify_site(s) for s in sites]
     graph_id = _compile_id()
     rewritten = [spec for spec in specs if spec.rewrite]
-    shard = head_shard(opts.tensor_parallel, example_inputs)
+    shard = head_shard(opts.tensor_parallel, example_inputs, sites[0].num_heads, sites[0].head_dim) if rewritten else None
     plan_for, source = resolve_plans(opts, sites, shard) if rewritten else (None, "-")
     capture = CaptureWriter.open(opts.capture_dir, opts.overwrite) if rewritten and opts.mode == "capture" else None
     keys = {}

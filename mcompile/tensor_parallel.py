@@ -7,8 +7,9 @@ collective happens inside attention. The database is per model (global heads), s
 the plans of its own heads: local head ``i`` on rank ``r`` is global head ``r * Hq / degree + i``
 (colwise sharding hands each rank whole, consecutive heads, GQA groups included).
 
-The degree and rank come from the sharded parameters (DTensors) among the graph's inputs: the
-mesh dimension their placements shard, ``"tp"`` by name where a mesh has several. The option
+The degree and rank come from the sharded parameters (DTensors) among the graph's inputs: a
+weight split by rows over a mesh dimension of size d, whose rows are d times what one site's
+query heads need, is a colwise q projection, and that dimension is the degree. The option
 ``tensor_parallel`` gives them instead (a 1-D ``DeviceMesh`` or ``{"degree": N, "rank": r}``),
 for models sharded without DTensor parameters, or turns detection off (``False``).
 """
@@ -51,13 +52,14 @@ class HeadShard:
         return f"rank {self.rank}/{self.degree}: heads {heads.start}-{heads.stop - 1}"
 
 
-def head_shard(option: Any, example_inputs: list[Any]) -> HeadShard | None:
+def head_shard(option: Any, example_inputs: list[Any], heads: int, head_dim: int) -> HeadShard | None:
     """This rank's shard of the heads, or None when the model is not sharded (see the module
-    docstring for ``option``: None detects, False turns off)."""
+    docstring for ``option``: None detects, False turns off); ``heads`` and ``head_dim``: the
+    query heads and head dim a site of this graph sees."""
     if option is False:
         return None
     if option is None:
-        return _detect(example_inputs)
+        return _detect(example_inputs, heads, head_dim)
     if isinstance(option, dict):
         if set(option) != {"degree", "rank"} or not all(isinstance(option[k], int) for k in option):
             raise OptionError(f"bad value for minference option 'tensor_parallel': {option!r}; "
@@ -85,31 +87,24 @@ def _device_mesh_type():
     return DeviceMesh
 
 
-def _detect(example_inputs: list[Any]) -> HeadShard | None:
+def _detect(example_inputs: list[Any], heads: int, head_dim: int) -> HeadShard | None:
+    """From a weight sharded by rows (``Shard(0)``) over a mesh dimension of size d whose global
+    rows are d times a site's query features (``heads * head_dim``): a colwise q projection,
+    each rank holding whole heads. Weights sharded otherwise (FSDP's, whose ranks gather every
+    head before attention) leave the sites with all of the model's heads: no match."""
     try:
         from torch.distributed.tensor import DTensor, Shard
     except ImportError:
         return None
     for x in example_inputs:
-        if not isinstance(x, DTensor):
+        if not isinstance(x, DTensor) or x.dim() != 2:
             continue
         mesh = x.device_mesh
-        dims = [i for i, p in enumerate(x.placements) if isinstance(p, Shard)]
-        if not dims:
-            continue
-        names = mesh.mesh_dim_names or ()
-        if len(dims) > 1:
-            named = [i for i in dims if i < len(names) and names[i] == "tp"]
-            if len(named) != 1:
-                raise TensorParallelError(
-                    f"parameters are sharded over {len(dims)} mesh dimensions {names or ''} and none is named 'tp': "
-                    "pass options={'tensor_parallel': mesh['tp']} (the tensor-parallel dimension)")
-            dims = named
-        dim = dims[0]
-        size = mesh.size(dim)
-        return HeadShard(size, mesh.get_local_rank(dim)) if size > 1 else None
+        for dim, placement in enumerate(x.placements):
+            size = mesh.size(dim)
+            if isinstance(placement, Shard) and placement.dim == 0 and size > 1 and x.shape[0] == heads * head_dim * size:
+                return HeadShard(size, mesh.get_local_rank(dim))
     return None
-
 
 def shard_heads(model, mesh):
     """Shard a transformers decoder's layers over the 1-D ``mesh`` with PyTorch's tensor
