@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from mcompile.kernels import sparse_attention as sa
 from mcompile.kernels.index import SparseIndex, dense_causal_index, dense_causal_pairs, index_pairs
+from mcompile.kernels.patterns.vertical_slash import DEFAULTS as VS_DEFAULTS
 from mcompile.kernels.sparse_attention import KernelConfig, sparse_attention
 
 B, HQ, HKV, D = 1, 32, 8, 128
@@ -176,7 +177,8 @@ def flex_block_mask(count, ids, N: int, bs: int = 64):
 
 
 def vertical_slash_index(N: int, device, heads: int = HQ, bm: int = 64, bn: int = 64,
-                         n_cols: int = 1000, n_first_cols: int = 30, n_slash: int = 6096,
+                         n_cols: int = VS_DEFAULTS["vertical_size"], n_first_cols: int = 30,
+                         n_slash: int = VS_DEFAULTS["slash_size"],
                          slash_dense: int = 100, slash_max: int = 8192, seed: int = 0) -> SparseIndex:
     """The realistic vertical-slash index of the issue, built per head without N^2 memory.
 

@@ -62,14 +62,7 @@ try:
 except Exception:
     index_pairs = dense_causal_pairs = None
 
-DEFAULT_PARAMS = {
-    "dense": {},
-    "sliding_window": {"window": 4096},
-    "a_shape": {"n_init": 128, "n_local": 4096},
-    "vertical_slash": {"vertical_size": 1000, "slash_size": 6096},
-    "block_sparse": {"top_k": 100},
-    "sample_attention": {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1},
-}
+DEFAULT_PARAMS = {name: dict(pattern.defaults) for name, pattern in PATTERNS.items()}
 DEFAULT_LENGTHS = [32768, 65536, 131072, 262144, 524288, 1048576]
 
 

@@ -87,6 +87,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
 
+from mcompile.pattern_db.lookup import DEFAULT_PARAMS as DEFAULT_PLAN  # noqa: E402 (the backend's default plan, db=None)
+
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                  head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=1 << 21)
 SHAPES = {
@@ -98,7 +100,6 @@ SHAPES = {
                  vocab_size=256, rope_theta=500000.0, max_position_embeddings=1 << 16),
 }
 LOCALITY_DEFAULTS = {"alpha": 1.5, "near": 128.0, "far": 1.0e6, "qk_scale": 0.7}
-DEFAULT_PLAN = {"vertical_size": 1000, "slash_size": 6096}   # the backend's default plan (db=None)
 DENSE_NOTE = ("dense = torch.compile(model, backend='minference', options={'plan': 'dense'}): Inductor compiles the "
               "model; each attention runs PyTorch SDPA with is_causal=True (transformers' causal mask recognised and "
               "dropped). Plain torch.compile(model) builds a (1,1,N,N) mask in the graph (torch 2.13, transformers "

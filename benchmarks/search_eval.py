@@ -46,7 +46,8 @@ from mcompile.pattern_db.lookup import DEFAULT_PARAMS, DEFAULT_PATTERN
 from mcompile.pattern_db.search import (KNOWN_NAMES, SearchScores, attention_scale, build_database, capture_prompts,
                                         choose, model_identity, plan_metrics, prompt_windows, score_capture,
                                         text_tokens, uniform_choice, _adds_bos)
-from mcompile.pattern_db.search_candidates import build_overhead, make_candidates, minference_default_index
+from mcompile.pattern_db.search_candidates import (MINFERENCE_DEFAULT_LABEL, build_overhead, make_candidates,
+                                                   minference_default_index)
 from mcompile.pattern_db.search_scoring import (capture_samples, load_layer, score_layer, scored_query_blocks)
 from mcompile.pattern_db.search_select import best_uniform
 from mcompile.plan import LayerPlan
@@ -280,7 +281,7 @@ def plans_for_evidence(scores: SearchScores, budget: float, scoring: str,
     searched = choose(scores, budget, scoring)
     spent = plan_metrics(scores, searched)["cost"]
     plans = [Plan(f"searched ({scoring}) @{budget:g}", "searched", searched, budget, scoring),
-             Plan("MInference default vs(1000,6096)", "minference_default")]
+             Plan(MINFERENCE_DEFAULT_LABEL, "minference_default")]
     for b in extra_budgets:
         plans.append(Plan(f"searched ({scoring}) @{b:g}", "searched_other_budget", choose(scores, b, scoring), b,
                           scoring))

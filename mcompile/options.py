@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-PATTERN_NAMES = ("dense", "a_shape", "vertical_slash", "block_sparse", "sample_attention", "sliding_window")
 MODES = ("run", "capture")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -66,9 +65,10 @@ class Options:
         if self.mode not in MODES:
             raise bad("mode", f"one of {list(MODES)}")
         if self.plan is not None:
+            from .kernels.patterns import PATTERNS   # here, not at the top: it imports torch
             name = self.plan.get("pattern") if isinstance(self.plan, dict) else self.plan
-            if name not in PATTERN_NAMES:
-                raise bad("plan", f'None, a pattern name in {list(PATTERN_NAMES)}, or {{"pattern": name, **params}}')
+            if not isinstance(name, str) or name not in PATTERNS:
+                raise bad("plan", f'None, a pattern name in {list(PATTERNS)}, or {{"pattern": name, **params}}')
         if not isinstance(self.capture_dir, (str, os.PathLike)) or not str(self.capture_dir):
             raise bad("capture_dir", "a directory path")
         if not (isinstance(self.log, str) and self.log.lower() in LOG_LEVELS) and not isinstance(self.log, int):

@@ -59,6 +59,16 @@ def classify_site(site: AttentionSite) -> SiteSpec:
     return SiteSpec(site, True, "", MASK_RECOGNISED, info)
 
 
+def _mutates(node: fx.Node) -> bool:
+    """FX's own impurity, or an in-place tensor call (``x.copy_(y)``, ``torch.add_``): FX keeps
+    the former only, and would drop a ``copy_`` whose returned alias nobody reads."""
+    if node.is_impure():
+        return True
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and isinstance(name, str) and name.endswith("_") \
+        and not name.startswith("_")
+
+
 def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str]) -> fx.GraphModule:
     """Replace each rewritable site by ``mcompile::attention``; ``keys`` maps ordinal -> site key."""
     op = torch.ops.mcompile.attention.default
@@ -83,7 +93,9 @@ def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str
                          if k in site.node.meta})
         site.node.replace_all_uses_with(new)
         graph.erase_node(site.node)
-    graph.eliminate_dead_code()
+    # the recognised masks' subgraphs are dead now; in-place calls whose own result goes unused
+    # (an all-reduce copied into its output buffer under tensor parallelism) must stay
+    graph.eliminate_dead_code(is_impure_node=_mutates)
     graph.lint()
     gm.recompile()
     return gm

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcompile.kernels.patterns import vertical_slash
 from mcompile.plan import LayerPlan
 
 from .database import PatternDB
@@ -28,8 +29,8 @@ from .identity import ModelIdentity
 from .io import load_db, read_json_file
 
 DATABASES_DIR = Path(__file__).with_name("databases")
-DEFAULT_PATTERN = "vertical_slash"
-DEFAULT_PARAMS: dict[str, int] = {"vertical_size": 1000, "slash_size": 6096}
+DEFAULT_PATTERN = vertical_slash.NAME
+DEFAULT_PARAMS: dict[str, int] = dict(vertical_slash.DEFAULTS)
 
 
 def default_layer_plan(num_heads: int) -> LayerPlan:

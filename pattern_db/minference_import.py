@@ -33,12 +33,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mcompile.kernels.patterns import vertical_slash
+
 from .database import HeadEntry, LayerEntry, PatternDB, Provenance
 from .errors import Issue, PatternDBValidationError, json_path, render_value
 from .identity import ModelIdentity
 from .io import read_json_file
 
-MINFERENCE_DEFAULT = ("vertical_and_slash", 1000, 6096)
+MINFERENCE_DEFAULT = ("vertical_and_slash", vertical_slash.DEFAULTS["vertical_size"],
+                      vertical_slash.DEFAULTS["slash_size"])
 SUPPORTED = ("vertical_and_slash", "stream_llm", "a_shape", "block_sparse", "dense")
 BLOCK_SPARSE_TOP_K = 100
 
@@ -131,12 +134,13 @@ def import_minference_obj(data: Any, identity: ModelIdentity, file: str = "<memo
     if issues:
         raise PatternDBValidationError(file, issues)
     notes = list(notes or [])
+    fallback = "{} {}/{}".format(*MINFERENCE_DEFAULT)
     if filled_heads:
         notes.append(f"{filled_heads} head(s) absent in the source got MInference's fallback "
-                     "vertical_and_slash 1000/6096")
+                     f"{fallback}")
     if len(layers) < L:
         notes.append(f"layers {len(layers)}..{L - 1} absent in the source got MInference's "
-                     "fallback vertical_and_slash 1000/6096")
+                     f"fallback {fallback}")
         layers += [LayerEntry.searched(_default_head() for _ in range(H))
                    for _ in range(L - len(layers))]
     notes.append("mapping: vertical_and_slash(v,s)->vertical_slash(vertical_size=v,"

@@ -3,7 +3,8 @@ schema cannot express (layer and head counts against the model, the fingerprint)
 
 Budget convention (also in schema.json): a budget parameter is either a token count (a JSON
 integer) or ``{"frac": x}`` with ``0 < x <= 1``, a fraction of the sequence length resolved
-at run time by :func:`resolve_budget`. In memory (``HeadPlan.params``) a fraction is a
+at run time by :func:`resolve_budget` (the index builders' own function, so the database's
+counts are the ones the runtime builds). In memory (``HeadPlan.params``) a fraction is a
 :class:`Frac`, which is hashable, so ``LayerPlan.groups()`` keeps working.
 
 Parameters per pattern:
@@ -20,12 +21,14 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from mcompile.kernels.patterns import PATTERNS as REGISTERED_PATTERNS
+from mcompile.kernels.patterns import resolve_budget  # noqa: F401 (re-exported)
 
 from .errors import Issue, PatternDBValidationError, json_path, render_value
 from .identity import fingerprint
@@ -33,16 +36,11 @@ from .identity import fingerprint
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
-PATTERNS: tuple[str, ...] = ("dense", "a_shape", "vertical_slash", "block_sparse",
-                             "sample_attention", "sliding_window")
-PATTERN_PARAMS: dict[str, tuple[str, ...]] = {
-    "dense": (),
-    "a_shape": ("n_init", "n_local"),
-    "vertical_slash": ("vertical_size", "slash_size"),
-    "block_sparse": ("top_k",),
-    "sample_attention": ("alpha", "window_frac", "sample_frac", "max_columns", "count_window"),
-    "sliding_window": ("window",),
-}
+# The built-in patterns (the registry when this module loads) and their parameters in the
+# order of their defaults; schema.json lists the same (a test compares them).
+PATTERNS: tuple[str, ...] = tuple(REGISTERED_PATTERNS)
+PATTERN_PARAMS: dict[str, tuple[str, ...]] = {name: tuple(pattern.defaults)
+                                              for name, pattern in REGISTERED_PATTERNS.items()}
 # Parameters that are budgets (count or Frac); the others are plain numbers.
 BUDGET_PARAMS = frozenset({"n_init", "n_local", "vertical_size", "slash_size", "top_k", "window",
                            "max_columns"})
@@ -66,18 +64,6 @@ class Frac:
 
     def __repr__(self) -> str:
         return f"Frac({self.value!r})"
-
-
-def resolve_budget(value: int | Frac, length: int, unit: int = 1) -> int:
-    """Budget -> count for a sequence of ``length`` tokens (``unit`` = tokens per counted item,
-    e.g. 64 for block_sparse's ``top_k`` in blocks). Counts are clamped to what exists; a
-    fraction is rounded up and is at least 1."""
-    total = max(1, -(-length // unit))
-    if isinstance(value, Frac):
-        return min(total, max(1, math.ceil(value.value * total)))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"resolve_budget: expected a count >= 0 or a Frac, got {value!r}")
-    return min(value, total)
 
 
 def params_from_json(params: dict[str, Any]) -> dict[str, Any]:

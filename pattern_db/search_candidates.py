@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from mcompile.kernels.patterns import PATTERNS, get_pattern
+from mcompile.kernels.patterns import PATTERNS, get_pattern, vertical_slash
 
 from .schema import Frac, params_to_json
 
@@ -35,7 +35,8 @@ BLOCK = 64
 DEFAULT_LEVELS: tuple[float, ...] = (0.04, 0.06, 0.09, 0.13, 0.19, 0.27, 0.38, 0.55)
 SA_ALPHAS: tuple[float, ...] = (0.9, 0.97)
 SINK_TOKENS = 64
-MINFERENCE_DEFAULT = {"vertical_size": 1000, "slash_size": 6096}
+MINFERENCE_DEFAULT = vertical_slash.DEFAULTS
+MINFERENCE_DEFAULT_LABEL = "MInference default vs({vertical_size},{slash_size})".format(**MINFERENCE_DEFAULT)
 
 
 @dataclass(frozen=True)

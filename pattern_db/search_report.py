@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .search_candidates import MINFERENCE_DEFAULT_LABEL
 from .summary import SHORT
 
 PATTERN_COLORS = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#d62728",
@@ -37,7 +38,7 @@ def summary_table(result) -> str:
     lines.append("on the calibration prompts (mean over searched heads):")
     lines.append(_row("searched plan", comp["searched"]))
     if "minference_default" in comp:
-        lines.append(_row("MInference default vs(1000,6096)", comp["minference_default"]))
+        lines.append(_row(MINFERENCE_DEFAULT_LABEL, comp["minference_default"]))
     if "searched_at_default_cost" in comp:
         lines.append(_row("searched at the default's cost", comp["searched_at_default_cost"]))
     if "best_uniform" in comp:

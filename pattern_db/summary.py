@@ -172,7 +172,10 @@ def plot_db(db: PatternDB, out_path: str, length: int | None = None) -> str:
         for j, h in enumerate(layer.heads):
             pat[i, j] = PATTERNS.index(h.pattern)
             bud[i, j] = h.cost if have_cost else estimate_density(h, int(length))
-    colors = ["#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    # keyed by name, so a pattern keeps its colour whatever the registry's order
+    color_of = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#ff7f0e",
+                "block_sparse": "#2ca02c", "sample_attention": "#d62728", "sliding_window": "#9467bd"}
+    colors = [color_of.get(name, "#8c564b") for name in PATTERNS]
     fig, axes = plt.subplots(1, 2, figsize=(max(7.5, min(14, 4 + 0.5 * H)), min(12, 2.5 + 0.2 * L)), squeeze=False)
     ax0, ax1 = axes[0]
     cmap = ListedColormap(colors).with_extremes(bad="#dddddd")

@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mcompile.kernels.patterns import validate_params
 from mcompile.pattern_db import (DEFAULT_PARAMS, FingerprintMismatchError, Frac, HeadEntry,
                                  LayerEntry, ModelIdentity, ModelPlan, PatternDB,
                                  PatternDBError, PatternDBValidationError, Provenance,
@@ -102,6 +105,49 @@ def test_resolve_budget_and_frac():
         Frac(1.5)
     with pytest.raises(ValueError):
         resolve_budget(-1, 10)
+
+
+def test_database_resolves_budgets_as_the_runtime_does():
+    """The counts a database's budgets stand for are the ones the index builders build."""
+    from mcompile.kernels import patterns
+    from mcompile.pattern_db import schema
+    assert resolve_budget is schema.resolve_budget is patterns.resolve_budget
+    assert resolve_budget(Frac(0.07), 100) == 7       # 0.07 * 100 is 7.000000000000001 in floats
+    for frac in (0.01, 0.07, 0.1, 0.29, 0.57, 0.58, 0.9, 1.0):
+        for n in (100, 1000, 4097, 8192, 131072):
+            for unit in (1, 64):
+                exact = math.ceil(Fraction(str(frac)) * -(-n // unit))   # the decimal, not its float
+                assert resolve_budget(Frac(frac), n, unit) == max(1, exact), (frac, n, unit)
+
+
+def test_schema_lists_the_registered_patterns_and_their_parameters():
+    """schema.json is data written by hand: it names the registry's patterns and parameters."""
+    from mcompile.kernels.patterns import PATTERNS as registry
+    from mcompile.pattern_db import schema
+    assert schema.PATTERNS == tuple(registry)
+    assert schema.PATTERN_PARAMS == {name: tuple(p.defaults) for name, p in registry.items()}
+    defs = schema.load_schema()["$defs"]
+    pattern_field = defs["head"]["properties"]["pattern"]
+    assert sorted(pattern_field["enum"]) == sorted(registry)
+    assert all(name in pattern_field["description"] for name in registry)
+    params_of = {branch["if"]["properties"]["pattern"]["const"]:
+                 branch["then"]["properties"]["params"]["$ref"] for branch in defs["head"]["allOf"]}
+    assert params_of == {name: f"#/$defs/params_{name}" for name in registry}
+    for name, pattern in registry.items():
+        params = defs[f"params_{name}"]
+        assert set(params.get("properties", {})) == set(pattern.defaults), name
+        assert set(params.get("required", ())) <= set(pattern.defaults), name
+    assert schema.BUDGET_PARAMS <= {k for p in registry.values() for k in p.defaults}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1e-4, 1.0), st.integers(1, 200_000), st.sampled_from([1, 64]))
+def test_fraction_budget_is_ceil_of_the_fraction(frac, n, unit):
+    total = -(-n // unit)
+    got = resolve_budget(Frac(frac), n, unit)
+    assert got == resolve_budget({"frac": frac}, n, unit) == resolve_budget(frac, n, unit)
+    assert 1 <= got <= total
+    assert got >= frac * total - 1e-6 and (got - 1) < max(1.0, frac * total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +424,7 @@ def test_auto_falls_back_to_default(shipped):
     assert len(lp.heads) == 8
     assert all(h == HeadPlan("vertical_slash", DEFAULT_PARAMS) for h in lp.heads)
     assert DEFAULT_PARAMS == {"vertical_size": 1000, "slash_size": 6096}
+    assert DEFAULT_PARAMS == validate_params("vertical_slash", {})   # the pattern's own defaults
     assert plan.layer_plan(1) is None                            # sliding layer stays exact
     with pytest.raises(IndexError):
         plan.layer_plan(4)

@@ -18,6 +18,7 @@ from mcompile.kernels.patterns import block_sparse as BS
 from mcompile.kernels.patterns import sample_attention as SA
 from mcompile.kernels.patterns import sliding_window as SW
 from mcompile.kernels.patterns import vertical_slash as VS
+from mcompile.options import OptionError, Options
 from mcompile.plan import HeadPlan, LayerPlan
 
 try:
@@ -94,6 +95,16 @@ def test_register_new_pattern(monkeypatch):
     ix = P.build_layer_index(q, q, LayerPlan((HeadPlan("my_dense"), HeadPlan("a_shape", {"n_init": 0, "n_local": 1}))))
     m = _mask(ix, 100)
     assert torch.equal(m[0, 0], _tril(100))
+    assert Options.from_dict({"plan": "my_dense"}).forced_plan() == ("my_dense", {})
+
+
+def test_plan_option_takes_the_registered_names():
+    for name in P.PATTERNS:
+        assert Options.from_dict({"plan": {"pattern": name}}).forced_plan() == (name, {})
+    for bad in ("diagonal", ["dense"], {"pattern": ["dense"]}, {"window": 3}):
+        with pytest.raises(OptionError, match="'plan'") as err:
+            Options.from_dict({"plan": bad})
+        assert str(list(P.PATTERNS)) in str(err.value)
 
 
 def test_validation_names_the_parameter():

@@ -70,12 +70,39 @@ def _check_family(family: str, rank: int, world: int, tmp: str) -> None:
     assert torch.equal(new, ref), (new[:, PROMPT:], ref[:, PROMPT:])
 
 
+def _check_transformers_tp_plan(rank: int, world: int, tmp: str) -> None:
+    """transformers' own sharding (``from_pretrained(..., tp_plan="auto")``), whose all-reduce
+    lands in its output buffer by an in-place copy the rewrite must keep."""
+    import transformers
+
+    import mcompile
+    from mcompile import reporting
+
+    path = os.path.join(tmp, "tiny-llama")
+    if rank == 0:
+        tiny_model("llama").save_pretrained(path)
+    dist.barrier()
+    db = per_head_db("llama", os.path.join(tmp, f"llama-{rank}.json"))
+    ids, _ = tiny_inputs(1, PROMPT)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        whole = _compiled(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval(), db)
+        ref = whole(ids, use_cache=False).logits
+        reporting.reset()
+        sharded = transformers.AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", attn_implementation="sdpa")
+        out = _compiled(sharded.eval(), db)(ids, use_cache=False).logits
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert {r.shard for r in mcompile.report().rows} == {f"rank {rank}/{world}: heads {2 * rank}-{2 * rank + 1}"}
+
+
 def _worker(rank: int, world: int, tmp: str, families: tuple[str, ...]) -> None:
     torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
     try:
         for family in families:
             _check_family(family, rank, world, tmp)
+        _check_transformers_tp_plan(rank, world, tmp)
     except BaseException:
         with open(os.path.join(tmp, f"failed.{rank}"), "w") as f:
             f.write(traceback.format_exc())

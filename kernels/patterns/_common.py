@@ -84,8 +84,9 @@ def check_fraction(name: str, value: Any) -> float:
 def resolve_budget(value: Any, n: int, unit: int = 1) -> int:
     """Budget -> count for length ``n`` (``unit`` tokens per counted item, e.g. 64 for
     ``top_k`` in key blocks). Counts are clamped to what exists; a fraction of the
-    ``ceil(n / unit)`` items is rounded up and is at least 1 (same rule as
-    ``pattern_db.schema.resolve_budget``)."""
+    ``ceil(n / unit)`` items is rounded up and is at least 1 (the 1e-9 keeps a product
+    like ``0.07 * 100 = 7.000000000000001`` at 7). ``pattern_db`` imports this function,
+    so a database and the index builders resolve a budget the same way."""
     total = max(1, cdiv(n, unit))
     f = frac_value(value)
     if f is not None:
