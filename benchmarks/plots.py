@@ -90,6 +90,17 @@ def _axes_lengths(ax, lengths) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _save_log_plot(fig, ax, plt, ylabel: str, title: str, path: Path) -> Path:
+    """Finish a timing plot (log y axis, labels, legend), write it to ``path`` and close it."""
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_prefill(series: dict, out_dir: Path, plt) -> list[Path]:
     written = []
     if not series:
@@ -107,15 +118,11 @@ def plot_prefill(series: dict, out_dir: Path, plt) -> list[Path]:
         for n, (ms, measured, _) in pts:
             ax.plot([n], [ms / 1e3], "o", color=line.get_color(), mfc=line.get_color() if measured else "none")
     _axes_lengths(ax, lengths)
-    ax.set_yscale("log")
-    ax.set_ylabel("prefill time, 32 layers (s)")
-    ax.set_title("LLaMA-3-8B shape, random weights: prefill time\n(filled: measured; hollow: 4-layer slice x 32 / composed)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    p = out_dir / "latency_vs_length.png"
-    fig.savefig(p, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    written.append(p)
+    written.append(_save_log_plot(
+        fig, ax, plt, "prefill time, 32 layers (s)",
+        "LLaMA-3-8B shape, random weights: prefill time\n"
+        "(filled: measured; hollow: 4-layer slice x 32 / composed)",
+        out_dir / "latency_vs_length.png"))
     # speedup
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -137,15 +144,11 @@ def plot_prefill(series: dict, out_dir: Path, plt) -> list[Path]:
     ax.plot(list(TARGETS), list(TARGETS.values()), "k*", ms=10, label="issue 8 targets")
     ax.axhline(1.0, color="grey", lw=1)
     _axes_lengths(ax, lengths | set(TARGETS))
-    ax.set_yscale("log")
-    ax.set_ylabel("speedup over dense SDPA (x)")
-    ax.set_title("minference (default plan) vs dense SDPA, whole-model prefill, 32 layers\n"
-                 "(filled: measured; hollow: from the 4-layer slice)", fontsize=9)
-    ax.legend(fontsize=7)
-    p = out_dir / "speedup_vs_length.png"
-    fig.savefig(p, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    written.append(p)
+    written.append(_save_log_plot(
+        fig, ax, plt, "speedup over dense SDPA (x)",
+        "minference (default plan) vs dense SDPA, whole-model prefill, 32 layers\n"
+        "(filled: measured; hollow: from the 4-layer slice)",
+        out_dir / "speedup_vs_length.png"))
     return written
 
 
@@ -165,15 +168,10 @@ def plot_attention(runs: list[tuple[Path, dict]], out_dir: Path, plt) -> list[Pa
         ax.plot([n for n, _ in pts], [ms for _, ms in pts], "o--" if variant == "dense-sdpa" else "o-",
                 label=f"{dev} {variant}" + ("" if variant == "dense-sdpa" else f" {init}"))
     _axes_lengths(ax, {n for pts in series.values() for n in pts})
-    ax.set_yscale("log")
-    ax.set_ylabel("one layer's attention (ms)")
-    ax.set_title("attention alone, one layer (32 q / 8 kv heads, d 128): dense SDPA vs index + sparse kernel",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    p = out_dir / "attention_per_layer.png"
-    fig.savefig(p, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return [p]
+    return [_save_log_plot(
+        fig, ax, plt, "one layer's attention (ms)",
+        "attention alone, one layer (32 q / 8 kv heads, d 128): dense SDPA vs index + sparse kernel",
+        out_dir / "attention_per_layer.png")]
 
 
 def plot_niah(evals: list[tuple[Path, dict]], out_dir: Path) -> list[Path]:

@@ -59,14 +59,30 @@ def classify_site(site: AttentionSite) -> SiteSpec:
     return SiteSpec(site, True, "", MASK_RECOGNISED, info)
 
 
-def _mutates(node: fx.Node) -> bool:
-    """FX's own impurity, or an in-place tensor call (``x.copy_(y)``, ``torch.add_``): FX keeps
-    the former only, and would drop a ``copy_`` whose returned alias nobody reads."""
+_VIEWS = frozenset({"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand", "narrow",
+                    "select", "t", "flatten", "unflatten", "view_as", "as_strided", "diagonal", "getitem"})
+
+
+def _mutates_live(node: fx.Node) -> bool:
+    """Whether dead-code elimination must keep ``node``: FX's own impurity, or an in-place call
+    (``x.copy_(y)``, ``masked_fill_``) whose target, or a tensor it views, is read elsewhere
+    (transformers' tensor parallelism copies each all-reduce into its output buffer this way).
+    In-place work on a dead tensor (a recognised mask being filled) goes with it."""
     if node.is_impure():
         return True
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return node.op in ("call_method", "call_function") and isinstance(name, str) and name.endswith("_") \
-        and not name.startswith("_")
+    if node.op not in ("call_method", "call_function") or not isinstance(name, str) \
+            or not name.endswith("_") or name.startswith("_"):
+        return False
+    reader, target = node, node.args[0] if node.args else None
+    while isinstance(target, fx.Node):
+        if target.op in ("placeholder", "get_attr") or any(u is not reader for u in target.users):
+            return True
+        step = target.target if target.op == "call_method" else getattr(target.target, "__name__", "")
+        if step not in _VIEWS or not target.args:
+            return False
+        reader, target = target, target.args[0]
+    return True         # not a graph value: keep what cannot be followed
 
 
 def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str]) -> fx.GraphModule:
@@ -95,7 +111,7 @@ def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str
         graph.erase_node(site.node)
     # the recognised masks' subgraphs are dead now; in-place calls whose own result goes unused
     # (an all-reduce copied into its output buffer under tensor parallelism) must stay
-    graph.eliminate_dead_code(is_impure_node=_mutates)
+    graph.eliminate_dead_code(is_impure_node=_mutates_live)
     graph.lint()
     gm.recompile()
     return gm

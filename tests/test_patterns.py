@@ -53,6 +53,20 @@ def _check(index, n, batch=None, heads=None):
     assert index.block_count.dtype == torch.int32 and index.column_index.dtype == torch.int32
 
 
+def _random_qk(n):
+    """Random (q, k) of length n seeded by n: 2 batches, 4 query heads on 2 KV heads, d 32."""
+    g = torch.Generator().manual_seed(n)
+    return torch.randn(2, 4, n, 32, generator=g), torch.randn(2, 2, n, 32, generator=g)
+
+
+def _run_interpreted(code, timeout):
+    """Run ``code`` in a fresh Python under Triton's CPU interpreter, with the builders' Triton
+    paths forced; it must print ok."""
+    env = dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
 def _tril(n):
     return torch.ones(n, n, dtype=torch.bool).tril()
 
@@ -217,9 +231,7 @@ def _topk_optimal(scores, chosen, k):
                                       (777, {"vertical_size": 0.05, "slash_size": 0.2}),
                                       (1000, {"vertical_size": 100, "slash_size": 300})])
 def test_vertical_slash_random(n, params):
-    g = torch.Generator().manual_seed(n)
-    q = torch.randn(2, 4, n, 32, generator=g)
-    k = torch.randn(2, 2, n, 32, generator=g)
+    q, k = _random_qk(n)
     ix = VS.build(q, k, params)
     _check(ix, n, 2, 4)
     cols, dists = VS.selection(q, k, params)
@@ -295,9 +307,7 @@ def test_triton_kernels_interpreted():
                 assert torch.allclose(x, y, atol=1e-4), (n, float((x - y).abs().max()))
         print("ok")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    _run_interpreted(code, timeout=600)
 
 
 def test_triton_builders_interpreted():
@@ -372,9 +382,7 @@ def test_triton_builders_interpreted():
                     assert torch.allclose(x, y, atol=1e-4), (n, float((x - y).abs().max()))
         print("ok")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    _run_interpreted(code, timeout=900)
 
 
 # --- block_sparse ------------------------------------------------------------------------------------
@@ -388,9 +396,7 @@ def _block_scores64(q, k, bm=64):
 
 @pytest.mark.parametrize("n,top_k", [(65, 3), (640, 4), (1000, 0.3), (777, 100)])
 def test_block_sparse_random(n, top_k):
-    g = torch.Generator().manual_seed(n)
-    q = torch.randn(2, 4, n, 32, generator=g)
-    k = torch.randn(2, 2, n, 32, generator=g)
+    q, k = _random_qk(n)
     params = {"top_k": top_k}
     ix = BS.build(q, k, params)
     _check(ix, n, 2, 4)
@@ -426,9 +432,7 @@ def test_block_sparse_planted():
 @pytest.mark.parametrize("n,params", [(300, {}), (777, {"alpha": 0.8, "window_frac": 0.05, "sample_frac": 0.1}),
                                       (640, {"alpha": 0.99, "max_columns": 64, "count_window": False})])
 def test_sample_attention_random(n, params):
-    g = torch.Generator().manual_seed(n)
-    q = torch.randn(2, 4, n, 32, generator=g)
-    k = torch.randn(2, 2, n, 32, generator=g)
+    q, k = _random_qk(n)
     ix = SA.build(q, k, params)
     _check(ix, n, 2, 4)
     count, cols = SA.selection(q, k, params)

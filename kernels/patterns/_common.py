@@ -108,6 +108,15 @@ def with_defaults(params: dict | None, defaults: dict, allowed: Sequence[str], p
     return out
 
 
+def with_budgets(params: dict | None, defaults: dict, minimums: dict[str, int], pattern: str) -> dict:
+    """``with_defaults`` for a pattern whose parameters are all budgets: each one named in
+    ``minimums`` is checked by ``check_budget`` against its minimum count."""
+    p = with_defaults(params, defaults, tuple(minimums), pattern)
+    for name, minimum in minimums.items():
+        p[name] = check_budget(name, p[name], minimum=minimum)
+    return p
+
+
 # --- geometry -----------------------------------------------------------------------------------
 def q_blocks(n: int, block_m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, last) int64 (NQB,): first and last query row of each query block."""
@@ -386,3 +395,18 @@ def plot_mask(mask: torch.Tensor, path: str, title: str, block: int = 64) -> str
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_selection(path: str, label: str, build, q: torch.Tensor, k: torch.Tensor, params: dict,
+                   *, columns: bool = False, planted: str = "") -> str:
+    """A pattern's demo PNG: the selection ``build(q, k, params)`` makes for the first (batch,
+    head), titled with ``label``, the length and the blocks (and, with ``columns``, the
+    columns) it lists; ``planted`` describes the synthetic inputs' structure on a second line."""
+    from ..reference import index_to_mask
+    n = q.shape[2]
+    index = build(q, k, params)
+    blocks, cols = index_cost(index)
+    title = f"{label}  N={n}: {blocks} blocks" + (f" + {cols} columns" if columns else "")
+    if planted:
+        title += f"\n({planted})"
+    return plot_mask(index_to_mask(index, n)[0, 0], path, title)

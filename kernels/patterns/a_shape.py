@@ -18,19 +18,16 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex
-from ._common import (block_union_mask, cdiv, check_budget, plot_mask, q_blocks, resolve_budget,
-                      static_index, tile_ranges, with_defaults)
-from .registry import Pattern, register_pattern
+from ._common import (block_union_mask, cdiv, plot_selection, q_blocks, resolve_budget,
+                      static_index, tile_ranges, with_budgets)
+from .registry import Pattern, register_or_demo
 
 NAME = "a_shape"
 DEFAULTS = {"n_init": 128, "n_local": 4096}
 
 
 def validate(params: dict | None) -> dict:
-    p = with_defaults(params, DEFAULTS, ("n_init", "n_local"), NAME)
-    p["n_init"] = check_budget("n_init", p["n_init"], minimum=0)
-    p["n_local"] = check_budget("n_local", p["n_local"], minimum=1)
-    return p
+    return with_budgets(params, DEFAULTS, {"n_init": 0, "n_local": 1}, NAME)
 
 
 def _blocks(n: int, p: dict, block_m: int, block_n: int, device):
@@ -90,17 +87,8 @@ def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None,
 def demo(path: str = "a_shape.png", n: int = 1024, **params) -> str:
     p = validate(params or {"n_init": 64, "n_local": 192})
     q = torch.zeros(1, 1, n, 64)
-    from ..reference import index_to_mask
-    mask = index_to_mask(build(q, q, p), n)[0, 0]
-    b, _ = cost(n, p)
-    return plot_mask(mask, path, f"a_shape n_init={p['n_init']} n_local={p['n_local']}  N={n}: {b} blocks")
+    return plot_selection(path, f"{NAME} n_init={p['n_init']} n_local={p['n_local']}", build, q, q, p)
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)

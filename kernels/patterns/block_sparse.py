@@ -27,19 +27,17 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, num_q_blocks
-from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, planted_qk,
-                      plot_mask, q_blocks, resolve_budget, row_chunks, use_triton, with_defaults)
+from ._common import (INT32_BIG, HeadMap, cdiv, planted_qk, plot_selection, q_blocks,
+                      resolve_budget, row_chunks, use_triton, with_budgets)
 from . import _triton_bs as _tbs
-from .registry import Pattern, register_pattern
+from .registry import Pattern, register_or_demo
 
 NAME = "block_sparse"
 DEFAULTS = {"top_k": 100}
 
 
 def validate(params: dict | None) -> dict:
-    p = with_defaults(params, DEFAULTS, ("top_k",), NAME)
-    p["top_k"] = check_budget("top_k", p["top_k"], minimum=1)
-    return p
+    return with_budgets(params, DEFAULTS, {"top_k": 1}, NAME)
 
 
 def _top_k(n: int, p: dict, block_n: int) -> int:
@@ -167,18 +165,9 @@ def demo(path: str = "block_sparse.png", n: int = 1024, **params) -> str:
     nb = max(1, n // 64)
     hot = sorted({(min(nb - 1, a * nb // 16), b * nb // 16) for a, b in [(10, 3), (12, 5), (15, 8), (6, 2)]})
     q, k = planted_qk(n, hot_blocks=hot, seed=2)
-    from ..reference import index_to_mask
-    ix = build(q, k, p)
-    mask = index_to_mask(ix, n)[0, 0]
-    return plot_mask(mask, path, f"block_sparse top_k={p['top_k']}  N={n}: {int(ix.block_count.sum())} "
-                     f"blocks\n(planted (query block, key block): {hot})")
+    return plot_selection(path, f"{NAME} top_k={p['top_k']}", build, q, k, p,
+                          planted=f"planted (query block, key block): {hot}")
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, dense_causal_index, num_q_blocks
-from ._common import causal_mask, cdiv, plot_mask, with_defaults
-from .registry import Pattern, register_pattern
+from ._common import causal_mask, cdiv, plot_selection, with_defaults
+from .registry import Pattern, register_or_demo
 
 NAME = "dense"
 DEFAULTS: dict = {}
@@ -46,17 +46,8 @@ def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None,
 
 def demo(path: str = "dense.png", n: int = 1024, **params) -> str:
     q = torch.zeros(1, 1, n, 64)
-    from ..reference import index_to_mask
-    mask = index_to_mask(build(q, q, params), n)[0, 0]
-    b, c = cost(n, params)
-    return plot_mask(mask, path, f"dense  N={n}: {b} blocks")
+    return plot_selection(path, NAME, build, q, q, params)
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)

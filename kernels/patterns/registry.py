@@ -1,5 +1,6 @@
 """The pattern registry: a new pattern is one file that builds a :class:`Pattern` and calls
-:func:`register_pattern` at import, plus one import line in ``patterns/__init__.py``.
+:func:`register_pattern` at import (the built-in ones through :func:`register_or_demo`, which
+also gives each file its demo command), plus one import line in ``patterns/__init__.py``.
 
 Interface every pattern provides (all per query head; ``params`` is the plan's dict):
 
@@ -53,6 +54,17 @@ def register_pattern(pattern: Pattern, *, replace: bool = False) -> Pattern:
         raise ValueError(f"pattern {pattern.name!r} is already registered")
     PATTERNS[pattern.name] = pattern
     return pattern
+
+
+def register_or_demo(pattern: Pattern, module_name: str) -> Pattern:
+    """The last line of a pattern file: registers the pattern on import; run as
+    ``python -m mcompile.kernels.patterns.<name> [out.png]`` (``module_name == "__main__"``) it
+    writes the pattern's demo instead and prints the path."""
+    if module_name == "__main__":
+        import sys
+        print(pattern.demo(sys.argv[1] if len(sys.argv) > 1 else f"{pattern.name}.png"))
+        return pattern
+    return register_pattern(pattern)
 
 
 def get_pattern(name: str) -> Pattern:

@@ -58,9 +58,9 @@ import torch
 
 from ..index import SparseIndex
 from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
-                      check_fraction, dense_probs, device_index, planted_qk, plot_mask, q_blocks,
+                      check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
-from .registry import Pattern, register_pattern
+from .registry import Pattern, register_or_demo
 
 log = logging.getLogger("mcompile")
 
@@ -455,19 +455,9 @@ def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
     p = validate(params or {"alpha": 0.9, "window_frac": 0.1})
     cols = [3] + [n * c // 1024 for c in (200, 450, 777)]
     q, k = planted_qk(n, hot_columns=cols, column_strength=8.0, local=8.0, seed=3)
-    from ..reference import index_to_mask
-    ix = build(q, k, p)
-    mask = index_to_mask(ix, n)[0, 0]
-    return plot_mask(mask, path, f"sample_attention alpha={p['alpha']} window={p['window_frac']}  N={n}: "
-                     f"{int(ix.block_count.sum())} blocks + {int(ix.column_count.sum())} columns\n"
-                     f"(planted: local window, columns {cols})")
+    return plot_selection(path, f"{NAME} alpha={p['alpha']} window={p['window_frac']}", build, q, k, p,
+                          columns=True, planted=f"planted: local window, columns {cols}")
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)

@@ -15,18 +15,15 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex
-from ._common import (check_budget, plot_mask, resolve_budget,
-                      static_index, window_blocks, with_defaults)
-from .registry import Pattern, register_pattern
+from ._common import plot_selection, resolve_budget, static_index, window_blocks, with_budgets
+from .registry import Pattern, register_or_demo
 
 NAME = "sliding_window"
 DEFAULTS = {"window": 4096}
 
 
 def validate(params: dict | None) -> dict:
-    p = with_defaults(params, DEFAULTS, ("window",), NAME)
-    p["window"] = check_budget("window", p["window"], minimum=1)
-    return p
+    return with_budgets(params, DEFAULTS, {"window": 1}, NAME)
 
 
 def _window(n: int, params: dict) -> int:
@@ -72,17 +69,8 @@ def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None,
 def demo(path: str = "sliding_window.png", n: int = 1024, **params) -> str:
     p = validate(params or {"window": 256})
     q = torch.zeros(1, 1, n, 64)
-    from ..reference import index_to_mask
-    mask = index_to_mask(build(q, q, p), n)[0, 0]
-    b, _ = cost(n, p)
-    return plot_mask(mask, path, f"sliding_window window={p['window']}  N={n}: {b} blocks")
+    return plot_selection(path, f"{NAME} window={p['window']}", build, q, q, p)
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)

@@ -45,11 +45,10 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, num_q_blocks
-from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, compact,
-                      dense_probs, planted_qk, plot_mask, q_blocks, resolve_budget, row_chunks,
-                      use_triton, with_defaults)
+from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, planted_qk,
+                      plot_selection, q_blocks, resolve_budget, row_chunks, use_triton, with_budgets)
 from . import _triton_vs as _tvs
-from .registry import Pattern, register_pattern
+from .registry import Pattern, register_or_demo
 
 NAME = "vertical_slash"
 DEFAULTS = {"vertical_size": 1000, "slash_size": 6096}
@@ -62,10 +61,7 @@ _FORCE = 1.0e4       # > any column/diagonal sum of 64 probability rows
 
 
 def validate(params: dict | None) -> dict:
-    p = with_defaults(params, DEFAULTS, ("vertical_size", "slash_size"), NAME)
-    p["vertical_size"] = check_budget("vertical_size", p["vertical_size"], minimum=1)
-    p["slash_size"] = check_budget("slash_size", p["slash_size"], minimum=1)
-    return p
+    return with_budgets(params, DEFAULTS, {"vertical_size": 1, "slash_size": 1}, NAME)
 
 
 def budgets(n: int, params: dict | None) -> tuple[int, int]:
@@ -346,19 +342,9 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
     p = validate(params or {"vertical_size": 40, "slash_size": 104})
     cols, diags = [5, n * 300 // 1024, n * 700 // 1024], [n * 150 // 1024, n * 400 // 1024]
     q, k = planted_qk(n, hot_columns=cols, diagonals=diags, seed=1)
-    from ..reference import index_to_mask
-    ix = build(q, k, p)
-    mask = index_to_mask(ix, n)[0, 0]
-    nb, nc = int(ix.block_count.sum()), int(ix.column_count.sum())
-    return plot_mask(mask, path, f"vertical_slash v={p['vertical_size']} s={p['slash_size']}  N={n}: "
-                     f"{nb} blocks + {nc} columns\n(planted: columns {cols}; diagonals {diags})")
+    return plot_selection(path, f"{NAME} v={p['vertical_size']} s={p['slash_size']}", build, q, k, p,
+                          columns=True, planted=f"planted: columns {cols}; diagonals {diags}")
 
 
-PATTERN = Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__)
-
-if __name__ == "__main__":      # python -m mcompile.kernels.patterns.<name> [out.png]
-    import sys
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else f"{NAME}.png"))
-else:
-    register_pattern(PATTERN)
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)
