@@ -170,3 +170,36 @@ def test_layerwise_not_used_with_autograd():
     gm = torch.fx.symbolic_trace(lambda x: (x * 2,))
     with torch.enable_grad():
         assert compile_layerwise(gm, [torch.ones(2, requires_grad=True)], lambda g, ins: g) is None
+
+
+def test_dead_code_pass_keeps_in_place_writes_that_are_read():
+    """The rewrite's dead-code pass: ``out.copy_(reduced)`` (how transformers' tensor
+    parallelism lands an all-reduce) stays, though its own result is unused; an in-place fill
+    of a tensor nobody reads (a recognised mask's) goes, and so does a write through a view of
+    such a tensor, while a write through a view of a live one stays."""
+    import torch.fx as fx
+
+    from mcompile.passes.rewrite import _mutates_live
+
+    def f(x, y):
+        out = x * 2
+        out.copy_(y)                        # out is read below
+        mask = torch.ones(4, 4)
+        mask.masked_fill_(mask > 0, 0.0)    # mask is dead
+        dead_view = torch.zeros(4, 4).view(16)
+        dead_view.add_(1.0)
+        live = x + 1
+        live.view(-1).mul_(3.0)             # live is read below, through its view
+        return out + live
+
+    gm = fx.symbolic_trace(f)
+    gm.graph.eliminate_dead_code(is_impure_node=_mutates_live)
+    gm.recompile()
+    kept = [n.target for n in gm.graph.nodes if n.op == "call_method"]
+    assert kept.count("copy_") == 1 and kept.count("mul_") == 1, kept
+    assert "masked_fill_" not in kept and "add_" not in kept, kept
+    x, y = torch.randn(4, 4), torch.randn(4, 4)
+    torch.testing.assert_close(gm(x, y), f(x, y))
+    plain = fx.symbolic_trace(f)
+    plain.graph.eliminate_dead_code()       # FX's own rule drops the read write
+    assert "copy_" not in [n.target for n in plain.graph.nodes]
