@@ -1,4 +1,4 @@
-"""Sparse attention kernel benchmark (issue 6): LLaMA-3-8B attention shape on one GPU.
+"""Sparse attention kernel benchmark: LLaMA-3-8B attention shape on one GPU.
 
 Shape: batch 1, 32 query heads, 8 KV heads, head dim 128, bf16, causal prefill.
 For each length (default 32K, 64K, 128K, 256K, 512K, 1M):
@@ -17,7 +17,7 @@ the causal half. Nothing of size N^2 is materialised.
 
   python benchmarks/attention.py                       # all lengths, all patterns
   python benchmarks/attention.py --lengths 32K,128K --patterns dense,vs
-  python benchmarks/attention.py --sweep               # tune kernel configs first (H100)
+  python benchmarks/attention.py --sweep               # tune kernel configs first
 
 Writes benchmarks/results/attention_<device>.json (device, versions, date, every number) and
 prints a table.
@@ -180,7 +180,7 @@ def vertical_slash_index(N: int, device, heads: int = HQ, bm: int = 64, bn: int 
                          n_cols: int = VS_DEFAULTS["vertical_size"], n_first_cols: int = 30,
                          n_slash: int = VS_DEFAULTS["slash_size"],
                          slash_dense: int = 100, slash_max: int = 8192, seed: int = 0) -> SparseIndex:
-    """The realistic vertical-slash index of the issue, built per head without N^2 memory.
+    """A realistic vertical-slash index (MInference's default sizes), built per head without N^2 memory.
 
     Diagonal d covers, for query block rows [s, s + bm), keys [s - d, s - d + bm). The union
     over the head's diagonals is, relative to s, the same set of ranges for every query

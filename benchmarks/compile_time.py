@@ -8,7 +8,7 @@ Each measurement runs in a fresh process with an empty Inductor cache (cold): th
 of the compiled model is checked against eager.
 
     python benchmarks/compile_time.py --shape small --layers 8,32 --device cpu
-    python benchmarks/compile_time.py --shape llama3-8b --layers 32 --length 4096    # the H100
+    python benchmarks/compile_time.py --shape llama3-8b --layers 32 --length 4096    # GPU
     python benchmarks/compile_time.py --shape llama3-8b --layers 32 --length 4096 --variants minference-layerwise
 
 Results: benchmarks/results/compile_time_<device>.json and a printed table.

@@ -1,4 +1,4 @@
-"""Attention-mass recall of each registered pattern, per head, at equal cost (issue 5).
+"""Attention-mass recall of each registered pattern, per head, at equal cost.
 
 Reads the per-candidate scores a search wrote (``mcompile search --details FILE``): every
 candidate of every registered pattern scored on the captured q/k/v of every searched

@@ -9,7 +9,7 @@ every head of the layer on the same pattern (``LayerPlan.uniform``), lengths 32K
 
 For each (length, pattern): the median time of ``build_layer_index`` and of
 ``mcompile.kernels.sparse_attention.sparse_attention`` with that index (CUDA events after
-warm-up; ``time.perf_counter`` on CPU), their ratio (the issue's target: <= 10% at 128K),
+warm-up; ``time.perf_counter`` on CPU), their ratio (the target: <= 10% at 128K),
 the blocks and columns the index lists, the fraction of causal (row, key) pairs computed, and
 the index's memory. On CPU the kernel is the custom op's pure-torch reference (a smoke test of
 the script, not a number to quote). Dense causal SDPA is timed for reference up to ``--dense-max``.
@@ -53,7 +53,7 @@ def _kernel_for(device):
         else:
             from mcompile.kernels.ops import sparse_attention
         return sparse_attention
-    except Exception as e:  # the kernel issue may not have landed, or triton is missing
+    except Exception as e:  # e.g. triton is missing: time the index builders alone
         _KERNEL_ERR = repr(e)
         return None
 

@@ -4,7 +4,7 @@
     minference, one line per (device, weights init, cache/mask case). Points from 32-layer runs
     are measured (filled markers); points from layer slices (``--layers 4``) are the 32-layer
     extrapolation that benchmarks/prefill.py wrote (hollow markers; head + 32 x per-layer time).
-  * ``speedup_vs_length.png``: dense / minference for the same series, with the issue's targets.
+  * ``speedup_vs_length.png``: dense / minference for the same series, with the speedup targets (``TARGETS``).
   * ``attention_per_layer.png``: one layer's attention alone (dense SDPA vs index + sparse kernel),
     where prefill.py ran with ``--attn-bench``.
   * ``ttft_<model>_<device>.png``: a real model's time to first token against dense, per length
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {131072: 2.3, 524288: 8.0, 1048576: 15.0}   # issue 8, 32-layer whole-model prefill vs best dense SDPA
+TARGETS = {131072: 2.3, 524288: 8.0, 1048576: 15.0}   # speedup targets: 32-layer whole-model prefill vs best dense SDPA
 
 
 def _load(paths: list[Path]) -> list[tuple[Path, dict]]:
@@ -141,7 +141,7 @@ def plot_prefill(series: dict, out_dir: Path, plt) -> list[Path]:
         plt.close(fig)
         print("no speedups in the prefill results: speedup plot skipped")
         return written
-    ax.plot(list(TARGETS), list(TARGETS.values()), "k*", ms=10, label="issue 8 targets")
+    ax.plot(list(TARGETS), list(TARGETS.values()), "k*", ms=10, label="speedup targets")
     ax.axhline(1.0, color="grey", lw=1)
     _axes_lengths(ax, lengths | set(TARGETS))
     written.append(_save_log_plot(

@@ -1,63 +1,23 @@
 """Time-to-first-token of a whole-model prefill: dense SDPA vs sparse attention, both through Inductor.
 
-Model: LLaMA-3-8B-shaped (32 layers, hidden 4096, 32 q / 8 kv heads, d 128, MLP 14336, RoPE theta 5e5,
-bf16), random weights built from a ``LlamaConfig`` on the GPU (no download), with
-``attention_bias=True`` so that ``--init locality`` (below) can set the q/k biases; with
-``--init random`` the biases are zero (the same function as a bias-free LLaMA). ``--layers 4`` is a
-slice of the same shape for 256K-1M tokens.
+Model: LLaMA-3-8B-shaped (``--shape``), random weights built from a ``LlamaConfig`` on the device
+(no download), with ``attention_bias=True`` so that ``--init locality`` can set the q/k biases;
+``--layers 4`` is a slice of the same shape for 256K-1M tokens. Only the last position's logits
+are computed (``logits_to_keep=1``); CUDA events, median of ``--repeats`` calls after a warm-up.
+  * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: each attention
+    is SDPA with ``is_causal=True`` (the backend drops transformers' causal mask). Plain
+    ``torch.compile(model)`` is not the baseline because its graph calls SDPA with a materialised
+    (1, 1, N, N) mask; ``--inductor-plain-lengths`` times it anyway where it fits.
+  * minference: the default plan (``db=None``: vertical-slash 1000/6096 for every head), cases
+    ``--cases`` (``nocache``, ``cache``, ``+mask`` = an all-ones ``attention_mask`` passed).
+Slice runs are extrapolated to 32 layers from a per-layer time (``head`` = embedding + final norm +
+LM head, timed eagerly; ``per_layer = (model - head) / layers``); beyond ``--dense-max-len`` the
+dense per-layer time is composed from measured dense attention plus the measured non-attention rest
+(marked ``composed``). ``--mlp-chunks K`` runs each MLP on K sequence slices so that 1M tokens fit.
+Random weights have no attention structure, so ``--init locality`` adds a disclosed local attention
+profile (see :func:`locality_bias`); ``--stats`` records the sparse index density per row.
 
-What is timed, in one process, CUDA events, median of ``--repeats`` calls after a warm-up (a first
-call longer than ``--single-s`` at a length that is not the compile call is kept as the only sample),
-only the last position's logits (``logits_to_keep=1``):
-  * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: Inductor
-    compiles the model, and each attention is PyTorch's SDPA with ``is_causal=True`` (the backend
-    recognises transformers' causal mask and drops it). The SDPA kernel that ran is reported
-    (``torch._fused_sdp_choice`` on the real q/k/v shape: the dispatcher's own choice). Plain
-    ``torch.compile(model)`` is not the baseline: with torch 2.13 / transformers 5.23 (checked on
-    the CPU) the traced graph builds a (1, 1, N, N) mask and calls SDPA with it (no flash / cuDNN
-    causal kernel; 32 GiB of bf16 mask at 128K, it ran out of memory on the H100 last time);
-    ``--inductor-plain-lengths`` times it anyway where it fits.
-  * minference: ``backend="minference"`` with the default plan (``db=None``: vertical-slash
-    1000/6096 for every head, MInference's default), cases ``--cases`` (``nocache``, ``cache``, and
-    ``+mask`` = an all-ones ``attention_mask`` passed, which the mask recognition must keep sparse).
-Compile time (first call minus a warm call) and peak memory (``max_memory_allocated``, weights
-included) are reported per row. ``--stats`` records the sparse index density per row (work of the
-sparse calls / dense causal 64x64 blocks, a column = 1/64 block; two host syncs per layer).
-
-Per-layer times and the extrapolation to 32 layers (slice runs): ``head`` = embedding + RoPE tables
-+ final norm + LM head on one token, timed eagerly; ``per_layer = (model - head) / layers``;
-``attention`` = one layer's attention alone on layer 0's q/k/v (dense: SDPA; sparse: index build +
-sparse kernel, the functions the backend calls), ``rest = per_layer - attention``;
-``32-layer estimate = head + 32 * per_layer``. Beyond ``--dense-max-len`` the dense model is not run
-(at 1M one dense layer is ~18 s): its per-layer time is composed as dense attention (measured) +
-``rest`` (measured in the minference run at that length), and marked ``composed``.
-``--mlp-chunks K`` runs each layer's MLP on K sequence slices (same function; both variants): at 1M
-the unchunked MLP's gate/up/product tensors (28 GiB each in bf16) do not fit an 80 GB GPU.
-
-Attention structure (``--init``). Random weights have none: the vertical-slash estimate (top
-diagonals/columns of the last 64 queries' attention) then picks scattered diagonals and keeps ~98%
-of the blocks at 128K, so sparse is slower than dense (the honest ``random`` measurement, kept).
-``locality`` gives the same random model a disclosed, realistic local attention without changing
-model code: every q and k head gets the same bias vector ``b`` (before RoPE) with ``b_f = b_{f+D/2}
-= a`` on the RoPE frequency pairs whose frequency theta_f lies in ``[1/far, 1/near]`` (0 elsewhere).
-The bias-bias part of the logit of query i, key j is then ``scale * sum_f 2 a^2 cos(theta_f (i-j))``:
-with log-spaced RoPE frequencies it decays ~linearly in log|i-j| (each frequency stops contributing
-once theta_f |i-j| > 1), i.e. attention ~ |i-j|^-alpha for near < |i-j| < far, flat below ``near``;
-``a^2 = alpha * sqrt(D) / (2 * pairs per unit of ln theta)`` (= alpha * ln(rope_theta) / sqrt(D)). Frequencies
-above 1/near are left out because their incoherent sum at large distances adds ~1 logit of ripple
-that makes the estimate pick scattered far diagonals. The q_proj/k_proj weights are scaled by
-``qk_scale`` (content noise: at the 8B width the random q.k logit has std ~1.6). Defaults
-alpha=1.5, near=128, far=1e6, qk_scale=0.7; no attention sink. Measured on the CPU (``--shape
-llama3-8b-narrow --probe-only``: layer 0 of an 8B-width slice, 4 q / 1 kv heads, random tokens),
-default-plan index density at 8K / 32K / 128K: locality 0.98 / 0.53 / 0.16, random 1.00 / 1.00 / 0.98
-(at 8K 6096 diagonals cover nearly everything whatever the weights); attention of the last 64
-queries at 128K (locality): 0.4% of the mass on the diagonal, 25% at distance 1-63, 56% at 64-1K,
-11% at 1K-8K, 7% beyond 8K, ~620 effective keys (exp entropy; random: 94% beyond 8K, ~34K keys).
-The whole compiled model agrees (``--shape llama3-8b-narrow --layers 2 --stats``, both layers, 16K):
-density 0.76 locality vs 1.00 random. Every run records the layer-0 profile and density per length
-and init (``probe``) and, with ``--stats``, the whole model's density per row.
-
-    # H100: 32 layers (~5 min), then the 4-layer slice (~3.5 min)
+    # 32 layers, then the 4-layer slice
     python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072 --inits random,locality \\
         --random-lengths 131072 --cases nocache --repeats 2 --stats --attn-bench \\
         --out benchmarks/results/prefill_h100_32L.json
@@ -68,7 +28,7 @@ and init (``probe``) and, with ``--stats``, the whole model's density per row.
     python benchmarks/prefill.py --shape tiny --lengths 512,1024 --min-len 256 --device cpu   # smoke test
 
 Results: benchmarks/results/prefill_<gpu>_<layers>L.json (``--out``) and a printed table;
-benchmarks/plots.py draws them.
+benchmarks/plots.py draws them; README.md ("Whole-model prefill") discusses them.
 """
 from __future__ import annotations
 
@@ -120,7 +80,16 @@ def build_model(layers: int, shape: str, device: str, dtype: torch.dtype):
 
 
 def locality_bias(model, alpha: float, near: float, far: float) -> tuple[torch.Tensor, dict]:
-    """The shared q/k bias vector (head_dim,) and a description of it."""
+    """The shared q/k bias vector (head_dim,) and a description of it.
+
+    Every q and k head gets the same bias ``b`` (before RoPE), ``b_f = b_{f+D/2} = a`` on the RoPE
+    pairs whose frequency theta_f lies in ``[1/far, 1/near]``, 0 elsewhere. The bias-bias logit term
+    ``scale * sum_f 2 a^2 cos(theta_f (i-j))`` then decays about linearly in ``ln|i-j|`` (each
+    frequency stops contributing once ``theta_f |i-j| > 1``), i.e. attention ~ ``|i-j|^-alpha`` for
+    ``near < |i-j| < far``. Frequencies above ``1/near`` are left out because their incoherent sum
+    at large distances adds ripple that makes the vertical-slash estimate pick scattered far
+    diagonals.
+    """
     inv_freq = model.model.rotary_emb.inv_freq.double().cpu()          # theta_f, f = 0 .. D/2 - 1
     d = model.config.head_dim
     band = (inv_freq >= 1.0 / far) & (inv_freq <= 1.0 / near)

@@ -16,7 +16,7 @@ weights is ``mcompile eval``'s job, see ``benchmarks/gemma_gpu.sh``).
     the sliding layers their exact per-row window through the sparse kernel (O(N x 512)).
 CUDA events, median of ``--repeats`` calls after a warm-up; compile time and peak memory per row.
 
-    python benchmarks/prefill_gemma.py --lengths 8192,16384,32768            # H100, ~2 min
+    python benchmarks/prefill_gemma.py --lengths 8192,16384,32768            # GPU
     python benchmarks/prefill_gemma.py --lengths 1024 --device cpu --dtype float32 --min-len 256  # smoke
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evidence for the offline pattern search (issue 7), on a real model and public-domain text.
+"""Evidence for the offline pattern search, on a real model and public-domain text.
 
 Two experiments, both ending in a JSON file under benchmarks/results/ and a printed table:
 

@@ -15,22 +15,10 @@ One process, one model, real text (``--text``, default the KJV bible), bf16 on t
     runs sparse wherever it applies, even where the cost model would choose dense.
 Sliding-window layers (Gemma 3) run their exact window in both sparse variants.
 
-Per row: ``ms`` is the median of ``--repeats`` prefills timed with CUDA events after a warm-up
-call at the same length (which compiles). One more call under ``torch.profiler`` gives, per
-attention layer call (the ``mcompile::attention`` op): ``host_ms_per_layer`` (CPU time inside the
-op), ``gpu_ms_per_layer`` (GPU time of the kernels it launched), ``index_ms_per_layer`` (per
-call that ran sparse, the part of its GPU time not spent in the sparse attention kernel
-``_sparse_attn_fwd``: estimation and index building; the dense tail runs that kernel and counts
-as attention) and ``launches_per_layer``. ``density``
-comes from one more call with ``stats=True`` in a fresh compile: the blocks the plan computes
-when it runs sparse, of dense causal (that call measures, so it runs sparse even where the cost
-model then chooses dense; 1.0 for dense). ``peak_gib`` is
-``torch.cuda.max_memory_allocated`` over a timed call, weights included. ``decisions`` counts the
-op's decisions over the timed calls (from ``mcompile.report()``). ``kernel_ms``: the GPU kernels
-of the whole profiled prefill that took longest, by name. Under ``--cuda-graphs`` a replayed
-call runs none of the op's Python: ``host_ms_per_layer`` is then the host submit time per layer
-and ``launches_per_layer`` the graph launches per layer (the GPU columns stay with the row
-compiled without graphs).
+Per row: ``ms`` is the median of ``--repeats`` prefills (CUDA events, after a compiling warm-up
+call); the per-layer host / GPU / index times and launches come from one profiled call
+(:func:`per_layer_profile`); ``density``, ``peak_gib``, ``decisions`` and ``kernel_ms`` are
+described where :func:`run_variant` records them.
 
 Output: ``benchmarks/results/ttft_<model>_<device>.json`` (``--out``) with ``rows`` and the
 environment, and a printed table.
@@ -107,7 +95,14 @@ def _descendants(event):
 
 
 def per_layer_profile(fn, device: str) -> dict:
-    """Host time, GPU time, index time and kernel launches per ``mcompile::attention`` call."""
+    """Host time, GPU time, index time and kernel launches per ``mcompile::attention`` call.
+
+    ``host_ms_per_layer``: CPU time inside the op; ``gpu_ms_per_layer``: GPU time of the kernels
+    it launched; ``index_ms_per_layer``: per call that ran sparse, the part of its GPU time not
+    spent in the sparse kernel ``_sparse_attn_fwd`` (estimation and index building; the dense
+    tail runs that kernel and counts as attention); ``kernel_ms``: the GPU kernels of the whole
+    profiled call that took longest, by name.
+    """
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -161,6 +156,16 @@ def _work(report) -> list[int]:
 
 def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor], args,
                 cuda_graphs: bool = False) -> list[dict]:
+    """One row per length for one variant.
+
+    ``density`` comes from one more call with ``stats=True`` in a fresh compile: the blocks the
+    plan computes when it runs sparse, of dense causal (that call measures, so it runs sparse even
+    where the cost model then chooses dense; 1.0 for dense). ``peak_gib`` is
+    ``torch.cuda.max_memory_allocated`` over the timed calls, weights included. ``decisions``
+    counts the op's decisions over the timed calls (from ``mcompile.report()``). Under
+    ``cuda_graphs`` a replayed call runs none of the op's Python, so ``host_ms_per_layer`` is the
+    host submit time per layer and ``launches_per_layer`` the graph launches per layer.
+    """
     import mcompile
     from mcompile import reporting
 

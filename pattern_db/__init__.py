@@ -7,7 +7,7 @@ Backend entry points::
     plan.layer_plan(layer_idx)   # LayerPlan (one HeadPlan per query head) or None
     plan.source, plan.describe() # for the report
 
-See DESIGN.md ("Pattern database") and schema.json for the file format.
+See pattern_db/README.md and schema.json for the file format.
 """
 from .database import HeadEntry, LayerEntry, PatternDB, Provenance
 from .errors import (FingerprintMismatchError, Issue, PatternDBError,

@@ -1,6 +1,6 @@
 """The offline, kernel-aware pattern search: ``mcompile search`` and :func:`search`.
 
-Pipeline (DESIGN.md, "The offline search"):
+Pipeline (the command line is in README.md, "Search and evaluation"):
 
   1. calibration prompts: ``samples`` windows of ``length`` tokens from the first half of the
      text's tokens (deterministic for ``seed``; the second half is left for held-out

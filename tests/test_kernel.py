@@ -1,4 +1,4 @@
-"""The sparse attention kernel, its index and its reference (issue 6).
+"""The sparse attention kernel, its index and its reference.
 
 CPU (always): the Triton kernel under Triton's interpreter vs the pure-torch reference, on
 fresh random inputs over a grid (head dims 64/128/256, GQA ratios 1/4/7/8, batch 1-2,

@@ -1,4 +1,4 @@
-"""The sparse patterns' online index builders (issue 5): each builder against its slow
+"""The sparse patterns' online index builders: each builder against its slow
 reference, planted structure found, index invariants, full budgets equal dense causal, and
 ``build_layer_index`` mixing patterns across heads. CPU; a GPU test checks for host syncs."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mcompile.plan import HeadPlan, LayerPlan
 
 try:
     from mcompile.kernels.index import check_index
-except ImportError:  # pragma: no cover - before the kernel issue lands
+except ImportError:  # pragma: no cover - kernel package not importable
     check_index = None
 try:
     from mcompile.kernels.reference import index_to_mask, sparse_attention_reference

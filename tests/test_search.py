@@ -1,4 +1,4 @@
-"""The offline pattern search (issue 7): candidates, scoring, allocation, planted structure,
+"""The offline pattern search: candidates, scoring, allocation, planted structure,
 the pipeline on tiny models, and a small real search on SmolLM2 (skipped without it)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact sliding windows (issue 5): ``SparseIndex.window`` makes the kernel drop keys
+"""Exact sliding windows: ``SparseIndex.window`` makes the kernel drop keys
 ``<= row - window`` per row, so Gemma 3's local layers run their true window sparsely.
 
 The Triton kernel (interpreter on the CPU, compiled with ``-m gpu``) is compared with the

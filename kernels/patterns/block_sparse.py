@@ -10,9 +10,10 @@ is eligible when its first key is at or before the query block's last row), and 
 block keeps its ``min(top_k, eligible)`` best key blocks, in ascending order.
 
 Deviations from MInference, and why:
-  * the first key block and the diagonal key block (the last eligible one) are always kept
-    (as the issue asks; MInference does not force them), inside the ``top_k`` budget, so
-    ``top_k`` is at least 2 (1 when only one block is eligible);
+  * the first key block and the diagonal key block (the last eligible one) are always kept,
+    so every row sees the attention sink and its own neighbourhood (MInference does not force
+    them); they count inside the ``top_k`` budget, so ``top_k`` is at least 2 (1 when only one
+    block is eligible);
   * the last, partial block is pooled over its real tokens (MInference pads with zeros and
     divides by 64, which shrinks that block's score);
   * when the (B, H, NQB, NKB) float32 score tensor would exceed ``SCORE_BUDGET_BYTES`` it is

@@ -8,7 +8,7 @@ Parameters:
   * ``sample_frac`` in (0, 1], optional: the fraction of query rows sampled (default 0.05, our
     choice; the paper's value could not be checked here);
   * ``max_columns`` (count or fraction of N, default 0.1): a static cap on the number of
-    columns, needed because the index has a fixed width (see below).
+    columns, needed because the index has a fixed width.
 
 Algorithm (two-stage query-guided key-value filtering):
   1. local window: ``W = ceil(window_frac * N)`` tokens; each query block gets the union of its
@@ -20,33 +20,23 @@ Algorithm (two-stage query-guided key-value filtering):
      cumulative sampled mass reaches ``alpha``; those key positions become columns of every
      query block that is past them (not already covered by its window blocks).
 
-What "reaches alpha" counts (documented choice; the paper defines CRA on the final mask): the
-mass each sampled row already gets from its own window blocks counts towards alpha, and only
-mass outside a row's window scores the columns; i.e. the columns are the fewest that bring the
-sampled rows' total retained mass (window + columns) to ``alpha * rows``. Counting all mass,
-a local head would fill the column budget with keys just before each sampled row, which its
-window already covers for those rows and which help no other row. ``count_window=False``
-selects the literal reading (columns alone reach alpha of the sampled mass).
+What "reaches alpha" counts (the paper defines CRA on the final mask): the mass each sampled
+row already gets from its own window counts towards alpha, and only mass outside a row's window
+scores the columns. Counting all mass, a local head would fill the column budget with keys just
+before each sampled row, which its window already covers. ``count_window=False`` selects the
+literal reading (columns alone reach alpha of the sampled mass).
 
 Deviations and gaps:
-  * the stripes are a set of single key columns per head, shared by all query blocks, with a
-    static cap ``max_columns``: when alpha needs more columns than the cap the selection stops at
-    the cap (the recall is then below alpha); the column list is stored once per head and
-    broadcast over query blocks (stride 0), the per-block counts doing the causal cut;
-  * the paper's kernel works on blocks of keys in later versions ("chunked sampling", key-value
-    blocks); this is the column-granular version the index expresses directly;
-  * the sampled rows are a fixed stride plus the last 64 rows (the issue's reading of
-    "query-guided sampling"); the paper's exact row choice could not be checked here;
-  * stage 1 on CUDA is two fused Triton kernels (per sampled row: log-sum-exp and the mass
-    outside its window; per key tile: the column sums), so no rows x N score tensor is stored;
-    elsewhere torch ops in chunks of sampled rows (``SCORE_BUDGET_BYTES``); both batched over
-    the group's heads, GQA without copying K per query head.
-Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work (the two
-kernels each recompute the sampled scores), inherent to the method's sampling: at 128K
-(LLaMA-3-8B shape, sample_frac 0.05) about 7 TFLOP and 2 x 14G exponentials, about 21 ms on
-an H100 against a 49 ms sparse kernel. The kernels skip the masks on tiles that need none
-(key tiles before every row's window; sampled rows whose window starts after the key tile)
-and the rows a key tile cannot score (before it, or whose window already covers it).
+  * the stripes are single key columns per head, shared by all query blocks, capped at
+    ``max_columns`` (when alpha needs more, the recall is below alpha); the column list is
+    stored once per head and broadcast over query blocks (stride 0), the counts doing the
+    causal cut;
+  * later versions of the paper's kernel work on blocks of keys ("chunked sampling"); this is
+    the column-granular version the index expresses directly;
+  * the sampled rows are a fixed stride plus the last 64 rows, one reading of "query-guided
+    sampling"; the paper's exact row choice could not be checked here.
+Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work, inherent to
+the method's sampling (see ``_get_kernels``).
 """
 from __future__ import annotations
 
@@ -155,7 +145,16 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
 
 @functools.cache
 def _get_kernels():
-    """The Triton kernels, defined on first use (the package imports without triton)."""
+    """The Triton kernels, defined on first use (the package imports without triton).
+
+    Stage 1 on CUDA is two fused kernels (per sampled row: log-sum-exp and the mass outside its
+    window; per key tile: the column sums), so no rows x N score tensor is stored; elsewhere
+    torch ops run in chunks of sampled rows. Both are batched over the group's heads, GQA
+    without copying K per query head. Each kernel recomputes the sampled scores (hence the
+    ``2 * sample_frac`` cost); they skip the masks on tiles that need none (key tiles before
+    every row's window; sampled rows whose window starts after the key tile) and the rows a key
+    tile cannot score (before it, or whose window already covers it).
+    """
     import triton
     import triton.language as tl
 

@@ -31,14 +31,10 @@ Deviations from MInference, and why:
   * heads of a group are scored in one batched matmul (MInference loops over heads), chunked
     over keys (two passes: log-sum-exp, then probabilities) when the float32 score tensor would
     exceed ``SCORE_BUDGET_BYTES``.
-On CUDA (``use_triton``) the builder is Triton kernels around ``torch.topk``
-(``_triton_vs.py``): the scores in two fused passes over the keys (no ``64 x N`` score
-tensor), then the range merge in ``O(blocks)`` steps per query block (one lane per
-query block, jumping from range to range through a "largest selected distance below t" table
-instead of visiting every selected diagonal) and the verticals filtered and compacted per
-query block. Elsewhere the merge is a scan over the sorted diagonals in torch ops vectorised
-over (batch, head, query block), looping over the ``slash_size`` diagonals in Python (fine at
-test sizes, slow at long lengths on CPU). Both give the same index.
+On CUDA (``use_triton``) the scores and the range merge are Triton kernels around
+``torch.topk`` (``_triton_vs.py`` describes them); elsewhere the merge is a scan over the
+sorted diagonals in torch ops, looping over the ``slash_size`` diagonals in Python (fine at
+test sizes, slow at long lengths). Both give the same index.
 """
 from __future__ import annotations
 
