@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .sites import layer_of
+from .sites import layer_of, writes_in_place
 
 _KEYS: list[str] = []  # slot value -> site key, for every slot made in this process
 
@@ -102,11 +102,8 @@ def _is_input_scalar(node: fx.Node) -> bool:
 
 
 def _mutates(node: fx.Node) -> bool:
-    """In-place ops (a static cache's index_copy_, setitem): such layers stay as they are."""
-    if isinstance(node.target, torch._ops.OpOverload):
-        return node.target._schema.is_mutable
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return node.op == "call_module" or "setitem" in name or (name.endswith("_") and not name.endswith("__"))
+    """In-place ops (a static cache's index_copy_, setitem) and module calls: such layers stay as they are."""
+    return node.op == "call_module" or writes_in_place(node)
 
 
 def _repeated(blocks: list[_Block] | None) -> bool:

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from .masks import MaskInfo, recognise_mask
-from .sites import AttentionSite
+from .sites import AttentionSite, target_name, writes_in_place
 
 # mask modes, as the op reads them (mcompile.runtime)
 MASK_FLAG, MASK_RECOGNISED = "flag", "recognised"
@@ -70,16 +70,13 @@ def _mutates_live(node: fx.Node) -> bool:
     In-place work on a dead tensor (a recognised mask being filled) goes with it."""
     if node.is_impure():
         return True
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.op not in ("call_method", "call_function") or not isinstance(name, str) \
-            or not name.endswith("_") or name.startswith("_"):
+    if not writes_in_place(node):
         return False
     reader, target = node, node.args[0] if node.args else None
     while isinstance(target, fx.Node):
         if target.op in ("placeholder", "get_attr") or any(u is not reader for u in target.users):
             return True
-        step = target.target if target.op == "call_method" else getattr(target.target, "__name__", "")
-        if step not in _VIEWS or not target.args:
+        if target_name(target) not in _VIEWS or not target.args:
             return False
         reader, target = target, target.args[0]
     return True         # not a graph value: keep what cannot be followed

@@ -88,6 +88,20 @@ def see_through_repeat_kv(node: fx.Node) -> fx.Node:
     return src
 
 
+def target_name(node: fx.Node) -> str:
+    """A node's operation by name: the method's, or the function's ``__name__``."""
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def writes_in_place(node: fx.Node) -> bool:
+    """An in-place tensor call: ``x.copy_(y)``, ``index_copy_``, setitem, a mutable aten op."""
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.is_mutable
+    name = target_name(node)
+    return node.op in ("call_method", "call_function") and (
+        "setitem" in name or (name.endswith("_") and not name.endswith("__")))
+
+
 def layer_of(node: fx.Node) -> tuple[int | None, str]:
     """Layer index and module path of the innermost module in ``nn_module_stack``."""
     stack = node.meta.get("nn_module_stack") or {}
