@@ -105,6 +105,53 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1
 
 
+def parse_lengths(text: str) -> list[int]:
+    """``8192,32K,1M`` -> token counts (K = 1024, M = 1024^2); anything else is refused by name."""
+    out = []
+    for part in text.split(","):
+        item = part.strip()
+        scale = {"k": 1 << 10, "m": 1 << 20}.get(item[-1:].lower(), 1)
+        digits = item[:-1] if scale > 1 else item
+        if not digits.isdigit() or int(digits) * scale < 1:
+            raise argparse.ArgumentTypeError(
+                f"bad length {item!r} in {text!r}: lengths are whole numbers of tokens >= 1, comma-separated, "
+                "optionally with K (x1024) or M (x1048576), e.g. 8192,32K,1M")
+        out.append(int(digits) * scale)
+    return out
+
+
+def _db_or_default(args: argparse.Namespace):
+    """The database FILE names (a path or a shipped key), or with ``default`` the default plan
+    for ``--model-shape``/``--config``."""
+    from .database import HeadEntry, LayerEntry, PatternDB, Provenance
+    from .lookup import DEFAULT_PARAMS, DEFAULT_PATTERN, shipped_databases
+    if args.file == "default":
+        model = _model_from_args(args)
+        if model is None:
+            raise ValueError("the default plan needs the model's shape: pass --model-shape L,H,KV,D or --config")
+        head = HeadEntry(DEFAULT_PATTERN, dict(DEFAULT_PARAMS))
+        layers = [LayerEntry.sliding(model.sliding_window) if i in model.sliding_layers
+                  else LayerEntry.searched([head] * model.num_heads) for i in range(model.num_layers)]
+        return PatternDB.build(model, layers, Provenance(source="the default plan"))
+    shipped = shipped_databases()
+    if not Path(args.file).exists() and args.file in shipped:
+        return load_db(shipped[args.file])
+    return load_db(args.file)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    import json
+
+    from .cost import cost_table, plan_cost
+    from mcompile.kernels.cost_model import shipped
+    rows = plan_cost(_db_or_default(args), args.lengths)
+    if args.json:
+        print(json.dumps([r.to_obj() for r in rows]))
+    else:
+        print(cost_table(rows, shipped().device))
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model-shape", metavar="L,H,KV,D",
@@ -114,10 +161,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_db_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Add ``db {show,validate,import,diff}`` to a top-level subparsers object."""
+    """Add ``db {show,validate,import,cost,diff}`` to a top-level subparsers object."""
     db = subparsers.add_parser("db", help="inspect, validate, import and diff pattern databases",
                                description="Pattern database tools.")
-    sub = db.add_subparsers(dest="db_command", metavar="{show,validate,import,diff}")
+    sub = db.add_subparsers(dest="db_command", metavar="{show,validate,import,cost,diff}")
     sub.required = True
 
     p = sub.add_parser("show", help="per-layer summary table (and --plot a PNG heat map)")
@@ -145,6 +192,18 @@ def add_db_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argument
     p.add_argument("--name", help="model name to record")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_guard(cmd_import))
+
+    p = sub.add_parser("cost", help="density and predicted GPU time against dense, per length",
+                       description="Per length: the plan's density (computed blocks and columns of dense causal "
+                                   "attention) and its predicted GPU time against dense from the measured cost "
+                                   "model, over the full-attention (searched) layers.")
+    p.add_argument("file", help="pattern database JSON file, a shipped database's key, or 'default' (the default "
+                                "plan; needs --model-shape or --config)")
+    p.add_argument("--lengths", type=parse_lengths, default=[8192, 32768, 131072, 1048576],
+                   help="comma-separated token counts (default 8192,32768,131072,1048576; K and M suffixes)")
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"n", "density", "time_vs_dense"}')
+    _add_model_args(p)
+    p.set_defaults(func=_guard(cmd_cost))
 
     p = sub.add_parser("diff", help="differences in plan between two databases "
                                     "(exit 0 same, 1 different, 2 error)")

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 from mcompile.plan import HeadPlan, LayerPlan
 
 from .identity import ModelIdentity
-from .schema import (SCHEMA_VERSION, params_from_json, params_to_json, validate_head_params,
+from .schema import (SCHEMA_VERSION, migrate, params_from_json, params_to_json, validate_head_params,
                      validate_obj)
 
 
@@ -163,6 +163,7 @@ class PatternDB:
     @classmethod
     def from_obj(cls, obj: Any, file: str = "<memory>") -> "PatternDB":
         validate_obj(obj, file)
+        obj = migrate(obj)
         layers = tuple(LayerEntry.from_obj(l) for l in obj["layers"])
         m = obj["model"]
         model = ModelIdentity(

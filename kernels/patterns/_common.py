@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -38,6 +39,61 @@ def cdiv(a: int, b: int) -> int:
 
 
 # --- parameters ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Law:
+    """A budget that follows the length: ``scale * items ** power`` items, where ``items`` is
+    what the budget counts at length n (``ceil(n / unit)``: tokens, or key blocks for
+    ``top_k``). ``power`` 0 is a fixed count, 1 a fraction of the length; between them a
+    budget grows more slowly than the prompt, so the density falls as prompts grow (longer
+    contexts tolerate sparser plans). JSON: ``{"scale": a, "power": b}``."""
+
+    scale: float
+    power: float
+
+    def __post_init__(self) -> None:
+        for name, v, lo, hi in (("scale", self.scale, 0.0, math.inf), ("power", self.power, 0.0, 1.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise ValueError(f"Law: {name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.scale <= 0:
+            raise ValueError(f"Law: scale must be > 0, got {self.scale!r}")
+
+    def items(self, total: int) -> float:
+        """The unclamped budget for ``total`` items."""
+        return self.scale * total ** self.power
+
+    @classmethod
+    def through(cls, points: Sequence[tuple[int, float]]) -> "Law":
+        """The law through (items, budget) points: its power fitted by least squares in log-log
+        and clamped to [0, 1], its scale such that it passes through the first point (the one
+        the others are matched to). One point gives a fixed count."""
+        pts = [(float(t), max(float(b), 1.0)) for t, b in points]
+        if not pts:
+            raise ValueError("Law.through: no points")
+        xs = [math.log(t) for t, _ in pts]
+        ys = [math.log(b) for _, b in pts]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        power = 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+        power = round(min(1.0, max(0.0, power)), 3)
+        return cls(float(f"{math.exp(ys[0] - power * xs[0]):.4g}"), power)
+
+    def to_json(self) -> dict[str, float]:
+        return {"scale": self.scale, "power": self.power}
+
+    def __str__(self) -> str:
+        return f"{self.scale:.3g}N^{self.power:.2g}"
+
+
+def law_value(value: Any) -> Law | None:
+    """The law a budget value stands for (a :class:`Law` or ``{"scale": a, "power": b}``), or None."""
+    if isinstance(value, Law):
+        return value
+    if isinstance(value, dict) and set(value) == {"scale", "power"}:
+        return Law(value["scale"], value["power"])
+    return None
+
+
 def frac_value(value: Any) -> float | None:
     """The fraction a budget value stands for, or None when it is a count.
 
@@ -63,15 +119,16 @@ def check_budget(name: str, value: Any, minimum: int = 0) -> Any:
     (integral floats > 1 become ints)."""
     try:
         f = frac_value(value)
+        law = law_value(value)
     except ValueError as e:
         raise ValueError(f"parameter {name!r}: {e}") from None
-    if f is not None:
+    if f is not None or law is not None:
         return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"parameter {name!r} must be a count >= {minimum} or a fraction in (0, 1] "
-                         f"of the length, got {value!r}")
+        raise ValueError(f"parameter {name!r} must be a count >= {minimum}, a fraction in (0, 1] of the "
+                         f"length or a law {{'scale': a, 'power': b}} (a * N^b, 0 <= b <= 1), got {value!r}")
     return value
 
 
@@ -84,13 +141,17 @@ def check_fraction(name: str, value: Any) -> float:
 def resolve_budget(value: Any, n: int, unit: int = 1) -> int:
     """Budget -> count for length ``n`` (``unit`` tokens per counted item, e.g. 64 for
     ``top_k`` in key blocks). Counts are clamped to what exists; a fraction of the
-    ``ceil(n / unit)`` items is rounded up and is at least 1 (the 1e-9 keeps a product
-    like ``0.07 * 100 = 7.000000000000001`` at 7). ``pattern_db`` imports this function,
-    so a database and the index builders resolve a budget the same way."""
+    ``ceil(n / unit)`` items, or a :class:`Law` of them, is rounded up and is at least 1 (the
+    1e-9 keeps a product like ``0.07 * 100 = 7.000000000000001`` at 7), so ``Law(f, 1)`` is
+    ``Frac(f)``. ``pattern_db`` imports this function, so a database and the index builders
+    resolve a budget the same way."""
     total = max(1, cdiv(n, unit))
     f = frac_value(value)
     if f is not None:
         return min(total, max(1, math.ceil(f * total - 1e-9)))
+    law = law_value(value)
+    if law is not None:
+        return min(total, max(1, math.ceil(law.items(total) - 1e-9)))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
