@@ -7,10 +7,11 @@ no host time); a layer whose plan is not worth running is priced as dense, as th
 
 A head's density at length n: static patterns (dense, A-shape, sliding window, block-sparse)
 from the pattern's own ``cost``, exactly; the online ones (vertical-slash, SampleAttention) select
-per input, so their density is the keys their budgets give a row (``summary.estimate_density``),
+per input, and their ``cost`` is a worst case (every diagonal its own block), so their density
+is the smaller of it and the keys their budgets give a row (``summary.estimate_density``),
 scaled by what the search measured on real inputs at its calibration length where the database
 records it (``HeadEntry.cost``): a head that computed half its estimate at 8K is taken to compute
-half of it at every length.
+half of it at every length. Block-sparse's ``cost`` is exact (top-k blocks per query block).
 """
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ class LengthCost:
 def head_density(head: HeadEntry, n: int, calibration_length: int | None = None) -> float:
     """Computed blocks of dense causal blocks for one head at length n (see the module's note)."""
     pattern = get_pattern(head.pattern)
-    if not pattern.dynamic:
-        blocks, columns = pattern.cost(n, head.params)
-        return min(1.0, (blocks + columns / 64) / causal_blocks(n))
-    density = estimate_density(head, n)
-    if head.cost is not None and calibration_length:
-        at_calibration = estimate_density(head, calibration_length)
+
+    def density_at(length: int) -> float:
+        blocks, columns = pattern.cost(length, head.params)
+        counted = (blocks + columns / 64) / causal_blocks(length)
+        return counted if not pattern.dynamic else min(counted, estimate_density(head, length))
+    density = density_at(n)
+    if pattern.dynamic and head.cost is not None and calibration_length:
+        at_calibration = density_at(calibration_length)
         if at_calibration > 0:
             density *= min(1.0, head.cost) / at_calibration
     return min(1.0, density)
