@@ -38,7 +38,12 @@ import torch
 
 from .index import SparseIndex, check_index, num_q_blocks
 
-try:  # the package must import on machines without triton
+# Every Triton kernel of the package is a module-level ``@triton.jit`` function under
+# ``if HAS_TRITON:`` in a kernel module (this one, and ``patterns/_triton_*.py``, which reuse
+# this guarded import), and callers import a kernel module only where its kernels launch: the
+# package imports without triton and without the cost of importing it, and kernels that call
+# one another find each other by global name, where Triton's compiler and interpreter look.
+try:
     import triton
     import triton.language as tl
     HAS_TRITON = True

@@ -11,27 +11,23 @@ selection). Replaces ``topk`` + ``sort`` + masking over the (B, H, NQB, NKB) sco
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from ..sparse_attention import HAS_TRITON, tl, triton
 
-@functools.cache
-def _kernels():
-    """The Triton kernel, defined on first use (the package imports without triton)."""
-    import triton
-    import triton.language as tl
+if HAS_TRITON:
 
     @triton.jit
     def _bs_select(S, OUT, CNT, Q0, NKB, KK, N,
                    stride_sb, stride_sr, stride_ob, stride_oq, stride_cb,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NKBP: tl.constexpr):
+                   INDEX_BLOCK_M: tl.constexpr, INDEX_BLOCK_N: tl.constexpr,
+                   KEY_BLOCKS_PAD: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
         r = tl.program_id(1)
         m = Q0 + r
-        last = tl.minimum((m + 1) * BLOCK_M, N) - 1
-        diag = last // BLOCK_N
-        j = tl.arange(0, NKBP)
+        last = tl.minimum((m + 1) * INDEX_BLOCK_M, N) - 1
+        diag = last // INDEX_BLOCK_N
+        j = tl.arange(0, KEY_BLOCKS_PAD)
         elig = j <= diag
         s = tl.load(S + bh * stride_sb + r.to(tl.int64) * stride_sr + j, mask=elig, other=0.0)
         bits = s.to(tl.int32, bitcast=True)
@@ -51,10 +47,8 @@ def _kernels():
         need = kk - tl.sum(gt.to(tl.int32), 0)
         take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
         pos = tl.cumsum(take.to(tl.int32), 0) - 1
-        tl.store(OUT + bh * stride_ob + m.to(tl.int64) * stride_oq + pos, j * BLOCK_N, mask=take)
+        tl.store(OUT + bh * stride_ob + m.to(tl.int64) * stride_oq + pos, j * INDEX_BLOCK_N, mask=take)
         tl.store(CNT + bh * stride_cb + m, kk)
-
-    return (_bs_select,)
 
 
 def max_row(nkb: int) -> bool:
@@ -67,12 +61,10 @@ def select(s: torch.Tensor, out: torch.Tensor, cnt: torch.Tensor, q0: int, kk: i
     """``s`` (BH, c, NKB) float32 scores of query blocks ``q0 .. q0 + c - 1`` (last dim
     contiguous); writes their rows of ``out`` (BH, NQB, kk) int32 block starts and ``cnt``
     (BH, NQB) int32."""
-    import triton
-    (kernel,) = _kernels()
     BH, c, nkb = s.shape
     if s.stride(-1) != 1:
         s = s.contiguous()
     nkbp = max(16, triton.next_power_of_2(nkb))
-    kernel[(BH, c)](s, out, cnt, q0, nkb, kk, n, s.stride(0), s.stride(1), out.stride(0),
-                    out.stride(1), cnt.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, NKBP=nkbp,
-                    num_warps=min(16, max(4, nkbp // 512)))
+    _bs_select[(BH, c)](s, out, cnt, q0, nkb, kk, n, s.stride(0), s.stride(1), out.stride(0),
+                        out.stride(1), cnt.stride(0), INDEX_BLOCK_M=block_m, INDEX_BLOCK_N=block_n,
+                        KEY_BLOCKS_PAD=nkbp, num_warps=min(16, max(4, nkbp // 512)))

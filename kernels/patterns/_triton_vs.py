@@ -17,48 +17,43 @@ Entries past the counts are left unwritten (the index's invariants ignore them).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from ..sparse_attention import HAS_TRITON, tl, triton
 
-@functools.cache
-def _kernels():
-    """The Triton kernels, defined on first use (the package imports without triton)."""
-    import triton
-    import triton.language as tl
+if HAS_TRITON:
 
     @triton.jit
     def _vs_row_stats(Q, K, KVH, MOUT, LOUT,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                       Hg, N, L, qk_scale, SPLIT, NSPLIT,
-                      LP: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                      ROUND: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
         kvh = tl.load(KVH + h).to(tl.int64)
-        offs_i = tl.arange(0, LP)
+        offs_i = tl.arange(0, BLOCK_M)
         imask = offs_i < L
         rpos = N - L + offs_i
-        offs_d = tl.arange(0, D)
+        offs_d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
         kbase = K + b * stride_kb + kvh * stride_kh
-        m_i = tl.full([LP], float("-inf"), tl.float32)
-        l_i = tl.zeros([LP], tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
         j0 = pid_s * SPLIT
         j1 = tl.minimum(j0 + SPLIT, N)
         for start_n in range(j0, j1, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
                          mask=offs_n[None, :] < j1, other=0.0)
-            if IEEE:
+            if DOT_IEEE:
                 s = tl.dot(q, kt, input_precision="ieee")
             else:
                 s = tl.dot(q, kt)
-            if ROUND:
+            if ROUND_SCORES:
                 s = s.to(Q.dtype.element_ty).to(tl.float32)
             s = s * qk_scale
             s = tl.where((offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < j1), s, float("-inf"))
@@ -67,7 +62,7 @@ def _kernels():
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
             m_i = m_new
-        out = (pid_bh.to(tl.int64) * NSPLIT + pid_s) * LP + offs_i
+        out = (pid_bh.to(tl.int64) * NSPLIT + pid_s) * BLOCK_M + offs_i
         tl.store(MOUT + out, m_i)
         tl.store(LOUT + out, l_i)
 
@@ -75,29 +70,29 @@ def _kernels():
     def _vs_sums(Q, K, KVH, LSE, VERT, PART,
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                  Hg, N, L, qk_scale, T,
-                 LP: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                 ROUND: tl.constexpr, IEEE: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
         pid_bh = tl.program_id(0)
         pid_t = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
         kvh = tl.load(KVH + h).to(tl.int64)
-        offs_i = tl.arange(0, LP)
+        offs_i = tl.arange(0, BLOCK_M)
         imask = offs_i < L
         rpos = N - L + offs_i
-        offs_d = tl.arange(0, D)
+        offs_d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
-        lse = tl.load(LSE + pid_bh.to(tl.int64) * LP + offs_i, mask=imask, other=0.0)
+        lse = tl.load(LSE + pid_bh.to(tl.int64) * BLOCK_M + offs_i, mask=imask, other=0.0)
         j0 = pid_t * BLOCK_N
         offs_n = j0 + tl.arange(0, BLOCK_N)
         kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
                      + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
-        if IEEE:
+        if DOT_IEEE:
             s = tl.dot(q, kt, input_precision="ieee")
         else:
             s = tl.dot(q, kt)
-        if ROUND:
+        if ROUND_SCORES:
             s = s.to(Q.dtype.element_ty).to(tl.float32)
         s = s * qk_scale
         valid = (offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < N) & imask[:, None]
@@ -105,7 +100,7 @@ def _kernels():
         tl.store(VERT + pid_bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
         # diagonal sums: u = i - t + BLOCK_N - 1 (distance N - L - j0 - BLOCK_N + 1 + u)
         offs_u = tl.arange(0, 2 * BLOCK_N)
-        t = offs_i[:, None] + (BLOCK_N - 1) - offs_u[None, :]                  # (LP, 2 BN)
+        t = offs_i[:, None] + (BLOCK_N - 1) - offs_u[None, :]                  # (BLOCK_M, 2 BLOCK_N)
         ok = (t >= 0) & (t < BLOCK_N)
         skew = tl.gather(p, tl.where(ok, t, 0), 1)
         part = tl.sum(tl.where(ok, skew, 0.0), 0)
@@ -113,20 +108,20 @@ def _kernels():
 
     @triton.jit
     def _vs_blocks(PRED, OUT, CNT, NQB, N, WIDTH, stride_p, stride_ob, stride_oq, stride_c,
-                   BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
+                   INDEX_BLOCK_M: tl.constexpr, Q_BLOCKS_PER_PROGRAM: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
-        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+        rows = tl.program_id(1) * Q_BLOCKS_PER_PROGRAM + tl.arange(0, Q_BLOCKS_PER_PROGRAM)
         rmask = rows < NQB
-        e = (rows + 1) * BLOCK_M
+        e = (rows + 1) * INDEX_BLOCK_M
         last = tl.minimum(e, N) - 1
         pbase = PRED + bh * stride_p
         p = tl.load(pbase + tl.minimum(e, N), mask=rmask, other=-1)
-        E = tl.maximum(e - p, BLOCK_M)
+        E = tl.maximum(e - p, INDEX_BLOCK_M)
         active = rmask & (p >= 0)
-        cnt = tl.zeros([ROWS], tl.int32)
+        cnt = tl.zeros([Q_BLOCKS_PER_PROGRAM], tl.int32)
         out_row = OUT + bh * stride_ob + rows.to(tl.int64) * stride_oq
         while tl.max(active.to(tl.int32), 0) > 0:
-            st = E - BLOCK_M
+            st = E - INDEX_BLOCK_M
             emit = active & (st <= last) & (cnt < WIDTH)
             tl.store(out_row + cnt, st, mask=emit)
             cnt += emit.to(tl.int32)
@@ -134,25 +129,25 @@ def _kernels():
             nxt = emit & (t > 0)
             pn = tl.load(pbase + tl.minimum(tl.maximum(t, 0), N), mask=nxt, other=-1)
             active = nxt & (pn >= 0)
-            E = tl.where(active, tl.maximum(E + BLOCK_M, e - pn), E)
+            E = tl.where(active, tl.maximum(E + INDEX_BLOCK_M, e - pn), E)
         tl.store(CNT + bh * stride_c + rows, cnt, mask=rmask)
 
     @triton.jit
     def _vs_columns(COLS, STARTS, BCNT, CIDX, CCNT, KV, N,
                     stride_vb, stride_sb, stride_sq, stride_bc, stride_ib, stride_iq, stride_cc,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KVP: tl.constexpr,
-                    LOG: tl.constexpr):
+                    INDEX_BLOCK_M: tl.constexpr, INDEX_BLOCK_N: tl.constexpr,
+                    COLUMNS_PAD: tl.constexpr, SEARCH_STEPS: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
         m = tl.program_id(1)
-        offs = tl.arange(0, KVP)
+        offs = tl.arange(0, COLUMNS_PAD)
         cm = offs < KV
         c = tl.load(COLS + bh * stride_vb + offs, mask=cm, other=0)
-        last = tl.minimum((m + 1) * BLOCK_M, N) - 1
+        last = tl.minimum((m + 1) * INDEX_BLOCK_M, N) - 1
         cnt = tl.load(BCNT + bh * stride_bc + m)
         srow = STARTS + bh * stride_sb + m.to(tl.int64) * stride_sq
-        lo = tl.zeros([KVP], tl.int32)
-        hi = tl.zeros([KVP], tl.int32) + cnt
-        for _ in tl.static_range(LOG):
+        lo = tl.zeros([COLUMNS_PAD], tl.int32)
+        hi = tl.zeros([COLUMNS_PAD], tl.int32) + cnt
+        for _ in tl.static_range(SEARCH_STEPS):
             act = lo < hi
             mid = (lo + hi) // 2
             v = tl.load(srow + mid, mask=act, other=0)
@@ -160,13 +155,11 @@ def _kernels():
             lo = tl.where(go, mid + 1, lo)
             hi = tl.where(act & (v > c), mid, hi)
         prev = tl.load(srow + tl.maximum(lo - 1, 0), mask=lo > 0, other=-(1 << 30))
-        covered = (lo > 0) & (c < prev + BLOCK_N)
+        covered = (lo > 0) & (c < prev + INDEX_BLOCK_N)
         keep = cm & (c <= last) & (covered == 0)
         pos = tl.cumsum(keep.to(tl.int32), 0) - 1
         tl.store(CIDX + bh * stride_ib + m.to(tl.int64) * stride_iq + pos, c, mask=keep)
         tl.store(CCNT + bh * stride_cc + m, tl.sum(keep.to(tl.int32), 0))
-
-    return _vs_row_stats, _vs_sums, _vs_blocks, _vs_columns
 
 
 def supported_head_dim(d: int) -> bool:
@@ -178,13 +171,11 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
     """qg (B, Hg, L, D) the last L query rows of the group's heads, k (B, Hkv, N, D),
     ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
     as :func:`.vertical_slash.scores`."""
-    import triton
-    row_stats, sums, _, _ = _kernels()
     B, Hg, L, D = qg.shape
     N = k.shape[2]
     dev = qg.device
-    LP = 64
-    assert L <= LP and block_n >= LP
+    block_m = 64                    # one row tile holds the last L <= 64 query rows
+    assert L <= block_m and block_n >= block_m
     qg = qg.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
@@ -197,21 +188,23 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
     BH = B * Hg
     split = max(block_n, min(split, triton.cdiv(N, block_n) * block_n))
     nsplit = triton.cdiv(N, split)
-    mout = torch.empty(BH, nsplit, LP, dtype=torch.float32, device=dev)
+    mout = torch.empty(BH, nsplit, block_m, dtype=torch.float32, device=dev)
     lout = torch.empty_like(mout)
     warps = 4 if D <= 128 else 8
-    row_stats[(BH, nsplit)](qg, k, kvh, mout, lout, qg.stride(0), qg.stride(1), qg.stride(2),
-                            k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, split, nsplit,
-                            LP=LP, BLOCK_N=block_n, D=D, ROUND=rnd, IEEE=ieee, num_warps=warps)
+    _vs_row_stats[(BH, nsplit)](qg, k, kvh, mout, lout, qg.stride(0), qg.stride(1), qg.stride(2),
+                                k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, split,
+                                nsplit, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
+                                ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
     mx = mout.amax(1, keepdim=True)
     mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-    lse = (mx.squeeze(1) + torch.log2((lout * torch.exp2(mout - mx)).sum(1))).contiguous()  # (BH, LP)
+    lse = (mx.squeeze(1) + torch.log2((lout * torch.exp2(mout - mx)).sum(1))).contiguous()  # (BH, block_m)
     T = triton.cdiv(N, block_n)
     vert = torch.empty(B, Hg, N, dtype=torch.float32, device=dev)
     part = torch.empty(BH, T, 2 * block_n, dtype=torch.float32, device=dev)
-    sums[(BH, T)](qg, k, kvh, lse, vert, part, qg.stride(0), qg.stride(1), qg.stride(2),
-                  k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, T,
-                  LP=LP, BLOCK_N=block_n, D=D, ROUND=rnd, IEEE=ieee, num_warps=warps)
+    _vs_sums[(BH, T)](qg, k, kvh, lse, vert, part, qg.stride(0), qg.stride(1), qg.stride(2),
+                      k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, T,
+                      BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, ROUND_SCORES=rnd,
+                      DOT_IEEE=ieee, num_warps=warps)
     # tile t contributes at distance N - L - t * BN - BN + 1 + u; lay tiles out by
     # w = (T - 1 - t) * BN + u, then slash[d] = buf[d + T * BN - N + L - 1]
     a = part.flip(1)
@@ -241,8 +234,6 @@ def index(cols: torch.Tensor, dists: torch.Tensor, n: int, bm: int, width: int
     """The vertical-slash index of a selection: ``cols`` (B, H, kv) ascending, ``dists``
     (B, H, ks) distinct distances in any order. Returns (block_count, block_offset,
     column_count, column_index) as :func:`.vertical_slash.index_from_selection`."""
-    import triton
-    _, _, blocks, columns = _kernels()
     B, H, kv = cols.shape
     BH = B * H
     dev = cols.device
@@ -251,18 +242,19 @@ def index(cols: torch.Tensor, dists: torch.Tensor, n: int, bm: int, width: int
     boffs = torch.empty(BH, nqb, max(width, 1), dtype=torch.int32, device=dev)
     bcount = torch.empty(BH, nqb, dtype=torch.int32, device=dev)
     rows = 128 if nqb >= 128 else max(16, triton.next_power_of_2(nqb))
-    blocks[(BH, triton.cdiv(nqb, rows))](pred, boffs, bcount, nqb, n, width, pred.stride(0),
-                                         boffs.stride(0), boffs.stride(1), bcount.stride(0),
-                                         BLOCK_M=bm, ROWS=rows)
+    _vs_blocks[(BH, triton.cdiv(nqb, rows))](pred, boffs, bcount, nqb, n, width, pred.stride(0),
+                                             boffs.stride(0), boffs.stride(1), bcount.stride(0),
+                                             INDEX_BLOCK_M=bm, Q_BLOCKS_PER_PROGRAM=rows)
     c = cols.to(torch.int32).reshape(BH, kv).contiguous()
     cidx = torch.empty(BH, nqb, kv, dtype=torch.int32, device=dev)
     ccount = torch.empty(BH, nqb, dtype=torch.int32, device=dev)
     if kv:
         kvp = max(16, triton.next_power_of_2(kv))
-        columns[(BH, nqb)](c, boffs, bcount, cidx, ccount, kv, n, c.stride(0), boffs.stride(0),
-                           boffs.stride(1), bcount.stride(0), cidx.stride(0), cidx.stride(1),
-                           ccount.stride(0), BLOCK_M=bm, BLOCK_N=bm, KVP=kvp,
-                           LOG=max(1, int(width).bit_length()), num_warps=4 if kvp <= 1024 else 8)
+        _vs_columns[(BH, nqb)](c, boffs, bcount, cidx, ccount, kv, n, c.stride(0), boffs.stride(0),
+                               boffs.stride(1), bcount.stride(0), cidx.stride(0), cidx.stride(1),
+                               ccount.stride(0), INDEX_BLOCK_M=bm, INDEX_BLOCK_N=bm,
+                               COLUMNS_PAD=kvp, SEARCH_STEPS=max(1, int(width).bit_length()),
+                               num_warps=4 if kvp <= 1024 else 8)
     else:
         ccount.zero_()
     return (bcount.view(B, H, nqb), boffs[..., :width].view(B, H, nqb, width),

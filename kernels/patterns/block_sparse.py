@@ -30,7 +30,6 @@ import torch
 from ..index import SparseIndex, num_q_blocks
 from ._common import (INT32_BIG, HeadMap, cdiv, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, with_budgets)
-from . import _triton_bs as _tbs
 from .registry import Pattern, register_or_demo
 
 NAME = "block_sparse"
@@ -108,6 +107,7 @@ def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int
     """(count (B, Hg, NQB), block starts (B, Hg, NQB, top_k)) int32: the pooled scores by a
     matmul per chunk of query blocks, the top-k by one Triton program per row (``_triton_bs``);
     entries past the count are unwritten."""
+    from . import _triton_bs   # imports triton: only where its kernel launches
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
     kk = _top_k(N, p, block_n)
@@ -119,13 +119,22 @@ def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int
     cnt = torch.empty(B * Hg, nqb, dtype=torch.int32, device=q.device)
     for a, b in row_chunks(nqb, B * Hg * nkb * 4):
         s = hm.scores(pq[:, :, a:b].to(pk.dtype), pk)                        # (B, Hg, c, NKB)
-        _tbs.select(s.view(B * Hg, b - a, nkb), out, cnt, a, kk, N, block_m, block_n)
+        _triton_bs.select(s.view(B * Hg, b - a, nkb), out, cnt, a, kk, N, block_m, block_n)
     return cnt.view(B, Hg, nqb), out.view(B, Hg, nqb, kk)
+
+
+def _use_kernel(device, nkb: int) -> bool:
+    """Whether the build takes the Triton path: asked for, and a row of ``nkb`` key blocks fits
+    the kernel."""
+    if not use_triton(device):
+        return False
+    from . import _triton_bs   # imports triton: only where its kernel launches
+    return _triton_bs.max_row(nkb)
 
 
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
-    if use_triton(q.device) and _tbs.max_row(cdiv(q.shape[2], block_n)):
+    if _use_kernel(q.device, cdiv(q.shape[2], block_n)):
         count, offs = _build_triton(q, k, validate(params), heads, block_m, block_n)
     else:
         count, ids = select_blocks(q, k, params, heads=heads, block_m=block_m, block_n=block_n)

@@ -36,11 +36,10 @@ Deviations and gaps:
   * the sampled rows are a fixed stride plus the last 64 rows, one reading of "query-guided
     sampling"; the paper's exact row choice could not be checked here.
 Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work, inherent to
-the method's sampling (see ``_get_kernels``).
+the method's sampling (see ``_triton_sa``).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 
@@ -143,149 +142,6 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     return col, win, tot
 
 
-@functools.cache
-def _get_kernels():
-    """The Triton kernels, defined on first use (the package imports without triton).
-
-    Stage 1 on CUDA is two fused kernels (per sampled row: log-sum-exp and the mass outside its
-    window; per key tile: the column sums), so no rows x N score tensor is stored; elsewhere
-    torch ops run in chunks of sampled rows. Both are batched over the group's heads, GQA
-    without copying K per query head. Each kernel recomputes the sampled scores (hence the
-    ``2 * sample_frac`` cost); they skip the masks on tiles that need none (key tiles before
-    every row's window; sampled rows whose window starts after the key tile) and the rows a key
-    tile cannot score (before it, or whose window already covers it).
-    """
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FOUT,
-                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
-                      Hg, R, N, qk_scale,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
-        on keys before its window start."""
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = (pid_bh // Hg).to(tl.int64)
-        h = pid_bh % Hg
-        kvh = tl.load(KVH + h).to(tl.int64)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mmask = offs_m < R
-        rpos = tl.load(RPOS + offs_m, mask=mmask, other=0)
-        w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
-        offs_d = tl.arange(0, D)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qr
-                    + offs_d[None, :], mask=mmask[:, None], other=0.0)
-        kbase = K + b * stride_kb + kvh * stride_kh
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        lo_i = tl.zeros([BLOCK_M], tl.float32)
-        hi = tl.max(rpos, 0) + 1
-        # key tiles before every row's window start: no causal or window mask, all of their
-        # mass is outside the windows (lo == l there)
-        a_end = (tl.min(tl.where(mmask, w0, 1 << 30), 0) // BLOCK_N) * BLOCK_N
-        for start_n in range(0, a_end, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None])
-            s = tl.dot(q, kt) * qk_scale
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-            m_i = m_new
-        lo_i = l_i
-        for start_n in range(a_end, hi, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
-                         mask=offs_n[None, :] < N, other=0.0)
-            s = tl.dot(q, kt) * qk_scale
-            s = tl.where(offs_n[None, :] <= rpos[:, None], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            pexp = tl.math.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(pexp, 1)
-            lo_i = lo_i * alpha + tl.sum(tl.where(offs_n[None, :] < w0[:, None], pexp, 0.0), 1)
-            m_i = m_new
-        out = pid_bh.to(tl.int64) * R + offs_m
-        tl.store(LSE + out, m_i + tl.math.log2(l_i), mask=mmask)
-        tl.store(FOUT + out, lo_i / l_i, mask=mmask)
-
-    @triton.jit
-    def _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr, qk_scale,
-                       COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mmask = offs_m < R
-        q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :],
-                    mask=mmask[:, None], other=0.0)
-        rpos = tl.load(RPOS + offs_m, mask=mmask, other=-1)
-        lse = tl.load(lbase + offs_m, mask=mmask, other=0.0)
-        s = tl.dot(q, kt) * qk_scale
-        keep = offs_n[None, :] <= rpos[:, None]
-        if COUNT_WINDOW:
-            w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
-            keep = keep & (offs_n[None, :] < w0[:, None])
-        return tl.sum(tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0), 0)
-
-    # the kernels below call it by its global name (the interpreter resolves names there)
-    globals()["_sa_col_masked"] = _sa_col_masked
-
-    @triton.jit
-    def _sa_col_sums(Q, K, RPOS, W0, KVH, LSE, COL,
-                     stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
-                     Hg, R, N, qk_scale, NSTR, STRIDE, TAIL0, WIN, QBM,
-                     COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     D: tl.constexpr):
-        """Per key tile: the sum over sampled rows of softmax probabilities (outside each
-        row's window when COUNT_WINDOW)."""
-        pid_n = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = (pid_bh // Hg).to(tl.int64)
-        h = pid_bh % Hg
-        kvh = tl.load(KVH + h).to(tl.int64)
-        j0 = pid_n * BLOCK_N
-        offs_n = j0 + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, D)
-        kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
-                     + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
-        acc = tl.zeros([BLOCK_N], tl.float32)
-        # sampled rows are sorted: skip those before this key tile (causal zeros) and, when
-        # COUNT_WINDOW, those whose window starts at or before it (w0 > j0 needs a row
-        # block start >= j0 + WIN)
-        r0 = j0
-        if COUNT_WINDOW:
-            r0 = (j0 + WIN + QBM - 1) // QBM * QBM
-        c = (r0 + STRIDE - 1) // STRIDE
-        first = tl.where(c < NSTR, c, NSTR + tl.maximum(r0 - TAIL0, 0))
-        qbase = Q + b * stride_qb + h * stride_qh
-        lbase = LSE + pid_bh.to(tl.int64) * R
-        # rows from r1 on keep the whole key tile (it lies before their window start, or,
-        # without COUNT_WINDOW, at or before the row): no masks for their full row tiles
-        if COUNT_WINDOW:
-            r1 = (j0 + BLOCK_N + WIN - 1 + QBM - 1) // QBM * QBM
-        else:
-            r1 = j0 + BLOCK_N - 1
-        c1 = (r1 + STRIDE - 1) // STRIDE
-        full = tl.minimum(tl.where(c1 < NSTR, c1, NSTR + tl.maximum(r1 - TAIL0, 0)), R)
-        t0 = (first // BLOCK_M) * BLOCK_M
-        t1 = tl.maximum(t0, (full + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
-        t2 = tl.maximum(t1, (R // BLOCK_M) * BLOCK_M)
-        for start_m in range(t1, t2, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :])
-            lse = tl.load(lbase + offs_m)
-            s = tl.dot(q, kt) * qk_scale
-            acc += tl.sum(tl.math.exp2(s - lse[:, None]), 0)
-        for start_m in range(t0, t1, BLOCK_M):
-            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
-                                  qk_scale, COUNT_WINDOW, BLOCK_M)
-        for start_m in range(t2, R, BLOCK_M):
-            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
-                                  qk_scale, COUNT_WINDOW, BLOCK_M)
-        tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
-
-    return _sa_row_stats, _sa_col_sums
-
-
 # launch configurations (BLOCK_M sampled rows x BLOCK_N keys per tile; the best of a small
 # sweep on an H100 at 128K, LLaMA-3-8B shape)
 CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
@@ -313,7 +169,8 @@ def _launch_shrinking(kernel, grid, config: dict, *args, **kwargs):
 def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0,
                           window: int, block_m: int):
     import triton
-    row_stats, col_sums = _get_kernels()
+
+    from ._triton_sa import _sa_col_sums, _sa_row_stats   # imports triton: only where they launch
     B, Hq, N, D = q.shape
     Hg = len(hm.heads)
     R = rows_t.shape[0]
@@ -331,14 +188,14 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
     if D > 128:   # head dim 256 (Gemma 3): smaller tiles, fewer stages, to fit shared memory
         c1.update(BLOCK_N=32, num_warps=8, num_stages=2)
         c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
-    _launch_shrinking(row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
+    _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
                       qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, D=D)
+                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, HEAD_DIM=D)
     nstr = len(range(0, tail0, stride))
-    _launch_shrinking(col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
+    _launch_shrinking(_sa_col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
                       qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
                       k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
-                      window, block_m, COUNT_WINDOW=bool(count_window), D=D)
+                      window, block_m, COUNT_WINDOW=bool(count_window), HEAD_DIM=D)
     tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
     win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot

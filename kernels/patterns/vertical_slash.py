@@ -43,7 +43,6 @@ import torch
 from ..index import SparseIndex, num_q_blocks
 from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, planted_qk,
                       plot_selection, q_blocks, resolve_budget, row_chunks, use_triton, with_budgets)
-from . import _triton_vs as _tvs
 from .registry import Pattern, register_or_demo
 
 NAME = "vertical_slash"
@@ -110,8 +109,10 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     L = min(LAST_Q, N)
     dev = q.device
     qg = hm.select_q(q[:, :, N - L:])                                         # (B, Hg, L, D)
-    if use_triton(dev) and _tvs.supported_head_dim(D) and q.dtype == k.dtype:
-        return _tvs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
+    if use_triton(dev) and q.dtype == k.dtype:
+        from . import _triton_vs   # imports triton: only where its kernels launch
+        if _triton_vs.supported_head_dim(D):
+            return _triton_vs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
     Hg = qg.shape[1]
     row_pos = torch.arange(N - L, N, device=dev)
     chunks = row_chunks(N, B * Hg * L * 4 * 3, multiple=64)
@@ -198,7 +199,8 @@ def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_
     nqb = num_q_blocks(n, block_m)
     width = min(ks, nqb)
     if use_triton(dists.device):
-        return SparseIndex(*_tvs.index(cols, dists, n, block_m, width), block_m, block_n)
+        from . import _triton_vs   # imports triton: only where its kernels launch
+        return SparseIndex(*_triton_vs.index(cols, dists, n, block_m, width), block_m, block_n)
     bcount, boffs = _scan_torch(dists, n, block_m, width)
     # verticals -> columns: keep those at or before the block's last row and in no block
     _, last = q_blocks(n, block_m, cols.device)

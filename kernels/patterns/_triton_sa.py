@@ -1,0 +1,141 @@
+"""Triton kernels of ``sample_attention``'s stage 1 (CUDA; on CPU through ``TRITON_INTERPRET=1``
+for the tests). Not a pattern: :mod:`.sample_attention` launches them when ``use_triton`` says so.
+
+Two fused kernels: per sampled row, the log-sum-exp of its causal scores and the mass outside
+its window; per key tile, the column sums. No rows x N score tensor is stored, and both are
+batched over the group's heads, GQA without copying K per query head. Each kernel recomputes
+the sampled scores (hence the ``2 * sample_frac`` cost); they skip the masks on tiles that need
+none (key tiles before every row's window; sampled rows whose window starts after the key tile)
+and the rows a key tile cannot score (before it, or whose window already covers it).
+"""
+from __future__ import annotations
+
+from ..sparse_attention import HAS_TRITON, tl, triton
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FOUT,
+                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                      Hg, R, N, qk_scale,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
+        on keys before its window start."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // Hg).to(tl.int64)
+        h = pid_bh % Hg
+        kvh = tl.load(KVH + h).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = offs_m < R
+        rpos = tl.load(RPOS + offs_m, mask=mmask, other=0)
+        w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qr
+                    + offs_d[None, :], mask=mmask[:, None], other=0.0)
+        kbase = K + b * stride_kb + kvh * stride_kh
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        lo_i = tl.zeros([BLOCK_M], tl.float32)
+        hi = tl.max(rpos, 0) + 1
+        # key tiles before every row's window start: no causal or window mask, all of their
+        # mass is outside the windows (lo == l there)
+        a_end = (tl.min(tl.where(mmask, w0, 1 << 30), 0) // BLOCK_N) * BLOCK_N
+        for start_n in range(0, a_end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None])
+            s = tl.dot(q, kt) * qk_scale
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+        lo_i = l_i
+        for start_n in range(a_end, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                         mask=offs_n[None, :] < N, other=0.0)
+            s = tl.dot(q, kt) * qk_scale
+            s = tl.where(offs_n[None, :] <= rpos[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            pexp = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pexp, 1)
+            lo_i = lo_i * alpha + tl.sum(tl.where(offs_n[None, :] < w0[:, None], pexp, 0.0), 1)
+            m_i = m_new
+        out = pid_bh.to(tl.int64) * R + offs_m
+        tl.store(LSE + out, m_i + tl.math.log2(l_i), mask=mmask)
+        tl.store(FOUT + out, lo_i / l_i, mask=mmask)
+
+    @triton.jit
+    def _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr, qk_scale,
+                       COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mmask = offs_m < R
+        q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :],
+                    mask=mmask[:, None], other=0.0)
+        rpos = tl.load(RPOS + offs_m, mask=mmask, other=-1)
+        lse = tl.load(lbase + offs_m, mask=mmask, other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        keep = offs_n[None, :] <= rpos[:, None]
+        if COUNT_WINDOW:
+            w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+            keep = keep & (offs_n[None, :] < w0[:, None])
+        return tl.sum(tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0), 0)
+
+    @triton.jit
+    def _sa_col_sums(Q, K, RPOS, W0, KVH, LSE, COL,
+                     stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                     Hg, R, N, qk_scale,
+                     NUM_STRIDED, SAMPLE_STRIDE, TAIL_START,
+                     WINDOW, INDEX_BLOCK_M,                    # window tokens; rows per query block
+                     COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HEAD_DIM: tl.constexpr):
+        """Per key tile: the sum over sampled rows of softmax probabilities (outside each
+        row's window when COUNT_WINDOW). The sampled rows are the NUM_STRIDED rows 0,
+        SAMPLE_STRIDE, 2 * SAMPLE_STRIDE, ... below TAIL_START, then every row from it."""
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // Hg).to(tl.int64)
+        h = pid_bh % Hg
+        kvh = tl.load(KVH + h).to(tl.int64)
+        j0 = pid_n * BLOCK_N
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
+                     + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        # sampled rows are sorted: skip those before this key tile (causal zeros) and, when
+        # COUNT_WINDOW, those whose window starts at or before it (w0 > j0 needs a row
+        # block start >= j0 + WINDOW)
+        r0 = j0
+        if COUNT_WINDOW:
+            r0 = (j0 + WINDOW + INDEX_BLOCK_M - 1) // INDEX_BLOCK_M * INDEX_BLOCK_M
+        c = (r0 + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
+        first = tl.where(c < NUM_STRIDED, c, NUM_STRIDED + tl.maximum(r0 - TAIL_START, 0))
+        qbase = Q + b * stride_qb + h * stride_qh
+        lbase = LSE + pid_bh.to(tl.int64) * R
+        # rows from r1 on keep the whole key tile (it lies before their window start, or,
+        # without COUNT_WINDOW, at or before the row): no masks for their full row tiles
+        if COUNT_WINDOW:
+            r1 = (j0 + BLOCK_N + WINDOW - 1 + INDEX_BLOCK_M - 1) // INDEX_BLOCK_M * INDEX_BLOCK_M
+        else:
+            r1 = j0 + BLOCK_N - 1
+        c1 = (r1 + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
+        full = tl.minimum(tl.where(c1 < NUM_STRIDED, c1, NUM_STRIDED + tl.maximum(r1 - TAIL_START, 0)),
+                          R)
+        t0 = (first // BLOCK_M) * BLOCK_M
+        t1 = tl.maximum(t0, (full + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
+        t2 = tl.maximum(t1, (R // BLOCK_M) * BLOCK_M)
+        for start_m in range(t1, t2, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q = tl.load(qbase + offs_m[:, None].to(tl.int64) * stride_qr + offs_d[None, :])
+            lse = tl.load(lbase + offs_m)
+            s = tl.dot(q, kt) * qk_scale
+            acc += tl.sum(tl.math.exp2(s - lse[:, None]), 0)
+        for start_m in range(t0, t1, BLOCK_M):
+            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+                                  qk_scale, COUNT_WINDOW, BLOCK_M)
+        for start_m in range(t2, R, BLOCK_M):
+            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+                                  qk_scale, COUNT_WINDOW, BLOCK_M)
+        tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
