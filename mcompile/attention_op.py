@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .runtime import run_site
+from .runtime import run_site, site_config
 
 
 @torch.library.custom_op("mcompile::attention", mutates_args=())
@@ -18,27 +18,21 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    attn_mask: Optional[torch.Tensor],
     padding: Optional[torch.Tensor],
     q_offset: int,
     kv_offset: int,
-    site: str,
-    mask_mode: str,
     is_causal: bool,
     window: int,
     scale: float,
-    dropout_p: float,
+    site: str,
 ) -> torch.Tensor:
-    """Attention of one site. k and v may have fewer heads than q (GQA, no repeat).
-
-    mask_mode "flag": no mask, ``is_causal`` as SDPA's; "recognised": the mask is
-    causal/window/padding described by the other arguments; "opaque": ``attn_mask`` as given.
-    """
-    out = run_site(site, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
-                   dropout_p)
+    """Attention of one call of site ``site`` (its key). k and v may have fewer heads than q
+    (GQA, no repeat). The mask is what transformers' mask meant: causal, a sliding ``window``
+    (0: none), key ``padding`` (None: none), query and key positions from the offsets."""
+    out = run_site(site_config(site), q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)
     return out.contiguous()
 
 
 @attention.register_fake
-def _(q, k, v, attn_mask, padding, q_offset, kv_offset, site, mask_mode, is_causal, window, scale, dropout_p):
+def _(q, k, v, padding, q_offset, kv_offset, is_causal, window, scale, site):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))

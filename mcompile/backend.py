@@ -22,7 +22,7 @@ from .cuda_graphs import CudaGraphRunner
 from .options import Options
 from .passes.layerwise import compile_layerwise
 from .passes.regions import float_inputs, outline_layers
-from .passes.rewrite import SiteSpec, classify_site, rewrite_sites
+from .passes.rewrite import classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
 from .plan import LayerPlan
 from .runtime import SiteConfig, register_site
@@ -114,24 +114,25 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     if opts.regions or layerwise:
         _specialise_float_inputs(gm)
     sites = find_attention_sites(gm)
-    specs = [classify_site(s) for s in sites]
+    for s in sites:
+        classify_site(s)
     graph_id = _compile_id()
-    rewritten = [spec for spec in specs if spec.rewrite]
+    rewritten = [s for s in sites if s.rewrite]
     shard = head_shard(opts.tensor_parallel, example_inputs, sites[0].num_heads, sites[0].head_dim) if rewritten else None
     plan_for, source = resolve_plans(opts, sites, shard) if rewritten else (None, "-")
     capture = CaptureWriter.open(opts.capture_dir, opts.overwrite) if rewritten and opts.mode == "capture" else None
     keys = {}
-    for spec in specs:
-        s = spec.site
+    for s in sites:
         keys[s.ordinal] = key = f"{graph_id}#{s.ordinal}"
-        plan = plan_for(s.layer, s.num_heads) if spec.rewrite else None
-        if spec.rewrite:
-            register_site(SiteConfig(key, s.layer, plan, opts.min_len, capture, opts.debug, opts.stats,
-                                     dense_tail=opts.dense_tail, cost_model=opts.cost_model,
+        plan = plan_for(s.layer, s.num_heads) if s.rewrite else None
+        if s.rewrite:
+            register_site(SiteConfig(key, s.layer, plan, opts.min_len, mask_recognised=s.mask is not None,
+                                     dropout_p=float(s.dropout_p), capture=capture, debug=opts.debug,
+                                     stats=opts.stats, dense_tail=opts.dense_tail, cost_model=opts.cost_model,
                                      cuda_graphs=cuda_graphs))
-        _report.add_site(_row(key, graph_id, spec, plan, shard))
+        _report.add_site(_row(key, graph_id, s, plan, shard))
     if rewritten:
-        rewrite_sites(gm, specs, keys)
+        rewrite_sites(gm, sites, keys)
     outlined = outline_layers(gm) if opts.regions else 0
     log.info("graph %s: rewrote %d of %d attention site(s); plan from %s; %d layer(s) share compiled code",
              graph_id, len(rewritten), len(sites), source, outlined)
@@ -151,17 +152,16 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     return compile_fx(gm, example_inputs, config_patches=patches or None)
 
 
-def _row(key: str, graph_id: str, spec: SiteSpec, plan: LayerPlan | None,
+def _row(key: str, graph_id: str, s: AttentionSite, plan: LayerPlan | None,
          shard: HeadShard | None = None) -> _report.SiteRow:
-    s = spec.site
-    if not spec.rewrite:
-        decision = spec.reason
+    if not s.rewrite:
+        decision = s.reason
     elif plan is None or plan.is_dense:
         decision = "dense: plan"
     else:
         decision = "not run yet"
     return _report.SiteRow(key=key, graph=graph_id, layer=s.layer, module=s.module_path, heads=s.num_heads,
-                           kv_heads=s.num_kv_heads, head_dim=s.head_dim, causal=spec.causal, mask=spec.mask_kind,
+                           kv_heads=s.num_kv_heads, head_dim=s.head_dim, causal=s.causal, mask=s.mask_kind,
                            plan=_report.summarise_plan(plan), decision=decision,
                            head_plans=_report.head_plans(plan),
                            shard=shard.describe(s.num_heads) if shard is not None else "")

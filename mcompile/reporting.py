@@ -23,6 +23,8 @@ COLUMNS = ("layer", "heads", "mask", "plan", "decision", "calls")
 
 @dataclass
 class SiteRow:
+    """A site's line of the report, as saved to JSON and read back without the model: what
+    people read, taken from the pass's ``AttentionSite`` and the run's decisions."""
     key: str
     graph: str
     layer: int

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from . import reporting as _report
 from .cuda_graphs import refuse_capture
-from .passes.rewrite import MASK_RECOGNISED
 from .plan import LayerPlan
 
 log = logging.getLogger("mcompile")
@@ -35,10 +34,15 @@ INDEX_BYTES_PER_CHUNK = 2 << 30
 
 @dataclass
 class SiteConfig:
+    """One rewritten site at run time: what the compile decided (the backend fills it in from
+    the pass's ``AttentionSite`` and the options) and what its calls settle. The op's
+    arguments carry the rest: the tensors and what the mask means."""
     key: str
     layer: int
     plan: LayerPlan | None          # None: no sparse plan for this layer
     min_len: int
+    mask_recognised: bool = False   # dense calls rebuild the recognised mask; else SDPA's causal flag is the mask
+    dropout_p: float = 0.0
     capture: Any = None             # a capture.CaptureWriter in capture mode
     debug: bool = False
     stats: bool = False
@@ -108,15 +112,13 @@ def no_padding(padding: torch.Tensor, start: int, stop: int) -> bool:
     return valid
 
 
-def dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
+def dense_attention(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
     gqa = q.shape[1] != k.shape[1]
-    if mask_mode == MASK_RECOGNISED:
-        if _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window):
-            attn_mask = None  # SDPA's own causal flag: flash / cuDNN, no N^2 mask
-        else:
-            attn_mask = build_mask(q.shape[2], k.shape[2], q.device, is_causal, window, padding, q_offset, kv_offset)
-            is_causal = False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+    attn_mask = None  # SDPA's causal flag where it is the whole mask: flash / cuDNN, no N^2 mask
+    if cfg.mask_recognised and not _is_plain_causal(q, k, padding, q_offset, kv_offset, is_causal, window):
+        attn_mask = build_mask(q.shape[2], k.shape[2], q.device, is_causal, window, padding, q_offset, kv_offset)
+        is_causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=cfg.dropout_p, is_causal=is_causal,
                                           scale=scale, enable_gqa=gqa)
 
 
@@ -132,7 +134,7 @@ def _sparse_backend():
     return build_layer_index, sparse_attention
 
 
-def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p) -> str | None:
+def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, window) -> str | None:
     """None when the sparse path applies, else the reason to run dense."""
     n = q.shape[2]
     # a sliding-window layer runs its exact window sparsely unless the plan says dense;
@@ -145,7 +147,7 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is
         return "cache with past keys"
     if n < cfg.min_len:
         return f"short: {n} < min_len {cfg.min_len}"
-    if dropout_p > 0:
+    if cfg.dropout_p > 0:
         return "dropout"
     if q.is_cuda and (q.dtype not in SPARSE_DTYPES_CUDA or q.shape[-1] not in SPARSE_HEAD_DIMS_CUDA):
         return f"unsupported on GPU: {str(q.dtype).removeprefix('torch.')} d{q.shape[-1]}"
@@ -277,14 +279,14 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     return result if out is None else out
 
 
-def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p):
+def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, window):
     """("sparse", plan, report line, tail rows, cost record to measure into or None, whether to
     time it against dense first) or ("dense", report line), and whether that holds for every
     call with the same shapes and flags (``padding`` aside, which is checked per call)."""
     n = q.shape[2]
     if 0 < window and n <= window and q_offset == 0 and kv_offset == 0 and n == k.shape[2]:
         window = 0          # a window that spans the whole prompt masks nothing: the layer is causal
-    reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+    reason = why_dense(cfg, q, k, padding, q_offset, kv_offset, is_causal, window)
     if reason is None:
         plan, decision = sparse_plan_for(cfg, window, q.shape[1])
         # a sliding-window layer's last rows are exact already and must not see past the window
@@ -297,8 +299,7 @@ def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, mask_mode, is_ca
     return ("dense", f"dense: {reason}"), True
 
 
-def _timed_route(cfg: SiteConfig, signature, route, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
-                 is_causal, window, scale, dropout_p):
+def _timed_route(cfg: SiteConfig, signature, route, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
     """The route after timing a sparse route the cost model only narrowly prefers: dense when
     sparse measured slower. Settles the signature's route either way."""
     from .cost_gate import time_both
@@ -309,8 +310,7 @@ def _timed_route(cfg: SiteConfig, signature, route, q, k, v, attn_mask, padding,
             cfg._timed.clear()
         cfg._timed[timed_key] = time_both(
             lambda: sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows),
-            lambda: dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window,
-                                    scale, dropout_p))
+            lambda: dense_attention(cfg, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale))
         log.debug("%s at n=%d: sparse %.3f ms, dense %.3f ms", cfg.key, q.shape[2], *cfg._timed[timed_key])
     sparse_ms, dense_ms = cfg._timed[timed_key]
     if sparse_ms > dense_ms:
@@ -322,21 +322,19 @@ def _timed_route(cfg: SiteConfig, signature, route, q, k, v, attn_mask, padding,
     return route
 
 
-def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale, dropout_p):
-    cfg = site_config(key)
+def run_site(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
     if cfg.capture is not None:
         cfg.capture.record(cfg.layer, q, k, v)
-        _report.record_decision(key, "dense: capture mode")
-        return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
-                               dropout_p)
+        _report.record_decision(cfg.key, "dense: capture mode")
+        return dense_attention(cfg, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)
     # every call of a site with the same shapes and flags takes the same route once it is
     # settled, so the decision is made once (per-call Python is host time on the GPU's path)
-    signature = (q.shape, k.shape, q.dtype, q.device, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+    signature = (q.shape, k.shape, q.dtype, q.device, q_offset, kv_offset, is_causal, window)
     if padding is not None:
         refuse_capture("a padding mask is given: its values choose each call's route")
     route = cfg._routes.get(signature) if padding is None else None
     if route is None:
-        route, settled = _route(cfg, q, k, padding, q_offset, kv_offset, mask_mode, is_causal, window, dropout_p)
+        route, settled = _route(cfg, q, k, padding, q_offset, kv_offset, is_causal, window)
         if settled and padding is None:
             if len(cfg._routes) > 256:
                 cfg._routes.clear()
@@ -345,12 +343,10 @@ def run_site(key, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, i
         _, plan, decision, tail_rows, site_cost, timing = route
         # timing runs each path twice more: not while capturing, nor where those calls would be counted
         if timing and not (cfg.stats or cfg.debug or (q.is_cuda and torch.cuda.is_current_stream_capturing())):
-            route = _timed_route(cfg, signature, route, q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode,
-                                 is_causal, window, scale, dropout_p)
+            route = _timed_route(cfg, signature, route, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)
     if route[0] == "sparse":
         _, plan, decision, tail_rows, site_cost, _ = route
-        _report.record_decision(key, decision)
+        _report.record_decision(cfg.key, decision)
         return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
-    _report.record_decision(key, route[1])
-    return dense_attention(q, k, v, attn_mask, padding, q_offset, kv_offset, mask_mode, is_causal, window, scale,
-                           dropout_p)
+    _report.record_decision(cfg.key, route[1])
+    return dense_attention(cfg, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)

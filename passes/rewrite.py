@@ -8,55 +8,28 @@ SDPA calls left to find.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from .masks import MaskInfo, recognise_mask
+from .masks import recognise_mask
 from .sites import AttentionSite, target_name, writes_in_place
 
-# mask modes, as the op reads them (mcompile.runtime)
-MASK_FLAG, MASK_RECOGNISED = "flag", "recognised"
 
-
-@dataclass
-class SiteSpec:
-    site: AttentionSite
-    rewrite: bool
-    reason: str                    # why it is left alone (when rewrite is False)
-    mask_mode: str = MASK_FLAG
-    mask: MaskInfo | None = None
-
-    @property
-    def causal(self) -> bool:
-        return self.mask.causal if self.mask is not None else self.site.is_causal
-
-    @property
-    def window(self) -> int:
-        return (self.mask.window or 0) if self.mask is not None else 0
-
-    @property
-    def mask_kind(self) -> str:
-        if self.mask is not None:
-            return self.mask.kind
-        if self.site.attn_mask is None:
-            return "causal (flag)" if self.site.is_causal else "none"
-        return "unrecognised"
-
-
-def classify_site(site: AttentionSite) -> SiteSpec:
+def classify_site(site: AttentionSite) -> None:
+    """Set ``site.rewrite``; and ``site.reason`` where the site stays as it is, ``site.mask``
+    where its mask is recognised (no mask at all: SDPA's causal flag says everything)."""
     if site.is_decode:
-        return SiteSpec(site, False, "decode step (q_len 1): untouched")
-    if site.attn_mask is None:
-        return SiteSpec(site, True, "", MASK_FLAG, None)
-    if not isinstance(site.attn_mask, fx.Node):
-        return SiteSpec(site, False, "mask is not a graph value: untouched")
-    info = recognise_mask(site.attn_mask)
-    if info is None:
-        return SiteSpec(site, False, "mask not recognised: untouched (dense)")
-    return SiteSpec(site, True, "", MASK_RECOGNISED, info)
+        site.reason = "decode step (q_len 1): untouched"
+    elif site.attn_mask is None:
+        site.rewrite = True
+    elif not isinstance(site.attn_mask, fx.Node):
+        site.reason = "mask is not a graph value: untouched"
+    else:
+        site.mask = recognise_mask(site.attn_mask)
+        site.rewrite = site.mask is not None
+        site.reason = "" if site.rewrite else "mask not recognised: untouched (dense)"
 
 
 _VIEWS = frozenset({"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand", "narrow",
@@ -82,23 +55,25 @@ def _mutates_live(node: fx.Node) -> bool:
     return True         # not a graph value: keep what cannot be followed
 
 
-def rewrite_sites(gm: fx.GraphModule, specs: list[SiteSpec], keys: dict[int, str]) -> fx.GraphModule:
+def rewrite_sites(gm: fx.GraphModule, sites: list[AttentionSite], keys: dict[int, str]) -> fx.GraphModule:
     """Replace each rewritable site by ``mcompile::attention``; ``keys`` maps ordinal -> site key."""
     op = torch.ops.mcompile.attention.default
     graph = gm.graph
-    for spec in specs:
-        if not spec.rewrite:
+    for site in sites:
+        if not site.rewrite:
             continue
-        site, info = spec.site, spec.mask
+        info = site.mask
         scale = site.scale if site.scale is not None else 1.0 / math.sqrt(site.head_dim)
+        # the mask's meaning stays in the graph (a sliding-window layer is other code than a
+        # full one); the rest the runtime needs is in the site's runtime.SiteConfig
         args: tuple[Any, ...] = (
             site.query, site.key, site.value,
-            None,                                   # attn_mask: recognised masks are rebuilt by meaning
             info.padding if info else None,
             info.q_offset if info else 0,
             info.kv_offset if info else 0,
-            keys[site.ordinal], spec.mask_mode, spec.causal, spec.window,
-            scale if isinstance(scale, fx.Node) else float(scale), float(site.dropout_p),
+            site.causal, site.window,
+            scale if isinstance(scale, fx.Node) else float(scale),
+            keys[site.ordinal],
         )
         with graph.inserting_before(site.node):
             new = graph.call_function(op, args)

@@ -4,7 +4,9 @@ A site is one ``torch._C._nn.scaled_dot_product_attention`` call_function node. 
 normalise the arguments (positional or keyword, defaults filled in), read the layer index
 from ``nn_module_stack`` and the shapes from ``example_value``, and see through
 transformers' ``repeat_kv`` (unsqueeze -> expand -> reshape) so that the attention op can
-read the un-repeated keys and values (GQA without copies).
+read the un-repeated keys and values (GQA without copies). ``AttentionSite`` is the one
+compile-time record of a site: this module fills in what the graph says, and
+``rewrite.classify_site`` how the site is rewritten.
 
 Reading shapes never compares symbolic sizes, so discovering sites adds no guards.
 """
@@ -17,6 +19,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+
+from .masks import MaskInfo
 
 SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
 SDPA_ARG_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -45,11 +49,31 @@ class AttentionSite:
     head_dim: int
     dtype: torch.dtype
     device: torch.device
+    # set by rewrite.classify_site
+    rewrite: bool = False
+    reason: str = ""             # why it is left alone (when rewrite is False)
+    mask: MaskInfo | None = None  # what the recognised attn_mask means; None: no mask (SDPA's causal flag)
 
     @property
     def is_decode(self) -> bool:
         """A static single-token query: decode steps, left untouched."""
         return isinstance(self.q_len, int) and self.q_len == 1
+
+    @property
+    def causal(self) -> bool:
+        return self.mask.causal if self.mask is not None else self.is_causal
+
+    @property
+    def window(self) -> int:
+        return (self.mask.window or 0) if self.mask is not None else 0
+
+    @property
+    def mask_kind(self) -> str:
+        if self.mask is not None:
+            return self.mask.kind
+        if self.attn_mask is None:
+            return "causal (flag)" if self.is_causal else "none"
+        return "unrecognised"
 
 
 def _value(node: Any) -> Any:

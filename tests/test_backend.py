@@ -202,12 +202,13 @@ def test_attention_op_opcheck():
     from mcompile.runtime import SiteConfig, register_site
     from mcompile.plan import LayerPlan
     register_site(SiteConfig("opcheck#0", 0, LayerPlan.uniform("dense", 4), min_len=1))
+    register_site(SiteConfig("opcheck#1", 0, LayerPlan.uniform("dense", 4), min_len=1, mask_recognised=True))
     q, k, v = torch.randn(2, 4, 24, 16), torch.randn(2, 2, 24, 16), torch.randn(2, 2, 24, 16)
     padding = torch.ones(2, 24, dtype=torch.bool)
     padding[1, :3] = False
     for args in [
-        (q, k, v, None, None, 0, 0, "opcheck#0", "flag", True, 0, 0.25, 0.0),
-        (q, k, v, None, padding, 0, 0, "opcheck#0", "recognised", True, 6, 0.25, 0.0),
+        (q, k, v, None, 0, 0, True, 0, 0.25, "opcheck#0"),
+        (q, k, v, padding, 0, 0, True, 6, 0.25, "opcheck#1"),
     ]:
         torch.library.opcheck(torch.ops.mcompile.attention.default, args,
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))

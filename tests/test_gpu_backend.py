@@ -75,7 +75,8 @@ def _smollm2_layer_call(n=32768, with_padding=True):
                                                                    head_dim=64), force=True)
     layer = max(range(30), key=lambda i: len(model_plan.layer_plan(i).groups()))
     key = f"gpu-sync#{layer}"
-    register_site(SiteConfig(key, layer, model_plan.layer_plan(layer), min_len=1024, cost_model=False))
+    register_site(SiteConfig(key, layer, model_plan.layer_plan(layer), min_len=1024, mask_recognised=True,
+                             cost_model=False))
     g = torch.Generator(device="cuda").manual_seed(0)
     base = torch.randn(1, 1, n, 64, device="cuda", generator=g)
     q = (torch.randn(1, 9, n, 64, device="cuda", generator=g) + 2 * base).bfloat16()
@@ -84,7 +85,7 @@ def _smollm2_layer_call(n=32768, with_padding=True):
     padding = torch.ones(1, n, dtype=torch.bool, device="cuda") if with_padding else None
 
     def call():
-        return torch.ops.mcompile.attention(q, k, v, None, padding, 0, 0, key, "recognised", True, 0, 0.125, 0.0)
+        return torch.ops.mcompile.attention(q, k, v, padding, 0, 0, True, 0, 0.125, key)
     call.inputs = (q, k, v)
     return call, key
 
