@@ -21,16 +21,9 @@
 #              recall at several budgets, Spearman correlations                   (~4-5 min)
 #     pack     tar the results (and the database) into ${OUT:-$R}/gemma3-270m-<length>-results.tgz
 #
-# On a machine with the GGUF file but no network (the device): carry, besides the repository,
-#   .whl/                       wheels: jsonschema + deps (attrs, jsonschema_specifications,
-#                               referencing, rpds_py) and gguf 0.19.0 (installed to /tmp/site)
-#   .carry/gguf.00 .. gguf.NN   gemma-3-270m-q4_k_m.gguf split with `split -d -b 50M` (joined here
-#                               into $WORK/gemma-3-270m-q4_k_m.gguf; .carry/gguf.sha256 checks it),
-#                               or set GGUF=/path/to/gemma-3-270m-q4_k_m.gguf
-#   .carry/bible-kjv.txt        the text, made where Debian's bible-kjv is installed with
-#                               `bible -f "Gen1:1-Rev22:21" > .carry/bible-kjv.txt`; when the
-#                               `bible` program is missing a stand-in prints this file, so the
-#                               database records the rerunnable `--text bible-kjv`
+# On a machine with the GGUF file but no network (the device): carry what benchmarks/gpu_env.sh
+# lists, with gemma-3-270m-q4_k_m.gguf as .carry/gguf.00 .. gguf.NN (joined here into
+# $WORK/gemma-3-270m-q4_k_m.gguf; .carry/gguf.sha256 checks it), or set GGUF=/path/to/the.gguf
 # then, e.g.:
 #   STEPS="prep search recall plans" bash benchmarks/gemma_gpu.sh
 #   STEPS="eval niah" bash benchmarks/gemma_gpu.sh
@@ -63,43 +56,14 @@ WORK=${WORK:-.cache/gemma_gpu}        # captures and the joined GGUF (ignored by
 STEPS=${STEPS:-"prep search recall plans eval niah"}
 PYTHON=${PYTHON:-python3}
 TAG=gemma3-270m_$LENGTH
-export MCOMPILE_CACHE=${MCOMPILE_CACHE:-$HOME/.cache/mcompile}
 mkdir -p "$R" "$WORK" "$(dirname "$DB")"
+. benchmarks/gpu_env.sh
 
-# --- environment: wheels, the package, the model file, the text ---------------------------------
-if [ -d .whl ] && ! $PYTHON -c "import gguf, jsonschema" 2>/dev/null; then
-  $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if [ ! -f "$MCOMPILE_CACHE/$MODEL/config.json" ] && [ -z "${GGUF:-}" ]; then
+  GGUF=$WORK/gemma-3-270m-q4_k_m.gguf
+  join_gguf .carry/gguf "$GGUF" "$([ -f .carry/gguf.sha256 ] && cut -d' ' -f1 .carry/gguf.sha256)"
 fi
-if [ -d /tmp/site ]; then case ":${PYTHONPATH:-}:" in *:/tmp/site:*) ;; *) export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH};; esac; fi
-if ! $PYTHON -c "import mcompile.kernels, mcompile.pattern_db, importlib.metadata as m
-assert any(e.name == 'minference' for e in m.entry_points(group='torch_dynamo_backends'))" 2>/dev/null; then
-  $PYTHON -m pip install -q --no-deps --no-build-isolation --no-index -e .
-fi
-if command -v mcompile >/dev/null; then MCOMPILE=mcompile; SEARCH="mcompile search"
-else MCOMPILE="$PYTHON -m mcompile.cli"; SEARCH="$PYTHON -m mcompile.pattern_db.search_cli"; fi
-
-if [ ! -f "$MCOMPILE_CACHE/$MODEL/config.json" ]; then
-  GGUF=${GGUF:-}
-  if [ -z "$GGUF" ] && ls .carry/gguf.[0-9]* >/dev/null 2>&1; then
-    GGUF=$WORK/gemma-3-270m-q4_k_m.gguf
-    if [ ! -f "$GGUF" ]; then
-      cat .carry/gguf.[0-9]* > "$GGUF.tmp"
-      if [ -f .carry/gguf.sha256 ]; then
-        echo "$(cut -d' ' -f1 .carry/gguf.sha256)  $GGUF.tmp" | sha256sum -c --quiet || { rm -f "$GGUF.tmp"; exit 1; }
-      fi
-      mv "$GGUF.tmp" "$GGUF"
-    fi
-  fi
-  if [ -n "$GGUF" ]; then export MCOMPILE_GGUF_GEMMA3_270M=$GGUF; fi
-fi
-if [ "$TEXT" = bible-kjv ] && ! command -v bible >/dev/null && [ -f .carry/bible-kjv.txt ]; then
-  mkdir -p /tmp/mcompile-bin       # stand-in for Debian's `bible`: the text it would print
-  printf '#!/bin/sh\n[ "$*" = "-f Gen1:1-Rev22:21" ] || { echo "stand-in bible: only -f Gen1:1-Rev22:21" >&2; exit 2; }\nexec cat %q\n' \
-    "$PWD/.carry/bible-kjv.txt" > /tmp/mcompile-bin/bible
-  chmod +x /tmp/mcompile-bin/bible
-  export PATH=/tmp/mcompile-bin:$PATH
-fi
+if [ -n "${GGUF:-}" ] && [ -f "$GGUF" ]; then export MCOMPILE_GGUF_GEMMA3_270M=$GGUF; fi
 
 declare -A ESTIMATE=([prep]="60" [search]="150-210" [select]="5" [recall]="5" [plans]="150-200" [eval]="120-180"
                      [niah]="120-200" [scoring]="240-300" [pack]="1")

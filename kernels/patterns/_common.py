@@ -76,7 +76,10 @@ class Law:
         var = sum((x - mx) ** 2 for x in xs)
         power = 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
         power = round(min(1.0, max(0.0, power)), 3)
-        return cls(float(f"{math.exp(ys[0] - power * xs[0]):.4g}"), power)
+        # six digits, rounded down: the law resolves to the first point's count exactly there
+        scale = math.exp(ys[0] - power * xs[0])
+        digits = 10 ** (5 - math.floor(math.log10(scale)))
+        return cls(math.floor(scale * digits) / digits, power)
 
     def to_json(self) -> dict[str, float]:
         return {"scale": self.scale, "power": self.power}

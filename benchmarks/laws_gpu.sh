@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Plans whose budgets are laws of the length, on one GPU: calibrated at short lengths, checked on
+# held-out text at a longer length, timed end to end. Results land in $R (JSON and printed tables).
+#
+#   steps (STEPS="..." picks and orders them):
+#     smollm2_eval   SmolLM2 at 8K, 4 held-out windows: the database calibrated at 2K+4K
+#                    ($SMOLLM2_DB, from `mcompile search --lengths 2048,4096` on the CPU) against a
+#                    plan searched at 8K for the same density (blocks), and the default plan
+#     smollm2_ttft   SmolLM2 time to first token at 8K, 32K, 128K: dense, $SMOLLM2_DB, default
+#     gemma_search   Gemma 3 270M searched at 8K+16K -> $GEMMA_DB
+#     gemma_eval     Gemma 3 at 32K, 4 held-out windows (perplexity, top-1) and NIAH at 8K-32K
+#     gemma_ttft     Gemma 3 time to first token at 32K: dense, $GEMMA_DB, default
+#
+# The GGUF files come from $MCOMPILE_GGUF_SMOLLM2 / $MCOMPILE_GGUF_GEMMA3_270M, or from chunks
+# $CHUNKS/s.NN and $CHUNKS/g.NN (split -d -b 50M); the rest as benchmarks/gpu_env.sh says.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${R:-benchmarks/results}
+CHUNKS=${CHUNKS:-$HOME/carry}
+SMOLLM2_DB=${SMOLLM2_DB:-pattern_db/databases/smollm2-135m.json}
+GEMMA_DB=${GEMMA_DB:-pattern_db/databases/gemma3-270m.json}
+GEMMA_BUDGET=${GEMMA_BUDGET:-0.3}     # mean GPU time of the searched heads at 16K, of dense attention's
+SAMPLES=${SAMPLES:-4}
+WINDOWS=${WINDOWS:-4}
+STEPS=${STEPS:-"smollm2_eval smollm2_ttft gemma_search gemma_eval gemma_ttft"}
+mkdir -p "$R" "$HOME/work"
+. benchmarks/gpu_env.sh
+join_gguf "$CHUNKS/s" "$HOME/work/smollm2.gguf" && [ -f "$HOME/work/smollm2.gguf" ] \
+  && export MCOMPILE_GGUF_SMOLLM2=$HOME/work/smollm2.gguf
+join_gguf "$CHUNKS/g" "$HOME/work/gemma3-270m.gguf" && [ -f "$HOME/work/gemma3-270m.gguf" ] \
+  && export MCOMPILE_GGUF_GEMMA3_270M=$HOME/work/gemma3-270m.gguf
+
+step_smollm2_eval() {
+  $MCOMPILE eval --model smollm2 --length 8192 --windows "$WINDOWS" --db "$SMOLLM2_DB" --out "$R/laws_smollm2_8192_eval.json"
+  local density
+  density=$($PYTHON -c "import json; print(round(json.load(open('$R/laws_smollm2_8192_eval.json'))['perplexity']['density'], 4))")
+  $SEARCH --model smollm2 --length 8192 --samples "$SAMPLES" --cost blocks --budget "$density" --overwrite \
+    --out "$HOME/work/smollm2_at_8192.json" --quiet
+  cp "$HOME/work/smollm2_at_8192.json" "$R/laws_smollm2_8192_calibrated.db.json"
+  $MCOMPILE eval --model smollm2 --length 8192 --windows "$WINDOWS" --db "$HOME/work/smollm2_at_8192.json" \
+    --out "$R/laws_smollm2_8192_eval_calibrated8k.json"
+  $MCOMPILE eval --model smollm2 --length 8192 --windows "$WINDOWS" --db default --out "$R/laws_smollm2_8192_eval_default.json"
+}
+
+step_smollm2_ttft() {
+  $PYTHON benchmarks/ttft.py --model smollm2 --lengths 8K,32K,128K --variants dense,database,default --db "$SMOLLM2_DB" \
+    --cuda-graphs on --out "$R/ttft_smollm2_h200.json"
+}
+
+step_gemma_search() {
+  $SEARCH --model gemma3-270m --lengths 8192,16384 --samples "$SAMPLES" --budget "$GEMMA_BUDGET" --overwrite \
+    --out "$GEMMA_DB" --details "$HOME/work/gemma_laws.details.json" --quiet
+  $MCOMPILE db cost "$GEMMA_DB" --lengths 32K,128K,1M --json > "$R/laws_gemma3-270m_cost.json"
+  cat "$R/laws_gemma3-270m_cost.json"
+}
+
+step_gemma_eval() {
+  $MCOMPILE eval --model gemma3-270m --length 32768 --windows "$WINDOWS" --db "$GEMMA_DB" \
+    --niah-lengths 8192,16384,32768 --out "$R/laws_gemma3-270m_32768_eval.json"
+}
+
+step_gemma_ttft() {
+  $PYTHON benchmarks/ttft.py --model gemma3-270m --lengths 32K --variants dense,database,default --db "$GEMMA_DB" \
+    --cuda-graphs on --out "$R/ttft_gemma3-270m_h200.json"
+}
+
+for step in $STEPS; do
+  start=$SECONDS
+  echo "=== $step ==="
+  "step_$step"
+  echo "=== $step: $((SECONDS - start)) s ==="
+done
