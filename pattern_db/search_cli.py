@@ -28,7 +28,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
     from .cli import parse_lengths
-    from .search import COSTS, DEFAULT_COST, DEFAULT_SCORING, SCORINGS
+    from .search import COSTS, DEFAULT_COST, DEFAULT_PRICE_LENGTH, DEFAULT_SCORING, SCORINGS
     from .search_candidates import DEFAULT_LEVELS
 
     p = subparsers.add_parser(
@@ -45,6 +45,9 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cost", default=DEFAULT_COST, choices=COSTS,
                    help="what the budget counts: the head's GPU time from the measured cost model (time), or the "
                         "kernel's computed blocks (blocks)")
+    p.add_argument("--price-length", type=int, default=DEFAULT_PRICE_LENGTH,
+                   help="with --cost time: the length whose GPU times price each candidate's measured density "
+                        f"(default {DEFAULT_PRICE_LENGTH}: short lengths' times are the builders' fixed costs)")
     p.add_argument("--samples", type=int, default=4, help="calibration prompts")
     p.add_argument("--budget", type=float, default=0.2,
                    help="mean cost over the searched heads (see --cost), as a fraction of dense causal attention's")
@@ -97,7 +100,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(length=args.length, samples=args.samples, budget=args.budget, scoring=args.scoring,
                           seed=args.seed, device=device, levels=tuple(args.levels), patterns=args.patterns,
                           layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text,
-                          lengths=tuple(args.lengths) if args.lengths else None, cost=args.cost)
+                          lengths=tuple(args.lengths) if args.lengths else None, cost=args.cost,
+                          price_length=args.price_length)
     if args.from_details:
         try:
             config.check()
