@@ -10,20 +10,15 @@
   * ``ttft_<model>_<device>.png``: a real model's time to first token against dense, per length
     and variant, from benchmarks/ttft.py's JSONs (bars: dense time / variant time).
   * ``niah_<name>.png``: needle-in-a-haystack heat maps (dense vs sparse) from ``mcompile eval``
-    JSONs that hold a ``niah`` grid (drawn by ``mcompile.niah.plot_grid``).
-Missing inputs are skipped with a message.
-
-    python benchmarks/plots.py                                   # every prefill_*.json / eval*.json in results/
-    python benchmarks/plots.py --prefill a.json b.json --eval e.json --out-dir /tmp/plots
+    JSONs that hold a ``niah`` grid (drawn by ``mcompile.eval.niah.plot_grid``).
+Missing inputs are skipped with a message; benchmarks/plots.py runs :func:`main` on benchmarks/results/.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {131072: 2.3, 524288: 8.0, 1048576: 15.0}   # speedup targets: 32-layer whole-model prefill vs best dense SDPA
 
 
@@ -180,12 +175,8 @@ def plot_niah(evals: list[tuple[Path, dict]], out_dir: Path) -> list[Path]:
     if not grids:
         print("no eval JSON with a 'niah' grid: NIAH heat maps skipped")
         return written
-    try:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from mcompile.niah import NiahGrid, plot_grid
-    except ImportError as exc:
-        print(f"NIAH heat maps skipped: {exc}")
-        return written
+    from .niah import NiahGrid, plot_grid
+
     for path, g in grids:
         try:
             grid = NiahGrid(list(g["lengths"]), list(g["depths"]), dict(g["accuracy"]))
@@ -237,9 +228,9 @@ def plot_ttft(runs: list[tuple[Path, dict]], out_dir: Path, plt) -> list[Path]:
     return written
 
 
-def main(argv=None) -> list[Path]:
+def main(argv=None, results_dir: Path = Path("benchmarks/results")) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where the default inputs are found")
+    ap.add_argument("--results-dir", type=Path, default=results_dir, help="where the default inputs are found")
     ap.add_argument("--prefill", type=Path, nargs="*", default=None,
                     help="prefill JSONs (default: <results-dir>/prefill_*.json, probes excluded)")
     ap.add_argument("--eval", type=Path, nargs="*", default=None,
@@ -273,7 +264,3 @@ def main(argv=None) -> list[Path]:
     for p in written:
         print(f"wrote {p}")
     return written
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,15 @@
-"""Long public-domain text for demos, calibration and evaluation (no network)."""
+"""Long public-domain text for demos, calibration and evaluation (no network), and the
+prompt windows cut from it: the search calibrates on the first half of a text's tokens,
+evaluation holds out the second half."""
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Sequence
+
+import torch
 
 SOURCES = {
     # Debian's bible-kjv package (apt-get install bible-kjv): about 1M tokens
@@ -29,3 +35,39 @@ def token_prompt(tokenizer, text: str, length: int, offset: int = 0):
     if ids.shape[1] < offset + length:
         raise ValueError(f"text too short for {offset + length} tokens ({ids.shape[1]} available)")
     return ids[:, offset:offset + length]
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of what it encodes."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def text_tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def prompt_windows(tokens: Sequence[int], length: int, samples: int, seed: int, region: str = "calibration",
+                   bos: int | None = None) -> list[tuple[int, torch.Tensor]]:
+    """``samples`` non-overlapping windows (offset, (1, length) ids) from the first half of the
+    tokens (``region="calibration"``) or the second half (``"heldout"``), one per equal slot
+    of the region at a random place inside it (deterministic for ``seed``)."""
+    body = length - (1 if bos is not None else 0)
+    half = len(tokens) // 2
+    lo, hi = (0, half) if region == "calibration" else (half, len(tokens))
+    slot = (hi - lo) // samples
+    if slot < body:
+        raise ValueError(f"text too short: {samples} windows of {length} tokens need {samples * body} tokens "
+                         f"in the {region} half, it has {hi - lo}")
+    rng = random.Random(f"{seed}:{region}")
+    out = []
+    for i in range(samples):
+        off = lo + i * slot + rng.randrange(slot - body + 1)
+        ids = list(tokens[off:off + body])
+        if bos is not None:
+            ids = [bos] + ids
+        out.append((off, torch.tensor([ids], dtype=torch.long)))
+    return out
