@@ -40,8 +40,8 @@ VARIANTS = {  # name -> (backend, options)
 def build(shape: str, layers: int, device: str, dtype: torch.dtype):
     import transformers
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from prefill import LLAMA3_8B  # the same LLaMA-3-8B shape as the prefill benchmark
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
+    from mcompile.eval.synthetic import LLAMA3_8B  # the same LLaMA-3-8B shape as the prefill benchmark
 
     cfg = transformers.LlamaConfig(num_hidden_layers=layers, **(LLAMA3_8B if shape == "llama3-8b" else SMALL))
     torch.manual_seed(0)

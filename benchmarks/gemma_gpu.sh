@@ -85,7 +85,7 @@ run_step() {
 step_prep() {
   $PYTHON - <<EOF
 import time, torch, transformers
-from mcompile.models import checkpoint_dir
+from mcompile.eval.models import checkpoint_dir
 t = time.perf_counter()
 print("checkpoint", checkpoint_dir("$MODEL"), f"({time.perf_counter() - t:.0f} s)")
 print("torch", torch.__version__, "transformers", transformers.__version__,

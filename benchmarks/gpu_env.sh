@@ -2,7 +2,7 @@
 # with no network. What the scripts need beside the repository:
 #   .whl/                  wheels: jsonschema + deps (jsonschema_specifications, referencing,
 #                          rpds_py) and gguf 0.19.0, installed to /tmp/site
-#   GGUF files             $MCOMPILE_GGUF_<MODEL> (see mcompile/models.py), or chunks made with
+#   GGUF files             $MCOMPILE_GGUF_<MODEL> (see mcompile/eval/models.py), or chunks made with
 #                          `split -d -b 50M FILE PREFIX.` joined by `join_gguf PREFIX OUT`
 #   .carry/bible-kjv.txt   the text (`bible -f "Gen1:1-Rev22:21" > .carry/bible-kjv.txt`): when
 #                          Debian's `bible` is missing, a stand-in prints this file, so results
@@ -21,7 +21,7 @@ assert any(e.name == 'minference' for e in m.entry_points(group='torch_dynamo_ba
   $PYTHON -m pip install -q --no-deps --no-build-isolation --no-index -e .
 fi
 if command -v mcompile >/dev/null; then MCOMPILE=mcompile; SEARCH="mcompile search"
-else MCOMPILE="$PYTHON -m mcompile.cli"; SEARCH="$PYTHON -m mcompile.pattern_db.search_cli"; fi
+else MCOMPILE="$PYTHON -m mcompile.cli"; SEARCH="$PYTHON -m mcompile.pattern_db.search.cli"; fi
 
 join_gguf() {   # join_gguf PREFIX OUT [SHA256]: the chunks PREFIX.NN into OUT, once, checked when a sum is given
   local prefix=$1 out=$2 sum=${3:-}

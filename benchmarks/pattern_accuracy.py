@@ -17,20 +17,10 @@ from pathlib import Path
 
 import torch
 
-from mcompile.evaluate import compare, score_pass
+from mcompile.eval.evaluate import compare, scaled_budgets, score_pass
+from mcompile.eval.models import load_model
+from mcompile.eval.text import load_text, token_prompt
 from mcompile.kernels.patterns import PATTERNS
-from mcompile.models import load_model
-from mcompile.text import load_text, token_prompt
-
-
-def scaled_budgets(n: int) -> dict[str, dict]:
-    """Budgets that keep roughly a quarter of the causal 64x64 blocks at length n."""
-    return {
-        "a_shape": {"n_init": 128, "n_local": n // 8},
-        "vertical_slash": {"vertical_size": n // 16, "slash_size": n // 8},
-        "block_sparse": {"top_k": max(2, n // 512)},
-        "sample_attention": {"alpha": 0.95, "window_frac": 0.08},
-    }
 
 
 def density(pattern: str, params: dict, n: int) -> float:

@@ -39,19 +39,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcompile.eval.models import load_model
+from mcompile.eval.text import adds_bos, load_text, prompt_windows, text_tokens
 from mcompile.kernels.patterns import build_layer_index
-from mcompile.models import load_model
 from mcompile.pattern_db import Provenance, save_db
 from mcompile.pattern_db.lookup import DEFAULT_PARAMS, DEFAULT_PATTERN
 from mcompile.pattern_db.search import (KNOWN_NAMES, SearchScores, attention_scale, build_database, capture_prompts,
-                                        choose, model_identity, plan_metrics, prompt_windows, score_capture,
-                                        text_tokens, uniform_choice, _adds_bos)
-from mcompile.pattern_db.search_candidates import (MINFERENCE_DEFAULT_LABEL, build_overhead, make_candidates,
+                                        choose, model_identity, plan_metrics, score_capture, uniform_choice)
+from mcompile.pattern_db.search.allocation import best_uniform
+from mcompile.pattern_db.search.candidates import (MINFERENCE_DEFAULT_LABEL, build_overhead, make_candidates,
                                                    minference_default_index)
-from mcompile.pattern_db.search_scoring import (capture_samples, load_layer, score_layer, scored_query_blocks)
-from mcompile.pattern_db.search_select import best_uniform
+from mcompile.pattern_db.search.scoring import (capture_samples, load_layer, score_layer, scored_query_blocks)
 from mcompile.plan import LayerPlan
-from mcompile.text import load_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -187,7 +186,7 @@ def environment(device: str) -> dict:
 
 
 def windows_for(tokenizer, tokens, length, count, seed, region):
-    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
     return prompt_windows(tokens, length, count, seed, region, bos)
 
 

@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
 
-    from mcompile.models import load_model
-    from mcompile.text import load_text, token_prompt
+    from mcompile.eval.models import load_model
+    from mcompile.eval.text import load_text, token_prompt
 
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)

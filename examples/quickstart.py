@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from mcompile.models import load_model
-from mcompile.text import load_text, token_prompt
+from mcompile.eval.models import load_model
+from mcompile.eval.text import load_text, token_prompt
 
 CPU_NOTE = ("The CPU path is the pure-torch reference (correct, not fast); speed needs a GPU: "
             "see README.md, Results, for GPU numbers, or run this on a CUDA machine.")

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 import mcompile
-from mcompile.models import load_model
-from mcompile.text import load_text, token_prompt
+from mcompile.eval.models import load_model
+from mcompile.eval.text import load_text, token_prompt
 
 
 def prefill(model, ids):

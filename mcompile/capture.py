@@ -21,6 +21,12 @@ log = logging.getLogger("mcompile")
 _OWNED: dict[str, "CaptureWriter"] = {}
 
 
+def forget(directory: str | Path) -> None:
+    """Give up this process's hold on a capture directory: the next capture into it starts
+    again at sample 0 (and needs ``overwrite`` when the directory holds files)."""
+    _OWNED.pop(str(Path(directory).resolve()), None)
+
+
 class CaptureWriter:
     def __init__(self, directory: Path):
         self.dir = directory

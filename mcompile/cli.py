@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--heads", action="store_true", help="print the full plan of every query head")
     p.set_defaults(func=_cmd_report)
-    from .eval_cli import add_eval_parser
+    from .eval.cli import add_eval_parser
     from .pattern_db.cli import add_db_parser
-    from .pattern_db.search_cli import add_search_parser
+    from .pattern_db.search.cli import add_search_parser
 
     add_db_parser(sub)
     add_search_parser(sub)

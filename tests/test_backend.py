@@ -186,12 +186,12 @@ def test_capture_writes_and_refuses_to_overwrite(tmp_path):
     ids, mask = tiny_inputs(1, 40)
     _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
     _logits(compiled, ids[:, :32], mask[:, :32], False)
-    from mcompile.capture import _OWNED, load_capture
+    from mcompile.capture import forget, load_capture
     samples = load_capture(out)
     assert len(samples) == 2 and sorted(samples[0]) == [0, 1]
     assert samples[0][0]["q"].shape == (1, 4, 40, 16) and samples[0][0]["k"].shape == (1, 2, 40, 16)
     assert samples[1][1]["k"].shape == (1, 2, 32, 16)
-    _OWNED.clear()  # as a new process would be
+    forget(out)  # as a new process would be
     torch._dynamo.reset()
     again = torch.compile(model, backend="minference", options=opts)
     with pytest.raises(Exception, match="already holds a capture"):

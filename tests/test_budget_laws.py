@@ -15,8 +15,8 @@ from mcompile.pattern_db import (Frac, HeadEntry, LayerEntry, Law, ModelIdentity
 from mcompile.cli import main as mcompile_main
 from mcompile.pattern_db.cost import plan_cost
 from mcompile.pattern_db.search import SearchScores
-from mcompile.pattern_db.search_candidates import Candidate
-from mcompile.pattern_db.search_laws import fit_laws
+from mcompile.pattern_db.search.candidates import Candidate
+from mcompile.pattern_db.search.laws import fit_laws
 from mcompile.plan import LayerPlan
 
 

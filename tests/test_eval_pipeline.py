@@ -3,17 +3,11 @@ model resolution from a GGUF path or variable, the plan's recall on captured q/k
 grid's tables, and the per-pattern recall-at-equal-cost view of a search's details."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from mcompile import models
-
-ROOT = Path(__file__).resolve().parents[1]
+from mcompile.eval import models
 
 
 # --- models: GGUF file paths and MCOMPILE_GGUF_<NAME> --------------------------------------------
@@ -76,7 +70,7 @@ def test_checkpoint_dir_dequantises_once_from_the_env_file(tmp_path, monkeypatch
 def test_plan_recall_on_a_tiny_gemma3(tmp_path):
     from tiny_models import tiny_inputs, tiny_model
 
-    from mcompile.evaluate import compare, plan_recall
+    from mcompile.eval.evaluate import compare, plan_recall
     from mcompile.pattern_db.search import capture_prompts
 
     model = tiny_model("gemma3")
@@ -100,7 +94,7 @@ def test_plan_recall_on_a_tiny_gemma3(tmp_path):
 
 # --- NIAH tables ------------------------------------------------------------------------------------
 def test_niah_grid_table_and_mean():
-    from mcompile.niah import NiahGrid
+    from mcompile.eval.niah import NiahGrid
 
     g = NiahGrid([512, 1024], [0.0, 1.0], {"dense": [[1, 1], [1, 0.5]], "sparse": [[1, 0], [0, 0]]})
     assert g.mean("dense") == pytest.approx(0.875) and g.mean("sparse") == pytest.approx(0.25)
@@ -109,15 +103,9 @@ def test_niah_grid_table_and_mean():
 
 
 # --- per-pattern recall at equal cost from a search's details ----------------------------------------
-def _pattern_recall():
-    spec = importlib.util.spec_from_file_location("pattern_recall", ROOT / "benchmarks" / "pattern_recall.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_pattern_recall_picks_the_best_candidate_under_each_cost():
-    pr = _pattern_recall()
+    from mcompile.eval import pattern_recall as pr
+
     cands = [{"pattern": p, "params": {}} for p in ("a_shape", "a_shape", "vertical_slash", "dense")]
     cost = np.array([[[0.1, 0.1], [0.3, 0.3], [0.15, 0.5], [1.0, 1.0]]])      # (L=1, C=4, H=2)
     recall = np.array([[[0.5, 0.6], [0.8, 0.9], [0.95, 0.99], [1.0, 1.0]]])
@@ -135,7 +123,7 @@ def test_pattern_recall_picks_the_best_candidate_under_each_cost():
 
 
 def test_pooled_perplexity_over_windows():
-    from mcompile.evaluate import Comparison, pooled
+    from mcompile.eval.evaluate import Comparison, pooled
 
     a = Comparison(1024, 10.0, 11.0, 0.1, 0.9, 0.3)
     b = Comparison(1024, 40.0, 40.0, 0.0, 0.8, 0.2)

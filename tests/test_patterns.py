@@ -441,7 +441,7 @@ def test_sample_attention_random(n, params):
     m = _mask(ix, n)
     assert torch.equal(m, SA.mask_from_columns(sel, n, SA._window(n, p)))
     ref_sel, col, need = SA.reference_selection(q, k, params)
-    cap = SA._cap(n, p)
+    cap = SA.column_cap(n, p)
     for b in range(2):
         for h in range(4):
             mine, ref = sel[b][h], ref_sel[b][h]

@@ -1,38 +1,31 @@
-"""benchmarks/prefill.py (locality init, probe, a tiny whole run) and benchmarks/plots.py on the CPU."""
+"""The benchmarks' synthetic models (mcompile.eval.synthetic), benchmarks/prefill.py run as a command
+(probe, a tiny whole run) and the results' plots (mcompile.eval.plots) on the CPU."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+
+from mcompile.eval import plots
+from mcompile.eval.synthetic import LOCALITY_DEFAULTS, apply_init, build_model, chunk_mlps, locality_bias
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prefill = _load("prefill")
-plots = _load("plots")
-
-
-def _run_prefill(monkeypatch, argv):
-    monkeypatch.setattr(sys, "argv", ["prefill.py", *argv])
-    prefill.main()
+def _run_prefill(argv):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prefill.py"), *argv], check=True, env=env)
 
 
 def test_locality_bias_decays_with_log_distance():
-    model = prefill.build_model(1, "tiny", "cpu", torch.float32)
+    model = build_model(1, "tiny", "cpu", torch.float32)
     alpha, near, far = 1.5, 16.0, 1.0e5
-    b, info = prefill.locality_bias(model, alpha, near, far)
+    b, info = locality_bias(model, alpha, near, far)
     theta = model.model.rotary_emb.inv_freq.double()
     d = model.config.head_dim
     assert info["pairs"] == int(((theta >= 1 / far) & (theta <= 1 / near)).sum()) > 0
@@ -48,33 +41,33 @@ def test_locality_bias_decays_with_log_distance():
 
 
 def test_apply_init_sets_biases_and_restores_weights():
-    model = prefill.build_model(2, "tiny", "cpu", torch.float32)
+    model = build_model(2, "tiny", "cpu", torch.float32)
     w = model.model.layers[1].self_attn.q_proj.weight.detach().clone()
-    params = dict(prefill.LOCALITY_DEFAULTS, near=16.0)
-    desc = prefill.apply_init(model, "locality", params)
+    params = dict(LOCALITY_DEFAULTS, near=16.0)
+    desc = apply_init(model, "locality", params)
     at = model.model.layers[1].self_attn
     d = model.config.head_dim
     assert desc["bias"]["pairs"] > 0 and at.q_proj.bias.abs().sum() > 0
     assert torch.equal(at.q_proj.bias.view(-1, d)[0], at.k_proj.bias.view(-1, d)[-1])
     assert torch.allclose(at.q_proj.weight, w * params["qk_scale"])
-    prefill.apply_init(model, "random", params)
+    apply_init(model, "random", params)
     assert at.q_proj.bias.abs().sum() == 0 and at.k_proj.bias.abs().sum() == 0
     assert torch.equal(at.q_proj.weight, w)
 
 
 def test_chunked_mlp_is_the_same_function():
-    model = prefill.build_model(1, "tiny", "cpu", torch.float32)
+    model = build_model(1, "tiny", "cpu", torch.float32)
     ids = torch.randint(0, model.config.vocab_size, (1, 37))
     with torch.no_grad():
         ref = model(ids).logits
-        prefill.chunk_mlps(model, 4)
+        chunk_mlps(model, 4)
         out = model(ids).logits
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_probe_only_writes_profile_and_density(tmp_path, monkeypatch):
+def test_probe_only_writes_profile_and_density(tmp_path):
     out = tmp_path / "probe.json"
-    _run_prefill(monkeypatch, ["--shape", "tiny", "--layers", "1", "--lengths", "256", "--device", "cpu",
+    _run_prefill(["--shape", "tiny", "--layers", "1", "--lengths", "256", "--device", "cpu",
                                "--probe-only", "--locality", "near=16", "--out", str(out)])
     d = json.loads(out.read_text())
     assert {p["init"] for p in d["probe"]} == {"random", "locality"}
@@ -84,9 +77,9 @@ def test_probe_only_writes_profile_and_density(tmp_path, monkeypatch):
     assert "construction" in d["inits"]["locality"]
 
 
-def test_tiny_whole_run_json_and_plots(tmp_path, monkeypatch):
+def test_tiny_whole_run_json_and_plots(tmp_path):
     out = tmp_path / "prefill_cpu_1L.json"
-    _run_prefill(monkeypatch, ["--shape", "tiny", "--layers", "1", "--lengths", "256", "--min-len", "128",
+    _run_prefill(["--shape", "tiny", "--layers", "1", "--lengths", "256", "--min-len", "128",
                                "--device", "cpu", "--repeats", "1", "--cases", "nocache,cache+mask", "--stats",
                                "--attn-bench", "--no-probe", "--out", str(out)])
     d = json.loads(out.read_text())

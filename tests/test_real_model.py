@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from pattern_accuracy import scaled_budgets  # noqa: E402
+from mcompile.eval.evaluate import scaled_budgets
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,9 +24,9 @@ MEASURED = {"a_shape": 0.9209, "vertical_slash": 0.9580, "block_sparse": 0.8598,
 
 @pytest.fixture(scope="module")
 def setup():
-    from mcompile.evaluate import score_pass
-    from mcompile.models import load_model
-    from mcompile.text import load_text, token_prompt
+    from mcompile.eval.evaluate import score_pass
+    from mcompile.eval.models import load_model
+    from mcompile.eval.text import load_text, token_prompt
 
     torch.set_grad_enabled(False)
     model, tok = load_model("smollm2")
@@ -40,7 +37,7 @@ def setup():
 
 @pytest.mark.parametrize("pattern", sorted(MEASURED))
 def test_pattern_keeps_top1_agreement(setup, pattern):
-    from mcompile.evaluate import compare
+    from mcompile.eval.evaluate import compare
 
     model, ids, dense = setup
     params = {} if pattern == "sample_attention" else scaled_budgets(LENGTH)[pattern]

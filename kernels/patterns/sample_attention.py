@@ -73,7 +73,8 @@ def _window(n: int, p: dict) -> int:
     return max(1, math.ceil(p["window_frac"] * n - 1e-9))
 
 
-def _cap(n: int, p: dict) -> int:
+def column_cap(n: int, p: dict) -> int:
+    """The most columns a head selects at length n (``max_columns`` resolved)."""
     return resolve_budget(p["max_columns"], n)
 
 
@@ -87,14 +88,14 @@ def sample_rows(n: int, sample_frac: float) -> list[int]:
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
     p = validate(params)
     _, offs, _ = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
-    return offs.shape[-1], _cap(n, p)
+    return offs.shape[-1], column_cap(n, p)
 
 
 def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
     """Window blocks exactly; columns in the worst case (the cap, cut at each block's window)."""
     p = validate(params)
     count, _, w0 = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
-    cap = _cap(n, p)
+    cap = column_cap(n, p)
     return int(count.sum()), int(torch.clamp(w0, max=cap).sum())
 
 
@@ -224,16 +225,23 @@ def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, h
               block_m: int = 64, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     p = validate(params)
     col, win, tot = column_scores(q, k, p, heads=heads, block_m=block_m, scale=scale)
-    return filter_columns(col, win, tot, p["alpha"], _cap(q.shape[2], p))
+    return filter_columns(col, win, tot, p["alpha"], column_cap(q.shape[2], p))
 
 
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     p = validate(params)
-    B, Hq, N, D = q.shape
     count, cols = selection(q, k, p, heads=heads, block_m=block_m, scale=scale)
-    Hg = count.shape[1]
-    bcount, boffs, w0 = window_blocks(N, _window(N, p), block_m, block_n, q.device)
+    return index_from_selection(count, cols, q.shape[2], p, block_m, block_n)
+
+
+def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params: dict | None = None,
+                         block_m: int = 64, block_n: int = 64) -> SparseIndex:
+    """The index of a selection (``filter_columns``' count and columns): each query block's
+    window blocks plus the selected columns before its window."""
+    p = validate(params)
+    B, Hg = count.shape
+    bcount, boffs, w0 = window_blocks(n, _window(n, p), block_m, block_n, cols.device)
     nqb = bcount.shape[0]
     # columns before each block's window: a prefix of the sorted list (entries past the head's
     # count are INT32_BIG, so they never count)
@@ -268,7 +276,7 @@ def reference_selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = 
         in_win = torch.zeros_like(in_win)
     col = (pr * ~in_win).sum(2)
     need = p["alpha"] * pr.sum((2, 3)) - (pr * in_win).sum((2, 3))
-    cap = _cap(N, p)
+    cap = column_cap(N, p)
     sel = []
     for b in range(B):
         row = []

@@ -18,7 +18,7 @@ Sizing (``make_candidates``), for each cost level ``L`` of ``levels``:
     the search measures their real cost on the calibration data per head;
   * ``dense``: one candidate (cost 1, recall 1);
   * any other registered pattern: one candidate with its default parameters (measured).
-The search itself always uses the cost measured on the built index (``search_scoring``), so
+The search itself always uses the cost measured on the built index (``scoring``), so
 dynamic patterns are compared with static ones at the cost the kernel really pays.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mcompile.kernels.patterns import PATTERNS, get_pattern, vertical_slash
 
-from .schema import Frac, params_to_json
+from ..schema import Frac, params_to_json
 
 BLOCK = 64
 DEFAULT_LEVELS: tuple[float, ...] = (0.04, 0.06, 0.09, 0.13, 0.19, 0.27, 0.38, 0.55)
@@ -51,8 +51,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        from .summary import head_label
-        from .database import HeadEntry
+        from ..summary import head_label
+        from ..database import HeadEntry
         return head_label(HeadEntry(self.pattern, dict(self.params)))
 
     def to_obj(self) -> dict[str, Any]:
@@ -61,7 +61,7 @@ class Candidate:
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "Candidate":
-        from .schema import params_from_json
+        from ..schema import params_from_json
         return cls(obj["pattern"], params_from_json(obj.get("params", {})), obj.get("level"),
                    obj.get("tag", ""))
 
@@ -203,7 +203,7 @@ def _resolved_key(pattern: str, params: dict, n: int) -> tuple:
     """Two candidates that select the same thing at length n are the same candidate: budgets
     are compared as the counts they resolve to at n."""
     from mcompile.kernels.patterns import resolve_budget as kernel_budget
-    from .schema import BUDGET_PARAMS
+    from ..schema import BUDGET_PARAMS
     p = get_pattern(pattern).validate(dict(params))
     if pattern == "block_sparse":
         return (pattern, get_pattern(pattern).sizes(n, p, BLOCK, BLOCK))

@@ -60,7 +60,7 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _sliding_layers(model) -> set[int]:
-    from .pattern_db.identity import ModelIdentity
+    from ..pattern_db.identity import ModelIdentity
     try:
         return set(ModelIdentity.from_hf_config(model.config).sliding_layers)
     except (ValueError, TypeError, AttributeError):
@@ -70,7 +70,7 @@ def _sliding_layers(model) -> set[int]:
 @torch.no_grad()
 def score_pass(model, ids: torch.Tensor, options: dict, chunk: int = 1024) -> PassResult:
     """Mean NLL and top-1 predictions of ``model`` on ``ids`` (1, N), attention compiled with ``options``."""
-    from . import reporting
+    from .. import reporting
 
     start = time.perf_counter()
     torch._dynamo.reset()
@@ -138,15 +138,24 @@ def pooled(cmps) -> dict:
             "layer_density": cmps[0].layer_density}
 
 
+def scaled_budgets(n: int) -> dict[str, dict]:
+    """Budgets that keep roughly a quarter of the causal 64x64 blocks at length n."""
+    return {
+        "a_shape": {"n_init": 128, "n_local": n // 8},
+        "vertical_slash": {"vertical_size": n // 16, "slash_size": n // 8},
+        "block_sparse": {"top_k": max(2, n // 512)},
+        "sample_attention": {"alpha": 0.95, "window_frac": 0.08},
+    }
+
 
 # --- the plan on captured q/k/v ------------------------------------------------------------------
 def layer_plans(model, options: dict) -> dict[int, object]:
     """The LayerPlan the backend would run per full-attention layer with ``options``
     (``plan=`` forced, or ``db=``), skipping layers without a sparse plan."""
-    from .options import Options
-    from .pattern_db import resolve_model_plan
-    from .pattern_db.identity import ModelIdentity
-    from .plan import LayerPlan
+    from ..options import Options
+    from ..pattern_db import resolve_model_plan
+    from ..pattern_db.identity import ModelIdentity
+    from ..plan import LayerPlan
 
     opts = Options.from_dict({k: v for k, v in options.items() if k in ("db", "plan", "force_db")})
     identity = ModelIdentity.from_hf_config(model.config)
@@ -166,9 +175,9 @@ def plan_recall(model, capture_dir: str | Path, options: dict, device: str = "cp
     """Per full-attention layer with a sparse plan: mean over heads and captured samples of the
     attention-mass recall, relative output error and kernel cost (of dense causal tiles) of
     the index the plan builds on the captured q/k; plus per-head values."""
-    from .kernels.patterns import build_layer_index
-    from .pattern_db.search import attention_scale
-    from .pattern_db.search_scoring import capture_samples, load_layer, score_layer, scored_query_blocks
+    from ..kernels.patterns import build_layer_index
+    from ..pattern_db.search import attention_scale
+    from ..pattern_db.search.scoring import capture_samples, load_layer, score_layer, scored_query_blocks
 
     scale = attention_scale(model.config)
     plans = layer_plans(model, options)

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .search_candidates import MINFERENCE_DEFAULT_LABEL
-from .summary import SHORT
+from ..summary import SHORT
+from .candidates import MINFERENCE_DEFAULT_LABEL
 
 PATTERN_COLORS = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#d62728",
                   "block_sparse": "#2ca02c", "sample_attention": "#9467bd", "sliding_window": "#ff7f0e"}

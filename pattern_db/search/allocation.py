@@ -1,7 +1,7 @@
 """Choosing one candidate per head under a model-wide kernel-cost budget.
 
 Each searched head ``h`` has candidates ``c`` with a measured relative cost ``cost[h, c]`` and
-a loss ``loss[h, c]`` (``1 - recall`` or the relative output error, see ``search_scoring``).
+a loss ``loss[h, c]`` (``1 - recall`` or the relative output error, see ``scoring``).
 :func:`allocate` minimises the summed loss over all searched heads subject to the mean cost
 being at most ``budget`` (a fraction of dense causal attention's work):
 

@@ -27,9 +27,9 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import parse_lengths
-    from .search import COSTS, DEFAULT_COST, DEFAULT_PRICE_LENGTH, DEFAULT_SCORING, SCORINGS
-    from .search_candidates import DEFAULT_LEVELS
+    from ..cli import parse_lengths
+    from .pipeline import COSTS, DEFAULT_COST, DEFAULT_PRICE_LENGTH, DEFAULT_SCORING, SCORINGS
+    from .candidates import DEFAULT_LEVELS
 
     p = subparsers.add_parser(
         "search", help="search a per-layer, per-head sparse pattern database for a model",
@@ -84,12 +84,12 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_search(args: argparse.Namespace) -> int:
     import torch
 
-    from mcompile.models import load_model
-    from mcompile.text import load_text
+    from mcompile.eval.models import load_model
+    from mcompile.eval.text import load_text
 
-    from .errors import PatternDBError
-    from .io import save_db
-    from .search import KNOWN_NAMES, SearchConfig, command_line, search
+    from ..errors import PatternDBError
+    from ..io import save_db
+    from .pipeline import KNOWN_NAMES, SearchConfig, command_line, search
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -136,10 +136,10 @@ def reselect(args: argparse.Namespace, config):
 
     from transformers import AutoConfig
 
-    from mcompile.models import checkpoint_dir
+    from mcompile.eval.models import checkpoint_dir
 
-    from .identity import ModelIdentity
-    from .search import KNOWN_NAMES, SearchScores, command_line, select
+    from ..identity import ModelIdentity
+    from .pipeline import KNOWN_NAMES, SearchScores, command_line, select
 
     path = Path(args.from_details)
     if not path.is_file():
@@ -164,7 +164,7 @@ def reselect(args: argparse.Namespace, config):
 
 
 def report(args: argparse.Namespace, result, out: Path) -> int:
-    from .search_report import comparisons_obj, plot_search, summary_table
+    from .report import comparisons_obj, plot_search, summary_table
 
     print(summary_table(result))
     print(f"\nwrote {out}")
@@ -180,8 +180,8 @@ def report(args: argparse.Namespace, result, out: Path) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m mcompile.pattern_db.search_cli ...`` (the same as ``mcompile search ...``)."""
-    from .search import command_line
+    """``python -m mcompile.pattern_db.search.cli ...`` (the same as ``mcompile search ...``)."""
+    from .pipeline import command_line
 
     parser = argparse.ArgumentParser(prog="mcompile")
     sub = parser.add_subparsers(dest="command")

@@ -22,7 +22,7 @@ import numpy as np
 
 from mcompile.kernels.patterns import Law, resolve_budget
 
-from .schema import BUDGET_PARAMS, Frac
+from ..schema import BUDGET_PARAMS, Frac
 
 BLOCK = 64
 LAW_PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "sliding_window")

@@ -8,11 +8,11 @@ Pipeline (the command line is in README.md, "Search and evaluation"):
   2. capture: the model's decoder compiled with ``backend="minference"`` in ``capture`` mode
      records post-RoPE q, k and v at every attention site (no model-specific hooks);
   3. candidates of every registered pattern sized to kernel-cost levels
-     (``search_candidates``), their indexes built by the patterns' own builders on the
-     captured q/k, scored per head with the exact softmax in chunks (``search_scoring``):
+     (``candidates``), their indexes built by the patterns' own builders on the
+     captured q/k, scored per head with the exact softmax in chunks (``scoring``):
      measured kernel cost, attention-mass recall and relative output error, averaged over
      the calibration samples;
-  4. one candidate per head under the model-wide cost budget (``search_select``), scored by
+  4. one candidate per head under the model-wide cost budget (``allocation``), scored by
      ``scoring`` ("output": relative output error, or "recall": 1 - recall);
   5. the database is written through ``pattern_db`` (``PatternDB.build``, ``save_db``) with the
      exact command, calibration data and budget in its provenance. Sliding-window layers
@@ -21,7 +21,6 @@ Pipeline (the command line is in README.md, "Search and evaluation"):
 from __future__ import annotations
 
 import logging
-import random
 import shlex
 import sys
 import tempfile
@@ -33,12 +32,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .database import HeadEntry, LayerEntry, PatternDB, Provenance
-from .identity import ModelIdentity
-from .search_candidates import (DEFAULT_LEVELS, Candidate, build_overhead, make_candidates,
-                                minference_default_index)
-from .search_scoring import capture_layers, capture_samples, load_layer, score_layer, scored_query_blocks
-from .search_select import allocate, best_uniform
+from mcompile import capture
+from mcompile.eval.text import adds_bos, prompt_windows, text_tokens
+from mcompile.kernels.patterns import build_head_group
+from mcompile.kernels.patterns import sample_attention as sa
+from mcompile.kernels.patterns import vertical_slash as vs
+
+from ..database import HeadEntry, LayerEntry, PatternDB, Provenance
+from ..identity import ModelIdentity
+from .allocation import allocate, best_uniform
+from .candidates import DEFAULT_LEVELS, Candidate, build_overhead, make_candidates, minference_default_index
+from .scoring import capture_layers, capture_samples, load_layer, score_layer, scored_query_blocks
 
 log = logging.getLogger("mcompile")
 
@@ -103,44 +107,9 @@ class SearchConfig:
 
 
 # --- calibration prompts ---------------------------------------------------------------------------
-def _adds_bos(tokenizer) -> bool:
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("a").input_ids
-    return bool(ids) and ids[0] == bos
-
-
-def text_tokens(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def prompt_windows(tokens: Sequence[int], length: int, samples: int, seed: int, region: str = "calibration",
-                   bos: int | None = None) -> list[tuple[int, torch.Tensor]]:
-    """``samples`` non-overlapping windows (offset, (1, length) ids) from the first half of the
-    tokens (``region="calibration"``) or the second half (``"heldout"``), one per equal slot
-    of the region at a random place inside it (deterministic for ``seed``)."""
-    body = length - (1 if bos is not None else 0)
-    half = len(tokens) // 2
-    lo, hi = (0, half) if region == "calibration" else (half, len(tokens))
-    slot = (hi - lo) // samples
-    if slot < body:
-        raise ValueError(f"text too short: {samples} windows of {length} tokens need {samples * body} tokens "
-                         f"in the {region} half, it has {hi - lo}")
-    rng = random.Random(f"{seed}:{region}")
-    out = []
-    for i in range(samples):
-        off = lo + i * slot + rng.randrange(slot - body + 1)
-        ids = list(tokens[off:off + body])
-        if bos is not None:
-            ids = [bos] + ids
-        out.append((off, torch.tensor([ids], dtype=torch.long)))
-    return out
-
-
 def calibration_prompts(tokenizer, text: str, length: int, samples: int, seed: int,
                         region: str = "calibration") -> list[tuple[int, torch.Tensor]]:
-    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
     return prompt_windows(text_tokens(tokenizer, text), length, samples, seed, region, bos)
 
 
@@ -148,8 +117,6 @@ def calibration_prompts(tokenizer, text: str, length: int, samples: int, seed: i
 @torch.no_grad()
 def capture_prompts(model, prompts: Sequence[torch.Tensor], directory: str | Path, device: str = "cpu") -> Path:
     """Run ``prompts`` through the decoder compiled in capture mode; q/k/v land in ``directory``."""
-    from mcompile import capture as _capture
-
     directory = Path(directory)
     torch._dynamo.reset()
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -163,7 +130,7 @@ def capture_prompts(model, prompts: Sequence[torch.Tensor], directory: str | Pat
     finally:
         torch._dynamo.reset()
         # a later capture into the same directory in this process starts at sample 0 again
-        _capture._OWNED.pop(str(directory.resolve()), None)
+        capture.forget(directory)
     return directory
 
 
@@ -223,9 +190,6 @@ def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candida
     vertical_slash candidates share one scoring pass (its ``scores`` depend on q/k only, not on
     the budgets), then each one's ``select`` + ``index_from_selection``: the same steps as its
     ``build``, without recomputing the last-64-query softmax per candidate."""
-    from mcompile.kernels.patterns import build_head_group
-    from mcompile.kernels.patterns import vertical_slash as vs
-
     out = []
     vs_scores = None
     sa_scores: dict = {}
@@ -247,24 +211,13 @@ def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candida
 def _sample_attention_index(q, k, params, scale, cache: dict):
     """sample_attention's ``build``, with stage 1 (the sampled softmax, which does not depend
     on ``alpha``) shared by candidates that differ only in ``alpha``."""
-    from mcompile.kernels.index import SparseIndex
-    from mcompile.kernels.patterns import sample_attention as sa
-    from mcompile.kernels.patterns._common import window_blocks
-
     p = sa.validate(dict(params))
-    B, _, N, _ = q.shape
+    n = q.shape[2]
     key = tuple((name, repr(v)) for name, v in sorted(p.items()) if name != "alpha")
     if key not in cache:
         cache[key] = sa.column_scores(q, k, p, scale=scale)
-    count, cols = sa.filter_columns(*cache[key], p["alpha"], sa._cap(N, p))
-    Hg = count.shape[1]
-    bcount, boffs, w0 = window_blocks(N, sa._window(N, p), BLOCK_SIZE, BLOCK_SIZE, q.device)
-    nqb = bcount.shape[0]
-    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, 1, nqb).expand(B, Hg, nqb).contiguous())
-    return SparseIndex(bcount.view(1, 1, nqb).expand(B, Hg, nqb),
-                       boffs.view(1, 1, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
-                       cc.to(torch.int32), cols.view(B, Hg, 1, -1).expand(B, Hg, nqb, cols.shape[-1]),
-                       BLOCK_SIZE, BLOCK_SIZE)
+    count, cols = sa.filter_columns(*cache[key], p["alpha"], sa.column_cap(n, p))
+    return sa.index_from_selection(count, cols, n, p, BLOCK_SIZE, BLOCK_SIZE)
 
 
 def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
@@ -275,7 +228,7 @@ def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: 
     time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``) at
     ``price_length`` (default: this length) with the density measured here, or without a model
     the density plus the index builder's own score work (``build_overhead``)."""
-    from .cost import relative_time
+    from ..cost import relative_time
     n = q.shape[2]
     idx = build_indexes(q, k, candidates, scale)
     ls = score_layer(q, k, v, idx, scale=scale, query_blocks=scored_query_blocks(n, max_query_blocks))
@@ -495,10 +448,10 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
            shorter: Sequence[SearchScores] = ()) -> SearchResult:
     """The plan under ``config.budget`` from scored candidates, as a database. ``scores`` are the
     longest calibration length's, where the plan is chosen; with ``shorter`` lengths' scores each
-    chosen budget becomes a law of the length (``search_laws``). Cheap: a search's details file
+    chosen budget becomes a law of the length (``laws``). Cheap: a search's details file
     (``--details``) holds the scores, so another budget or scoring needs no model run
     (``mcompile search --from-details``)."""
-    from .search_laws import fit_laws
+    from .laws import fit_laws
     config.check()
     choice = choose(scores, config.budget, config.scoring, config.patterns)
     comp = comparisons(scores, config.budget, config.scoring, choice)
@@ -537,6 +490,6 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     argv = list(sys.argv if argv is None else argv)
     if argv and Path(argv[0]).name in ("mcompile", "mcompile.exe"):
         argv[0] = "mcompile"
-    elif argv and Path(argv[0]).name == "search_cli.py":
-        argv[0:1] = ["python", "-m", "mcompile.pattern_db.search_cli"]
+    elif argv and Path(argv[0]).parts[-2:] == ("search", "cli.py"):
+        argv[0:1] = ["python", "-m", "mcompile.pattern_db.search.cli"]
     return " ".join(shlex.quote(a) for a in argv)

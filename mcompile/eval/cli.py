@@ -86,7 +86,7 @@ def cmd_eval(args) -> int:
     from .evaluate import compare, plan_recall, pooled
     from .models import load_model
     from .niah import plot_grid, run_grid
-    from .text import load_text
+    from .text import adds_bos, load_text, prompt_windows, text_tokens
 
     torch.set_grad_enabled(False)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -100,9 +100,8 @@ def cmd_eval(args) -> int:
                        f"both {dtype}, same compiled backend; top-1 agreement is sparse vs that dense pass",
               **environment(args.device), "seconds": {"load": round(time.perf_counter() - t0, 1)}}
     if args.length:
-        from .pattern_db.search import _adds_bos, prompt_windows, text_tokens
         tokens = text_tokens(tokenizer, text)
-        bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+        bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
         if args.windows < 1:
             raise SystemExit(f"--windows must be >= 1, got {args.windows}")
         if args.offset is None:   # windows of the held-out half (the search calibrates on the first half)
@@ -134,7 +133,7 @@ def cmd_eval(args) -> int:
                   flush=True)
         if args.recall:
             t = time.perf_counter()
-            from .pattern_db.search import capture_prompts
+            from ..pattern_db.search import capture_prompts
             tmp = None
             cap = args.capture_dir
             if cap is None:
