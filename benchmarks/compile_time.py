@@ -1,7 +1,6 @@
 """Compile time of a whole decoder through torch.compile: minference with layer-wise compilation
-(the default: each distinct layer compiled once, passes/layerwise.py), with regional compilation
-(invoke_subgraph, passes/regions.py), on the flat graph, and plain Inductor. Each row also has
-Dynamo's per-phase times (``phases_s``: cumulative, phases nest).
+(the default: each distinct layer compiled once, passes/layerwise.py), on the flat graph, and
+plain Inductor. Each row also has Dynamo's per-phase times (``phases_s``: cumulative, phases nest).
 
 Each measurement runs in a fresh process with an empty Inductor cache (cold): the first call
 (Dynamo + our passes + Inductor + one run) minus a warm call is the compile time. The output
@@ -30,9 +29,8 @@ import torch
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              vocab_size=1000)
 VARIANTS = {  # name -> (backend, options)
-    "minference": ("minference", {"regions": True}),         # regional compilation (invoke_subgraph)
-    "minference-flat": ("minference", {"regions": False, "layerwise": False}),   # one flat graph
-    "minference-layerwise": ("minference", {"regions": False, "layerwise": True}),  # passes/layerwise.py
+    "minference-layerwise": ("minference", {"layerwise": True}),  # passes/layerwise.py
+    "minference-flat": ("minference", {"layerwise": False}),      # one flat graph
     "inductor": ("inductor", None),
 }
 

@@ -20,8 +20,7 @@ from . import reporting as _report
 from .capture import CaptureWriter
 from .cuda_graphs import CudaGraphRunner
 from .options import Options
-from .passes.layerwise import compile_layerwise
-from .passes.regions import float_inputs, outline_layers
+from .passes.layerwise import compile_layerwise, float_inputs
 from .passes.rewrite import classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
 from .plan import LayerPlan
@@ -75,7 +74,7 @@ def resolve_plans(opts: Options, sites: list[AttentionSite], shard: HeadShard | 
 
 def _specialise_float_inputs(gm: fx.GraphModule) -> None:
     """Under ``dynamic=True`` Dynamo passes module float attributes (norm eps, attention scale)
-    as graph inputs; shared layer subgraphs cannot take them (passes/regions.py). Ask Dynamo to
+    as graph inputs; layer-wise pieces cannot take them (passes/layerwise.py). Ask Dynamo to
     specialise them (a guard on each value) through the restart its own tensorify pass uses: the
     attention scale, which our op takes as a Python float, forces that restart anyway, so this
     costs no extra trace. Runs first, before anything is registered for this graph."""
@@ -110,8 +109,7 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     cuda_graphs = bool(patches.get("triton.cudagraphs"))
     # option layerwise (default): each distinct decoder layer compiled once, reused for the others
     # (H100, LLaMA-3-8B shape, 32 layers, cold: 33.5 s instead of 71-86 s flat; lower peak at 512K)
-    layerwise = opts.layerwise and not opts.regions
-    if opts.regions or layerwise:
+    if opts.layerwise:
         _specialise_float_inputs(gm)
     sites = find_attention_sites(gm)
     for s in sites:
@@ -133,14 +131,13 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
         _report.add_site(_row(key, graph_id, s, plan, shard))
     if rewritten:
         rewrite_sites(gm, sites, keys)
-    outlined = outline_layers(gm) if opts.regions else 0
-    log.info("graph %s: rewrote %d of %d attention site(s); plan from %s; %d layer(s) share compiled code",
-             graph_id, len(rewritten), len(sites), source, outlined)
+    log.info("graph %s: rewrote %d of %d attention site(s); plan from %s", graph_id, len(rewritten), len(sites),
+             source)
     if opts.report:
         _report.report().save(opts.report)
     from torch._inductor.compile_fx import compile_fx
 
-    if layerwise:
+    if opts.layerwise:
         # the layer-wise runner replays as a whole (mcompile/cuda_graphs.py): Inductor's own CUDA
         # graphs would stop at each attention op, whose layer slot is a CPU input
         piece_patches = {k: v for k, v in patches.items() if k != "triton.cudagraphs"} or None

@@ -31,8 +31,7 @@ class Options:
     report: str | None = None        # path: write the report as JSON after each compile
     debug: bool = False              # check sparse-index invariants at run time (slow)
     stats: bool = False              # record computed blocks and columns per sparse call (one host sync each)
-    regions: bool = False            # compile repeated identical layers once (passes/regions.py)
-    layerwise: bool = True           # compile each distinct decoder layer once (passes/layerwise.py); off with regions
+    layerwise: bool = True           # compile each distinct decoder layer once (passes/layerwise.py)
     dense_tail: int = 64             # the last this-many prompt rows attend to every key (0: off)
     cost_model: bool = True          # GPU: run dense where the measured cost model predicts sparse is slower
     cuda_graphs: bool = False        # GPU: replay each length's prefill as CUDA graphs (mode="reduce-overhead")
@@ -55,7 +54,7 @@ class Options:
 
         if self.db is not None and not isinstance(self.db, (str, os.PathLike)):
             raise bad("db", '"auto", a path to a database JSON file, a shipped model key, or None')
-        for name in ("force_db", "overwrite", "debug", "stats", "regions", "layerwise", "cost_model", "cuda_graphs"):
+        for name in ("force_db", "overwrite", "debug", "stats", "layerwise", "cost_model", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if isinstance(self.min_len, bool) or not isinstance(self.min_len, int) or self.min_len < 1:

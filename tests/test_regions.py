@@ -1,5 +1,5 @@
-"""Regional compilation (passes/regions.py): repeated layers share one compiled subgraph, and
-results, site keys, the report, capture mode and dynamic shapes are as without it (CPU)."""
+"""Layer-wise compilation (passes/layerwise.py): each distinct decoder layer is compiled once,
+and results, site keys, the report, capture mode and dynamic shapes are as on the flat graph (CPU)."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,7 @@ import mcompile.backend as backend
 from mcompile import reporting
 from tiny_models import COMMON, tiny_inputs
 
-SPARSE = {"min_len": 16, "plan": "vertical_slash", "regions": True}
+SPARSE = {"min_len": 16, "plan": "vertical_slash"}
 
 
 @pytest.fixture(autouse=True)
@@ -21,20 +21,6 @@ def fresh_dynamo():
     reporting.reset()
     yield
     torch._dynamo.reset()
-
-
-@pytest.fixture
-def outlined(monkeypatch):
-    """How many layers each compiled graph outlined."""
-    counts = []
-
-    def spy(gm):
-        counts.append(real(gm))
-        return counts[-1]
-
-    real = backend.outline_layers
-    monkeypatch.setattr(backend, "outline_layers", spy)
-    return counts
 
 
 def _model(family: str = "llama", layers: int = 4):
@@ -54,56 +40,6 @@ def _logits(model, ids, mask=None):
         return model(ids, attention_mask=mask, use_cache=False).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_layers_outlined_and_match_eager(family, outlined):
-    model = _model(family)
-    compiled = torch.compile(model, backend="minference", options=SPARSE, dynamic=True)
-    for length, pad in ((40, 0), (56, 5)):
-        ids, mask = tiny_inputs(2, length, pad)
-        torch.testing.assert_close(_logits(compiled, ids, mask), _logits(model, ids, mask), rtol=1e-4, atol=1e-4)
-    assert outlined and outlined[-1] == 4  # gemma3: two subgraphs (sliding, full), two layers each
-    rows = mcompile.report().rows
-    assert sorted(r.layer for r in rows) == [0, 1, 2, 3]
-    assert all(r.decision != "not run yet" and sum(r.calls.values()) == 2 for r in rows)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # no recompile per length
-
-
-def test_regions_off_gives_the_same_result(outlined):
-    model = _model()
-    ids, mask = tiny_inputs(1, 48)
-    flat = torch.compile(model, backend="minference", options={**SPARSE, "regions": False}, dynamic=True)
-    expected = _logits(flat, ids, mask)
-    assert outlined == []  # not even tried
-    torch._dynamo.reset()
-    regional = torch.compile(model, backend="minference", options=SPARSE, dynamic=True)
-    torch.testing.assert_close(_logits(regional, ids, mask), expected, rtol=1e-5, atol=1e-5)
-    assert outlined[-1] == 4
-
-
-def test_fullgraph_default_dynamic(outlined):
-    model = _model()
-    compiled = torch.compile(model, backend="minference", fullgraph=True, options=SPARSE)
-    for length in (32, 40, 48):
-        ids, mask = tiny_inputs(1, length)
-        torch.testing.assert_close(_logits(compiled, ids, mask), _logits(model, ids, mask), rtol=1e-4, atol=1e-4)
-    assert outlined and all(n == 4 for n in outlined)
-
-
-def test_capture_mode_records_every_layer(tmp_path, outlined):
-    model = _model()
-    opts = {"mode": "capture", "capture_dir": str(tmp_path / "cap"), "min_len": 16, "regions": True}
-    compiled = torch.compile(model, backend="minference", options=opts, dynamic=True)
-    ids, _ = tiny_inputs(1, 40)
-    _logits(compiled, ids)
-    assert outlined[-1] == 4
-    assert sorted(p.name for p in (tmp_path / "cap" / "sample0000").iterdir()) == [
-        f"layer{i:03d}.pt" for i in range(4)]
-
-
-# --- layer-wise compilation (passes/layerwise.py) ----------------------------------------------
-LAYERWISE = {"min_len": 16, "plan": "vertical_slash"}
-
-
 @pytest.fixture
 def layerwise(monkeypatch):
     """Layer-wise compilation on, and what it made."""
@@ -115,7 +51,7 @@ def layerwise(monkeypatch):
 
     real = backend.compile_layerwise
     monkeypatch.setattr(backend, "compile_layerwise", spy)
-    return {**LAYERWISE, "layerwise": True}, made
+    return {**SPARSE, "layerwise": True}, made
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -139,8 +75,9 @@ def test_layerwise_matches_flat_and_default_dynamic(layerwise):
     opts, made = layerwise
     model = _model()
     ids, mask = tiny_inputs(1, 48)
-    flat = torch.compile(model, backend="minference", options=SPARSE | {"regions": False}, dynamic=True)
+    flat = torch.compile(model, backend="minference", options=SPARSE | {"layerwise": False}, dynamic=True)
     expected = _logits(flat, ids, mask)
+    assert made == []  # not even tried
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="minference", fullgraph=True, options=opts)  # default dynamic
     torch.testing.assert_close(_logits(compiled, ids, mask), expected, rtol=1e-5, atol=1e-5)
