@@ -3,9 +3,12 @@ model resolution from a GGUF path or variable, the plan's recall on captured q/k
 grid's tables, and the per-pattern recall-at-equal-cost view of a search's details."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mcompile.eval import models
 
@@ -68,9 +71,10 @@ def test_checkpoint_dir_dequantises_once_from_the_env_file(tmp_path, monkeypatch
 
 # --- the plan's recall on captured q/k (tiny Gemma 3) -----------------------------------------------
 def test_plan_recall_on_a_tiny_gemma3(tmp_path):
+    from plan_reference import plan_logits
     from tiny_models import tiny_inputs, tiny_model
 
-    from mcompile.eval.evaluate import compare, plan_recall
+    from mcompile.eval.evaluate import compare, layer_plans, plan_recall
     from mcompile.pattern_db.search import capture_prompts
 
     model = tiny_model("gemma3")
@@ -85,7 +89,17 @@ def test_plan_recall_on_a_tiny_gemma3(tmp_path):
     opts = {"plan": {"pattern": "a_shape", "n_init": 64, "n_local": 64}, "min_len": 128, "dense_tail": 0}
     cmp = compare(model, ids, opts)
     assert 0 < cmp.density < 1 and set(cmp.layer_density) == {0, 1}   # the sliding layer runs its window
-    assert 0 <= cmp.top1_agreement <= 1
+    # perplexities and top-1 agreement are those of what the plan means (the patterns' reference
+    # masks) against eager dense; the plan changes about a tenth of the predictions
+    with torch.no_grad():
+        dense = model(ids, use_cache=False).logits[0, :-1]
+    sparse = plan_logits(model, ids, layer_plans(model, opts))[0, :-1]
+    ppl = {name: math.exp(float(F.cross_entropy(x, ids[0, 1:]))) for name, x in (("dense", dense), ("sparse", sparse))}
+    assert cmp.dense_perplexity == pytest.approx(ppl["dense"], rel=1e-5)
+    assert cmp.sparse_perplexity == pytest.approx(ppl["sparse"], rel=1e-5)
+    assert cmp.perplexity_change == pytest.approx(ppl["sparse"] / ppl["dense"] - 1, abs=1e-5)
+    agreement = (sparse.argmax(-1) == dense.argmax(-1)).float().mean().item()
+    assert cmp.top1_agreement == agreement and agreement < 0.95
     # a_shape lists 1 + 2 + 3 + 3 of the 10 causal blocks; the dense tail makes the last row's 3 its 4
     assert cmp.layer_density[1] == pytest.approx(0.9)
     with_tail = compare(model, ids, {**opts, "dense_tail": 64})

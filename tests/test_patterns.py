@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from mcompile.kernels.patterns import sliding_window as SW
 from mcompile.kernels.patterns import vertical_slash as VS
 from mcompile.options import OptionError, Options
 from mcompile.plan import HeadPlan, LayerPlan
+from fresh_checks import random_selection, run_fresh
 
 try:
     from mcompile.kernels.index import check_index
@@ -59,12 +58,10 @@ def _random_qk(n):
     return torch.randn(2, 4, n, 32, generator=g), torch.randn(2, 2, n, 32, generator=g)
 
 
-def _run_interpreted(code, timeout):
-    """Run ``code`` in a fresh Python under Triton's CPU interpreter, with the builders' Triton
-    paths forced; it must print ok."""
-    env = dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+def _run_interpreted(check, timeout):
+    """Run fresh_checks.``check`` in a fresh Python under Triton's CPU interpreter (read when the
+    kernels are defined), with the builders' Triton paths forced."""
+    run_fresh(check, env=dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1"), timeout=timeout)
 
 
 def _tril(n):
@@ -193,16 +190,6 @@ def test_a_shape_sinks_and_window():
 
 
 # --- vertical_slash ---------------------------------------------------------------------------------
-def _random_selection(gen, B, H, n, ks, kv):
-    d = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:ks] for _ in range(H)]) for _ in range(B)])
-    zero = (d == 0).any(-1, keepdim=True)        # put the main diagonal in, keep distinct
-    d[..., :1] = torch.where(zero, d[..., :1], torch.zeros_like(d[..., :1]))
-    dists = d.sort(-1, descending=True).values
-    cols = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:kv] for _ in range(H)])
-                        for _ in range(B)]).sort(-1).values
-    return cols, dists
-
-
 def test_vertical_slash_merge_matches_minference_port():
     """The vectorised range merge equals a literal port of convert_vertical_slash_indexes on
     random selections (distinct distances, main diagonal included)."""
@@ -211,7 +198,7 @@ def test_vertical_slash_merge_matches_minference_port():
         n = int(torch.randint(2, 600, (1,), generator=gen))
         ks = int(torch.randint(1, n + 1, (1,), generator=gen))
         kv = int(torch.randint(1, n + 1, (1,), generator=gen))
-        cols, dists = _random_selection(gen, 2, 2, n, ks, kv)
+        cols, dists = random_selection(gen, 2, 2, n, ks, kv)
         ix = VS.index_from_selection(cols, dists, n)
         _check(ix, n, 2, 2)
         m = _mask(ix, n)
@@ -283,31 +270,7 @@ def test_triton_kernels_interpreted():
     """The CUDA paths (vertical-slash range merge, SampleAttention's fused sampling) run
     under Triton's interpreter and agree with the torch paths."""
     pytest.importorskip("triton")
-    code = textwrap.dedent("""
-        import os
-        import torch
-        from mcompile.kernels.patterns import vertical_slash as VS, sample_attention as SA, _common as C
-        from mcompile.kernels.reference import index_to_mask
-        g = torch.Generator().manual_seed(1)
-        for n, ks in [(150, 40), (333, 333), (64, 7)]:
-            d = torch.stack([torch.randperm(n, generator=g)[:ks] for _ in range(3)]).view(1, 3, ks)
-            zero = (d == 0).any(-1, keepdim=True)
-            d[..., :1] = torch.where(zero, d[..., :1], torch.zeros_like(d[..., :1]))
-            d = d.sort(-1, descending=True).values
-            c = torch.stack([torch.randperm(n, generator=g)[:30] for _ in range(3)]).view(1, 3, 30).sort(-1).values
-            ix = VS.index_from_selection(c, d, n)
-            assert torch.equal(index_to_mask(ix, n), VS.reference_index_mask(c, d, n)), n
-        for n, heads, params in [(300, None, {}), (700, [3, 1], {"count_window": False, "sample_frac": 0.1})]:
-            q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=64, hot_columns=[3, 100], local=4.0)
-            got = SA.column_scores(q, k, params, heads=heads)
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
-            want = SA.column_scores(q, k, params, heads=heads)
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
-            for x, y in zip(got, want):
-                assert torch.allclose(x, y, atol=1e-4), (n, float((x - y).abs().max()))
-        print("ok")
-    """)
-    _run_interpreted(code, timeout=600)
+    _run_interpreted("triton_kernels_interpreted", timeout=600)
 
 
 def test_triton_builders_interpreted():
@@ -315,74 +278,7 @@ def test_triton_builders_interpreted():
     split loops under several tile shapes) run under Triton's interpreter and give the torch
     paths' index: the same counts and the same entries up to the counts."""
     pytest.importorskip("triton")
-    code = textwrap.dedent("""
-        import os
-        import torch
-        from mcompile.kernels.patterns import vertical_slash as VS, block_sparse as BS
-        from mcompile.kernels.patterns import sample_attention as SA, _common as C
-
-        def both(fn):
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
-            a = fn()
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
-            b = fn()
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
-            return a, b
-
-        def same_index(a, b):
-            assert torch.equal(a.block_count, b.block_count)
-            assert torch.equal(a.column_count, b.column_count)
-            for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset),
-                              (a.column_count, a.column_index, b.column_index)):
-                ok = torch.arange(x.shape[-1]) < cnt.unsqueeze(-1)
-                assert torch.equal(torch.where(ok, x, 0), torch.where(ok, y, 0))
-
-        # vertical-slash: scores (fused passes + diagonal skew) and the whole build
-        for n, params, heads in [(300, {"vertical_size": 40, "slash_size": 120}, None),
-                                 (777, {"vertical_size": 0.05, "slash_size": 0.2}, [1, 2]),
-                                 (40, {}, None), (129, {"vertical_size": 30, "slash_size": 1.0}, [3])]:
-            q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, 30],
-                                diagonals=[20, 90], local=2.0)
-            (v1, s1), (v2, s2) = both(lambda: VS.scores(q, k, heads))
-            assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5), n
-            a, b = both(lambda: VS.build(q, k, params, heads=heads))
-            C.index_cost(a)
-            same_index(a, b)
-        # vertical-slash: the index of random selections (distances in any order)
-        g = torch.Generator().manual_seed(3)
-        for n, ks, kv in [(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)]:
-            d = torch.stack([torch.randperm(n, generator=g)[:ks] for _ in range(6)]).view(2, 3, ks)
-            c = torch.stack([torch.randperm(n, generator=g)[:kv] for _ in range(6)]).view(2, 3, kv)
-            c = c.sort(-1).values
-            a = VS.index_from_selection(c, d, n)
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
-            b = VS.index_from_selection(c, d.sort(-1, descending=True).values, n)
-            os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
-            same_index(a, b)
-        # block-sparse: the radix-select top-k
-        for n, top_k in [(65, 3), (640, 4), (1000, 0.3), (777, 100), (1, 5), (2000, 7)]:
-            q = torch.randn(2, 4, n, 32, generator=g)
-            k = torch.randn(2, 2, n, 32, generator=g)
-            for heads in (None, [3, 0]):
-                a, b = both(lambda: BS.build(q, k, {"top_k": top_k}, heads=heads))
-                same_index(a, b)
-        # equal scores: the lowest block ids win
-        ix = BS.build(torch.ones(1, 1, 640, 16), torch.ones(1, 1, 640, 16), {"top_k": 4})
-        assert ix.block_offset[0, 0, 9, :4].tolist() == [0, 64, 128, 576]
-        # SampleAttention: unmasked/masked loop split, several tile shapes
-        for cfg in ({"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 32, "BLOCK_N": 128}):
-            SA.CONFIG["row_stats"].update(cfg)
-            SA.CONFIG["col_sums"].update(cfg)
-            for n, heads, params in [(1000, None, {"window_frac": 0.1, "sample_frac": 0.1}),
-                                     (2500, [1], {"sample_frac": 0.25, "count_window": False})]:
-                q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=1, d=64, hot_columns=[3, 100],
-                                    local=4.0)
-                got, want = both(lambda: SA.column_scores(q, k, params, heads=heads))
-                for x, y in zip(got, want):
-                    assert torch.allclose(x, y, atol=1e-4), (n, float((x - y).abs().max()))
-        print("ok")
-    """)
-    _run_interpreted(code, timeout=900)
+    _run_interpreted("triton_builders_interpreted", timeout=900)
 
 
 # --- block_sparse ------------------------------------------------------------------------------------
@@ -574,11 +470,30 @@ def test_gpu_no_host_sync():
 
 
 # --- demos --------------------------------------------------------------------------------------------
-def test_demos(tmp_path):
+def test_demos_draw_the_reference_selection(tmp_path, monkeypatch):
+    """Each demo draws the selection that its pattern's reference mask makes of the demo's own
+    inputs (planted structure for the online patterns) into a 720 x 720 PNG."""
     pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    inputs, drawn = {}, {}
+    real_plot_mask = C.plot_mask
+
+    def plot_mask(mask, path, title, **kw):
+        drawn[path] = mask
+        return real_plot_mask(mask, path, title, **kw)
+    monkeypatch.setattr(C, "plot_mask", plot_mask)
     for name, pat in P.PATTERNS.items():
+        module = sys.modules[pat.demo.__module__]
+
+        def plot_selection(path, label, build, q, k, params, _real=module.plot_selection, **kw):
+            inputs[path] = (q, k, params)
+            return _real(path, label, build, q, k, params, **kw)
+        monkeypatch.setattr(module, "plot_selection", plot_selection)
         path = pat.demo(str(tmp_path / f"{name}.png"), n=512)
-        assert os.path.getsize(path) > 1000
+        q, k, params = inputs[path]
+        assert q.shape[2] == 512
+        assert torch.equal(drawn[path], pat.reference_mask(q, k, params)[0, 0]), name
+        assert imread(path).shape == (720, 720, 4), name
 
 
 def test_static_index_is_built_once_per_shape():

@@ -87,27 +87,48 @@ def test_tiny_whole_run_json_and_plots(tmp_path):
     assert {(r["variant"], r["init"], r["use_cache"], r["mask"]) for r in rows} == {
         ("dense-sdpa", "random", False, False), ("minference", "random", False, False),
         ("minference", "locality", False, False), ("minference", "locality", True, True)}
+    # one sample after the warm-up; the derived numbers follow from the measured ones
+    head_ms = d["head_ms"]["256"]
+    dense_ms = next(r["ms"] for r in rows if r["variant"] == "dense-sdpa")
+    attention = {(a["variant"], a["init"]): a["ms"] for a in d["attention_alone"]}
     for r in rows:
-        assert r["ms"] > 0 and r["per_layer_ms"] is not None
+        assert r["all_ms"] == [r["ms"]]
+        assert r["per_layer_ms"] == pytest.approx(r["ms"] - head_ms)          # one layer
+        init = r["init"] if r["variant"] == "minference" else "any"
+        assert r["attention_ms_per_layer"] == attention[r["variant"], init]
         if r["variant"] == "minference":
             assert all(k.startswith("sparse") for k in r["decisions"]), r["decisions"]  # mask and cache stay sparse
-            assert 0 < r["density"] <= 1 and r["speedup"] > 0
+            # MInference's default budgets cover every key of 256 tokens
+            assert r["density"] == pytest.approx(1.0) and r["speedup"] == pytest.approx(dense_ms / r["ms"])
     assert d["extrapolation"]["to_layers"] == 32 and len(d["extrapolation"]["rows"]) == len(rows)
-    assert {a["variant"] for a in d["attention_alone"]} == {"dense-sdpa", "minference"}
+    for e, r in zip(d["extrapolation"]["rows"], rows):
+        assert e["ms"] == pytest.approx(head_ms + 32 * r["per_layer_ms"])
+    assert set(attention) == {("dense-sdpa", "any"), ("minference", "random"), ("minference", "locality")}
     assert d["dense_sdpa_backend"]
     written = plots.main(["--prefill", str(out), str(tmp_path / "missing.json"), "--eval", "--ttft",
                           "--out-dir", str(tmp_path / "plots")])
     assert {p.name for p in written} == {"latency_vs_length.png", "speedup_vs_length.png", "attention_per_layer.png"}
 
 
-def test_plots_draw_ttft_and_skip_rows_without_dense(tmp_path):
+def test_plots_draw_ttft_and_skip_rows_without_dense(tmp_path, monkeypatch):
+    axes = pytest.importorskip("matplotlib.axes")
+    from matplotlib.image import imread
     rows = [{"model": "m", "n": n, "variant": v, "ms": ms} for n, v, ms in
             ((8192, "dense", 10.0), (8192, "database", 20.0), (32768, "dense", 100.0), (32768, "database", 50.0))]
     good, bad = tmp_path / "ttft_m_h200.json", tmp_path / "ttft_bad.json"
     good.write_text(json.dumps({"device": "NVIDIA H200", "date": "2026-12-04", "rows": rows}))
     bad.write_text(json.dumps({"rows": [r for r in rows if r["variant"] != "dense"]}))
+    bars = []
+    real_bar = axes.Axes.bar
+
+    def bar(ax, x, height, *args, **kwargs):
+        bars.append((kwargs.get("label"), list(height)))
+        return real_bar(ax, x, height, *args, **kwargs)
+    monkeypatch.setattr(axes.Axes, "bar", bar)
     written = plots.main(["--prefill", "--eval", "--ttft", str(good), str(bad), "--out-dir", str(tmp_path)])
-    assert [p.name for p in written] == ["ttft_m_h200.png"] and written[0].stat().st_size > 0
+    assert [p.name for p in written] == ["ttft_m_h200.png"]
+    assert bars == [("database", [0.5, 2.0])]          # dense ms / database ms at 8K and 32K
+    assert imread(written[0]).shape == (396, 770, 4)    # 7 x 3.6 inches at 110 dpi
 
 
 def test_plots_skip_missing_and_draw_niah(tmp_path):

@@ -8,12 +8,12 @@ import importlib.util
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mcompile.eval.evaluate import layer_plans
 from mcompile.eval.text import prompt_windows
 from mcompile.kernels.index import dense_causal_index
 from mcompile.kernels.patterns import PATTERNS, build_head_group
@@ -28,6 +28,7 @@ from mcompile.pattern_db.search.candidates import (DEFAULT_LEVELS, build_overhea
 from mcompile.pattern_db.search.scoring import score_layer
 from mcompile.pattern_db.database import Provenance
 
+from plan_reference import plan_logits
 from tiny_models import tiny_model
 
 
@@ -237,16 +238,25 @@ def test_capture_score_and_database_on_a_tiny_model(tmp_path, family):
         assert kinds == ["sliding", "searched"] and back.layers[0].window == 8
     else:
         assert kinds == ["searched", "searched"]
-    for layer in back.layers:
-        for h in layer.heads:
-            assert 0 <= h.recall <= 1 and h.cost > 0
-    # the backend runs the searched database
+    for i, layer in enumerate(full):            # each head records its candidate's scores
+        for h, head in enumerate(back.layers[layer].heads):
+            c = int(choice[i, h])
+            assert head.pattern == cands[c].pattern
+            assert head.recall == pytest.approx(min(1.0, scores.recall[i, c, h]), abs=1e-4)
+            assert head.cost == pytest.approx(scores.kernel_density[i, c, h], abs=1e-4)
+    # the backend runs the searched database: what its plans mean, not dense (the dense tail
+    # is off so that every row follows the plan)
     torch._dynamo.reset()
     ids = prompts[0]
-    compiled = torch.compile(model, backend="minference", options={"db": str(path), "min_len": 64})
+    options = {"db": str(path), "min_len": 64, "dense_tail": 0}
+    compiled = torch.compile(model, backend="minference", options=options)
     with torch.no_grad():
         out = compiled(ids, attention_mask=torch.ones_like(ids)).logits
-    assert torch.isfinite(out).all()
+        dense = model(ids).logits
+    plans = layer_plans(model, options)
+    assert sorted(plans) == full
+    torch.testing.assert_close(out, plan_logits(model, ids, plans), rtol=1e-4, atol=1e-4)
+    assert float((out - dense).abs().max()) > 1e-2
     torch._dynamo.reset()
 
 
@@ -260,7 +270,7 @@ def test_cli_parser_defaults():
     assert args.levels == (0.1, 0.2) and args.layers == (0, 3) and args.scoring == "output"
 
 
-def test_summary_and_plot(tmp_path):
+def test_summary_and_plot(tmp_path, monkeypatch):
     from types import SimpleNamespace
     from mcompile.pattern_db.search import SearchConfig
     from mcompile.pattern_db.search.report import plot_search, summary_table
@@ -272,8 +282,24 @@ def test_summary_and_plot(tmp_path):
                              comparisons=comparisons(scores, 0.5, "output", choice))
     text = summary_table(result)
     assert "searched plan" in text and "MInference default" in text
+    axes = pytest.importorskip("matplotlib.axes")
+    from matplotlib.image import imread
+    images = []
+    real_imshow = axes.Axes.imshow
+
+    def imshow(ax, data, *args, **kwargs):
+        images.append(np.asarray(data))
+        return real_imshow(ax, data, *args, **kwargs)
+    monkeypatch.setattr(axes.Axes, "imshow", imshow)
     png = plot_search(result, str(tmp_path / "s.png"))
-    assert Path(png).stat().st_size > 1000
+    # panels: the pattern, the recall and the cost of each head's chosen candidate (one layer)
+    pattern, recall, cost = images
+    heads = np.arange(2)
+    assert len({scores.candidates[c].pattern for c in choice[0]}) == 2     # two patterns, two colours
+    assert pattern.shape == (1, 2) and pattern[0, 0] != pattern[0, 1]
+    np.testing.assert_array_equal(recall, scores.recall[0, choice[0], heads][None])
+    np.testing.assert_array_equal(cost, scores.cost[0, choice[0], heads][None])
+    assert imread(png).ndim == 3
 
 
 # --- a real model --------------------------------------------------------------------------------------

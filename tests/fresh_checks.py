@@ -1,0 +1,184 @@
+"""Checks that need a fresh Python interpreter: what was imported first, which directory
+comes first on ``sys.path``, or an environment variable read when Triton's kernels are
+defined. :func:`run_fresh` runs one of the functions below as ``python -m fresh_checks NAME``.
+:func:`random_selection` is shared with test_patterns.py.
+
+Only the standard library is imported at the top: a check's imports are part of what it
+checks (``entry_point_loads_mcompile`` asserts that nothing imported mcompile before it)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def run_fresh(check: str, *, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> None:
+    """Run ``check`` in a new interpreter started in ``cwd``, this folder importable after
+    ``cwd`` and whatever PYTHONPATH holds; fail with its stderr unless it finishes."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-m", "fresh_checks", check], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0 and out.stdout.endswith(f"{check}: ok\n"), out.stderr[-3000:]
+
+
+# --- the backend's entry point ------------------------------------------------------------------------
+def entry_point_loads_mcompile():
+    """torch.compile(backend="minference") finds the backend through its entry point."""
+    import torch
+    from tiny_models import tiny_inputs, tiny_model
+    model = tiny_model("llama")
+    ids, mask = tiny_inputs(1, 20)
+    assert "mcompile" not in sys.modules
+    with torch.no_grad():
+        out = torch.compile(model, backend="minference")(ids, attention_mask=mask).logits
+        ref = model(ids, attention_mask=mask).logits
+    assert "mcompile" in sys.modules  # loaded by the entry point
+    import mcompile
+    assert len(mcompile.report().rows) == 2, mcompile.report()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+# --- Hugging Face's kernels package from the checkout root --------------------------------------------
+def hub_kernels_from_the_root():
+    """Started in the checkout root (first on sys.path): transformers' hub-kernel integration
+    imports the real ``kernels`` package, and a compiled tiny model runs its sparse path."""
+    import pathlib
+
+    import torch
+    assert pathlib.Path(sys.path[0] or ".").resolve() == ROOT, sys.path[:3]
+    import kernels
+    assert not pathlib.Path(kernels.__file__).resolve().is_relative_to(ROOT), kernels.__file__
+    from kernels import get_kernel  # noqa: F401  (what transformers' integration imports)
+    from transformers.integrations import hub_kernels  # noqa: F401
+
+    import mcompile
+    import mcompile.kernels.sparse_attention  # noqa: F401  (ours, as a subpackage of mcompile)
+    from tiny_models import tiny_inputs, tiny_model
+    model = tiny_model("llama")
+    ids, mask = tiny_inputs(1, 48)
+    compiled = torch.compile(model, backend="minference", options={"min_len": 16, "plan": "vertical_slash"})
+    with torch.no_grad():
+        out = compiled(ids, attention_mask=mask, use_cache=False).logits
+        ref = model(ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    rows = mcompile.report().rows
+    assert rows and all(r.decision == "sparse" for r in rows), mcompile.report()
+
+
+# --- Triton paths under the CPU interpreter (TRITON_INTERPRET=1 before triton is imported) ----------
+def _both(fn):
+    """fn() with the builders' Triton paths, then with the torch paths."""
+    os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+    a = fn()
+    os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
+    b = fn()
+    os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+    return a, b
+
+
+def _same_index(a, b):
+    """The same counts, and the same entries up to the counts."""
+    import torch
+    assert torch.equal(a.block_count, b.block_count)
+    assert torch.equal(a.column_count, b.column_count)
+    for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset),
+                      (a.column_count, a.column_index, b.column_index)):
+        ok = torch.arange(x.shape[-1]) < cnt.unsqueeze(-1)
+        assert torch.equal(torch.where(ok, x, 0), torch.where(ok, y, 0))
+
+
+def random_selection(gen, B, H, n, ks, kv, forced_diagonal=True):
+    """Random vertical-slash selections: (columns (B, H, kv) ascending, distances (B, H, ks));
+    with ``forced_diagonal`` the distances hold 0 (the main diagonal) and descend, otherwise
+    they come in any order."""
+    import torch
+    d = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:ks] for _ in range(H)]) for _ in range(B)])
+    if forced_diagonal:
+        zero = (d == 0).any(-1, keepdim=True)        # put the main diagonal in, keep distinct
+        d[..., :1] = torch.where(zero, d[..., :1], torch.zeros_like(d[..., :1]))
+        d = d.sort(-1, descending=True).values
+    cols = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:kv] for _ in range(H)])
+                        for _ in range(B)]).sort(-1).values
+    return cols, d
+
+
+def _same_column_scores(q, k, params, heads):
+    import torch
+    from mcompile.kernels.patterns import sample_attention as SA
+    got, want = _both(lambda: SA.column_scores(q, k, params, heads=heads))
+    for x, y in zip(got, want):
+        assert torch.allclose(x, y, atol=1e-4), (q.shape[2], float((x - y).abs().max()))
+
+
+def triton_kernels_interpreted():
+    """The vertical-slash range merge and SampleAttention's fused sampling agree with the torch
+    paths (the range merge with the reference mask of its selection)."""
+    import torch
+    from mcompile.kernels.patterns import _common as C
+    from mcompile.kernels.patterns import vertical_slash as VS
+    from mcompile.kernels.reference import index_to_mask
+    g = torch.Generator().manual_seed(1)
+    for n, ks in [(150, 40), (333, 333), (64, 7)]:
+        c, d = random_selection(g, 1, 3, n, ks, 30)
+        ix = VS.index_from_selection(c, d, n)
+        assert torch.equal(index_to_mask(ix, n), VS.reference_index_mask(c, d, n)), n
+    for n, heads, params in [(300, None, {}), (700, [3, 1], {"count_window": False, "sample_frac": 0.1})]:
+        q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=64, hot_columns=[3, 100], local=4.0)
+        _same_column_scores(q, k, params, heads)
+
+
+def triton_builders_interpreted():
+    """Vertical-slash scores and index, block-sparse top-k and SampleAttention's split loops
+    (several tile shapes) give the torch paths' index."""
+    import torch
+    from mcompile.kernels.patterns import _common as C
+    from mcompile.kernels.patterns import block_sparse as BS
+    from mcompile.kernels.patterns import sample_attention as SA
+    from mcompile.kernels.patterns import vertical_slash as VS
+    # vertical-slash: scores (fused passes + diagonal skew) and the whole build
+    for n, params, heads in [(300, {"vertical_size": 40, "slash_size": 120}, None),
+                             (777, {"vertical_size": 0.05, "slash_size": 0.2}, [1, 2]),
+                             (40, {}, None), (129, {"vertical_size": 30, "slash_size": 1.0}, [3])]:
+        q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, 30],
+                            diagonals=[20, 90], local=2.0)
+        (v1, s1), (v2, s2) = _both(lambda: VS.scores(q, k, heads))
+        assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5), n
+        a, b = _both(lambda: VS.build(q, k, params, heads=heads))
+        C.index_cost(a)
+        _same_index(a, b)
+    # vertical-slash: the index of random selections (distances in any order)
+    g = torch.Generator().manual_seed(3)
+    for n, ks, kv in [(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)]:
+        c, d = random_selection(g, 2, 3, n, ks, kv, forced_diagonal=False)
+        a = VS.index_from_selection(c, d, n)
+        os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
+        b = VS.index_from_selection(c, d.sort(-1, descending=True).values, n)
+        os.environ["MCOMPILE_PATTERNS_TRITON"] = "1"
+        _same_index(a, b)
+    # block-sparse: the radix-select top-k
+    for n, top_k in [(65, 3), (640, 4), (1000, 0.3), (777, 100), (1, 5), (2000, 7)]:
+        q = torch.randn(2, 4, n, 32, generator=g)
+        k = torch.randn(2, 2, n, 32, generator=g)
+        for heads in (None, [3, 0]):
+            _same_index(*_both(lambda: BS.build(q, k, {"top_k": top_k}, heads=heads)))
+    # equal scores: the lowest block ids win
+    ix = BS.build(torch.ones(1, 1, 640, 16), torch.ones(1, 1, 640, 16), {"top_k": 4})
+    assert ix.block_offset[0, 0, 9, :4].tolist() == [0, 64, 128, 576]
+    # SampleAttention: unmasked/masked loop split, several tile shapes
+    for cfg in ({"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 32, "BLOCK_N": 128}):
+        SA.CONFIG["row_stats"].update(cfg)
+        SA.CONFIG["col_sums"].update(cfg)
+        for n, heads, params in [(1000, None, {"window_frac": 0.1, "sample_frac": 0.1}),
+                                 (2500, [1], {"sample_frac": 0.25, "count_window": False})]:
+            q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=1, d=64, hot_columns=[3, 100], local=4.0)
+            _same_column_scores(q, k, params, heads)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]]()
+    print(f"{sys.argv[1]}: ok")
