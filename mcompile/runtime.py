@@ -322,6 +322,22 @@ def _timed_route(cfg: SiteConfig, signature, route, q, k, v, padding, q_offset, 
     return route
 
 
+def _capturing(q) -> bool:
+    return q.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _settle_before_capture(cfg: SiteConfig, signature, q, k, v, q_offset, kv_offset, is_causal, window, scale):
+    """The eager call before a CUDA graph records has just measured its index (under graphs
+    ``sparse_call`` waits for the count): settle the route now, timing it against dense where
+    the prediction is close, because the recording call that follows may not time and would
+    bake an untimed sparse route into every replay."""
+    route, settled = _route(cfg, q, k, None, q_offset, kv_offset, is_causal, window)
+    if route[0] == "sparse" and route[5] and not (cfg.stats or cfg.debug):
+        _timed_route(cfg, signature, route, q, k, v, None, q_offset, kv_offset, is_causal, window, scale)
+    elif settled:
+        cfg._routes[signature] = route
+
+
 def run_site(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
     if cfg.capture is not None:
         cfg.capture.record(cfg.layer, q, k, v)
@@ -342,11 +358,14 @@ def run_site(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_causal, 
     if route[0] == "sparse":
         _, plan, decision, tail_rows, site_cost, timing = route
         # timing runs each path twice more: not while capturing, nor where those calls would be counted
-        if timing and not (cfg.stats or cfg.debug or (q.is_cuda and torch.cuda.is_current_stream_capturing())):
+        if timing and not (cfg.stats or cfg.debug or _capturing(q)):
             route = _timed_route(cfg, signature, route, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)
     if route[0] == "sparse":
         _, plan, decision, tail_rows, site_cost, _ = route
         _report.record_decision(cfg.key, decision)
-        return sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
+        out = sparse_call(cfg, plan, q, k, v, scale, tail_rows=tail_rows, site_cost=site_cost)
+        if site_cost is not None and cfg.cuda_graphs and padding is None and not _capturing(q):
+            _settle_before_capture(cfg, signature, q, k, v, q_offset, kv_offset, is_causal, window, scale)
+        return out
     _report.record_decision(cfg.key, route[1])
     return dense_attention(cfg, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale)

@@ -206,3 +206,42 @@ def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeyp
         assert rows and all(r.decision == expected for r in rows), str(mcompile.report())
         for out in outs:
             torch.testing.assert_close(out, ref if expected.startswith("dense") else sparse_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graph_warm_up_settles_and_times_the_route_before_capture(monkeypatch):
+    """Under CUDA graphs the call that records may not time, so the eager call before it, once
+    its index's measurement has landed, settles the route there: a close prediction is timed
+    and the faster path (here dense) is what the graph will hold."""
+    from mcompile import cost_gate, runtime
+    from mcompile.kernels.patterns._common import planted_qk
+
+    model = synthetic(group=20.0)
+    monkeypatch.setattr(runtime, "cost_model_for", lambda cfg, q: model)
+    measured = 0.5
+
+    def landed(sc, n, heads, counts, wait=False):          # the copy of the counts has landed
+        sc.observed.append(cost_gate.Observation(n, measured))
+    monkeypatch.setattr(cost_gate, "measure", landed)
+    timed = []
+
+    def fake_time_both(sparse, dense):
+        timed.append(1)
+        return 2.0, 1.0
+    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+
+    n, heads = 4096, 4
+    plan = LayerPlan.uniform("vertical_slash", heads, vertical_size=64, slash_size=256)
+    ratio = predict(model, n, 64, heads, [("vertical_slash", heads)], measured * heads * causal_blocks(n), 0.0,
+                    replayed=True)
+    assert cost_gate.CONFIDENT < ratio.sparse_us / ratio.dense_us and ratio.worth_it   # a close call: timed
+    q, k = planted_qk(n, heads=heads, kv_heads=1, d=64, hot_columns=(5,), seed=3)
+    v = torch.randn(1, 1, n, 64, generator=torch.Generator().manual_seed(4))
+    cfg = runtime.SiteConfig(key="warm-up", layer=0, plan=plan, min_len=64, dense_tail=0, cuda_graphs=True)
+    args = (q, k, v, None, 0, 0, True, 0, None)
+    runtime.run_site(cfg, *args)
+    assert timed == [1]
+    (route,) = cfg._routes.values()
+    assert route == ("dense", "dense: measured 2.00 > 1.00 ms")
+    dense = runtime.dense_attention(cfg, *args)
+    torch.testing.assert_close(runtime.run_site(cfg, *args), dense)   # the settled route, not timed again
+    assert timed == [1]
