@@ -1,26 +1,18 @@
 """Sparse attention kernel benchmark: LLaMA-3-8B attention shape on one GPU.
 
-Shape: batch 1, 32 query heads, 8 KV heads, head dim 128, bf16, causal prefill.
-For each length (default 32K, 64K, 128K, 256K, 512K, 1M):
-  dense    full causal index through our kernel vs SDPA (cuDNN backend, flash backend);
-  ashape   128 sink + 3968 local tokens (64x64 blocks: 2 sink blocks + 62 local blocks ending
-           at the diagonal) through our kernel vs compiled FlexAttention on the same blocks;
-  topk     block-sparse, 100 key blocks of 64x64 per query block (the diagonal plus 99 spread
-           over the past, per head) vs compiled FlexAttention on the same blocks;
-  vs       vertical-slash, per head: 1000 columns (the first 30 + 970 spread over the
-           sequence) and 6096 diagonals (0-99 + 5996 drawn from [100, 8192)), merged into key
-           ranges cut into blocks at arbitrary starts; vs dense cuDNN. Index building is timed
-           separately (build_ms) and not included in ms.
-ms: median over repeats (CUDA events, after warm-up). TFLOP/s = 4 * head_dim * (number of
-(query, key) pairs the kernel actually computes, after causal masking) / time; dense SDPA counts
-the causal half. Nothing of size N^2 is materialised.
+Shape: batch 1, 32 query heads, 8 KV heads, head dim 128, bf16, causal prefill. For each
+length, each pattern runs through our kernel against a baseline on the same work:
+  dense    the full causal index vs SDPA (cuDNN and flash backends);
+  ashape   sink + local blocks (``ashape_blocks``) vs compiled FlexAttention;
+  topk     block-sparse top-k blocks (``topk_blocks``) vs compiled FlexAttention;
+  vs       vertical-slash (``vertical_slash_index``) vs dense cuDNN.
+``bench`` and ``tflops`` say what ms and TFLOP/s mean. Nothing of size N^2 is materialised.
 
   python benchmarks/attention.py                       # all lengths, all patterns
   python benchmarks/attention.py --lengths 32K,128K --patterns dense,vs
   python benchmarks/attention.py --sweep               # tune kernel configs first
 
-Writes benchmarks/results/attention_<device>.json (device, versions, date, every number) and
-prints a table.
+Writes benchmarks/results/attention_<device>.json (device, versions, date, every number).
 """
 from __future__ import annotations
 
@@ -50,7 +42,7 @@ DTYPE = torch.bfloat16
 # ------------------------------------------------------------------------------ timing
 def bench(fn, budget_s: float = 1.5, max_reps: int = 20, min_reps: int = 3) -> dict:
     """Warm up once (compiles), then repeat to fill about budget_s; median of CUDA-event
-    timings of single calls."""
+    timings of single calls (the ``ms`` of every result)."""
     fn()
     torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -84,13 +76,16 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def tflops(pairs: int, ms: float) -> float:
+    """4 * head_dim * pairs / time, pairs being the (query, key) pairs the kernel actually
+    computes after causal masking (dense SDPA counts the causal half)."""
     return 4.0 * D * pairs / (ms * 1e-3) / 1e12
 
 
 # ----------------------------------------------------------------------- index builders
 def ashape_blocks(N: int, device, sink_blocks: int = 2, local_blocks: int = 62, bs: int = 64):
     """Per query block: key blocks {0..sink_blocks-1} + the local_blocks ending at the
-    diagonal. Returns (count (NQB,), blocks (NQB, MAX) block ids sorted, valid mask)."""
+    diagonal; the defaults are 128 sink + 3968 local tokens in 64x64 blocks. Returns
+    (count (NQB,), blocks (NQB, MAX) block ids sorted, valid mask)."""
     nqb = (N + bs - 1) // bs
     qb = torch.arange(nqb, device=device)
     local = qb[:, None] - (local_blocks - 1) + torch.arange(local_blocks, device=device)[None, :]
@@ -105,7 +100,8 @@ def ashape_blocks(N: int, device, sink_blocks: int = 2, local_blocks: int = 62, 
 
 def topk_blocks(N: int, device, k: int = 100, heads: int = HQ, bs: int = 64, seed: int = 0):
     """Per head and query block: the diagonal block + (k-1) distinct earlier blocks, one
-    drawn per stratum of the past (all earlier blocks when fewer than k)."""
+    drawn per stratum of the past (all earlier blocks when fewer than k); by default 100
+    key blocks of 64x64 per query block."""
     nqb = (N + bs - 1) // bs
     g = torch.Generator(device=device).manual_seed(seed)
     qb = torch.arange(nqb, device=device).view(1, nqb, 1)
@@ -186,7 +182,11 @@ def vertical_slash_index(N: int, device, heads: int = HQ, bm: int = 64, bn: int 
     over the head's diagonals is, relative to s, the same set of ranges for every query
     block (clipped at 0 and at the block's last row); ranges closer than bn are merged (so
     their blocks cannot overlap) and cut into blocks of bn from their start (any offset).
-    Columns inside those blocks or after the last row are dropped."""
+    Columns inside those blocks or after the last row are dropped.
+
+    By default, per head: 1000 columns (the first 30 + 970 spread over the sequence) and
+    6096 diagonals (0-99 + 5996 drawn from [100, 8192)). The benchmark times this build
+    separately (``build_ms``), outside the kernel's ``ms``."""
     g = torch.Generator(device=device).manual_seed(seed)
     nqb = (N + bm - 1) // bm
     qs = torch.arange(nqb, device=device, dtype=torch.int64) * bm

@@ -4,20 +4,9 @@
     python benchmarks/cost_model.py --head-dims 64 --lengths 4096,8192 --out /tmp/cm.json
 
 For each head dim and length, on one layer of ``--heads`` query / ``--kv-heads`` KV heads (bf16,
-batch 1, medians):
-  * ``dense_us_per_block``: SDPA with ``is_causal=True`` (the dense path), per head and causal
-    64 x 64 block; ``dense_host_us``: its launch on the host;
-  * ``kernel_us_per_block``: the sparse kernel over the full causal index, per head and block;
-  * ``kernel_us_per_column``: the sparse kernel over an index of one diagonal block plus
-    ``--columns`` columns per query block, less its block part, per column;
-    ``kernel_host_us``: one launch on the host;
-  * ``build`` per pattern (defaults; sliding_window and a_shape 4096 keys): the index builder
-    for a group of one head and of all heads, as GPU time (``group_gpu_us`` whatever the
-    group's size, ``head_gpu_us`` per further head) and host time (``group_host_us``,
-    ``head_host_us``).
-GPU times come from ``triton.testing.do_bench_cudagraph`` (replayed CUDA graphs: no host work
-in them); host times are the wall time of one call issued to an idle GPU (``perf_counter``,
-median of 15). Inputs are ``benchmarks/patterns.py``'s structured q/k (a sink and locality).
+batch 1, medians), ``measure`` times dense SDPA, the sparse kernel per block and per column,
+and each pattern's index builder, as GPU time (``gpu_us``) and host time (``host_us``).
+Inputs are ``benchmarks/patterns.py``'s structured q/k (a sink and locality).
 """
 from __future__ import annotations
 
@@ -39,12 +28,14 @@ from mcompile.kernels.cost_model import DATA, causal_blocks  # noqa: E402
 from mcompile.kernels.index import SparseIndex, dense_causal_index, num_q_blocks  # noqa: E402
 from mcompile.kernels.patterns import PATTERNS, build_head_group  # noqa: E402
 
+# Index builders run with their defaults except these (sliding_window and a_shape: 4096 keys).
 BUILD_PARAMS = {"sliding_window": {"window": 4096}, "a_shape": {"n_init": 128, "n_local": 4096}}
 
 
 def gpu_us(fn) -> float:
-    """GPU time of ``fn`` with no host work in it: replayed as a CUDA graph, or, where a
-    capture fails, the kernels' own durations under torch.profiler."""
+    """GPU time of ``fn`` with no host work in it: replayed as a CUDA graph
+    (``triton.testing.do_bench_cudagraph``), or, where a capture fails, the kernels' own
+    durations under torch.profiler."""
     import triton.testing
     try:
         return triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median") * 1e3
@@ -59,7 +50,7 @@ def gpu_us(fn) -> float:
 
 
 def host_us(fn, repeats: int = 15) -> float:
-    """Host time of one call issued to an idle GPU."""
+    """Host time of one call issued to an idle GPU (``perf_counter``, median of ``repeats``)."""
     times = []
     for _ in range(repeats):
         torch.cuda.synchronize()
@@ -83,6 +74,16 @@ def column_index(n: int, heads: int, columns: int, device) -> SparseIndex:
 
 
 def measure(head_dim: int, n: int, heads: int, kv_heads: int, columns: int) -> dict:
+    """One row of the cost model:
+      * ``dense_us_per_block``: SDPA with ``is_causal=True`` (the dense path), per head and causal
+        64 x 64 block; ``dense_host_us``: its launch on the host;
+      * ``kernel_us_per_block``: the sparse kernel over the full causal index, per head and block;
+      * ``kernel_us_per_column``: the sparse kernel over an index of one diagonal block plus
+        ``columns`` columns per query block, less its block part, per column;
+        ``kernel_host_us``: one launch on the host;
+      * ``build`` per pattern (``BUILD_PARAMS``): the index builder for a group of one head and
+        of all heads, as GPU time (``group_gpu_us`` whatever the group's size, ``head_gpu_us``
+        per further head) and host time (``group_host_us``, ``head_host_us``)."""
     from mcompile.kernels.sparse_attention import sparse_attention
 
     q, k, v = make_inputs(n, heads, kv_heads, head_dim, torch.bfloat16, torch.device("cuda"), "structured")

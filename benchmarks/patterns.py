@@ -7,19 +7,10 @@ every head of the layer on the same pattern (``LayerPlan.uniform``), lengths 32K
     python benchmarks/patterns.py --device cpu --lengths 2048 --heads 4 --kv-heads 2
     python benchmarks/patterns.py --patterns vertical_slash,block_sparse --lengths 131072
 
-For each (length, pattern): the median time of ``build_layer_index`` and of
-``mcompile.kernels.sparse_attention.sparse_attention`` with that index (CUDA events after
-warm-up; ``time.perf_counter`` on CPU), their ratio (the target: <= 10% at 128K),
-the blocks and columns the index lists, the fraction of causal (row, key) pairs computed, and
-the index's memory. On CPU the kernel is the custom op's pure-torch reference (a smoke test of
-the script, not a number to quote). Dense causal SDPA is timed for reference up to ``--dense-max``.
-Results: a printed table and JSON in ``benchmarks/results/patterns_<device>.json`` with the
-device, versions and date.
-
-Inputs (``--inputs``): ``structured`` (default) has what real heads have, an attention sink
-at key 0 and locality (a content vector that drifts slowly along the sequence), so the online
-patterns find structure; ``random`` is i.i.d. normal (the worst case for the adaptive
-patterns: SampleAttention then fills its column cap).
+For each (length, pattern) ``main`` records the build and kernel times, their ratio, and what
+the index lists; inputs come from ``make_inputs``. On CPU the kernel is the custom op's
+pure-torch reference (a smoke test of the script, not a number to quote). Results: a printed
+table and JSON in ``benchmarks/results/patterns_<device>.json`` with device, versions and date.
 """
 from __future__ import annotations
 
@@ -67,6 +58,10 @@ DEFAULT_LENGTHS = [32768, 65536, 131072, 262144, 524288, 1048576]
 
 
 def make_inputs(n, heads, kv_heads, d, dtype, device, kind, seed=0):
+    """q, k, v for one layer. ``structured`` (the default of ``--inputs``) has what real heads
+    have, an attention sink at key 0 and locality (a content vector that drifts slowly along
+    the sequence), so the online patterns find structure; ``random`` is i.i.d. normal (the
+    worst case for the adaptive patterns: SampleAttention then fills its column cap)."""
     g = torch.Generator(device=device).manual_seed(seed)
     shape_q, shape_k = (1, heads, n, d), (1, kv_heads, n, d)
     q = torch.randn(shape_q, generator=g, device=device, dtype=torch.float32)
@@ -105,6 +100,7 @@ def timer(device):
 
 
 def measure(fn, device, warmup, reps, budget_s):
+    """Median time of ``fn`` after warm-up (CUDA events on CUDA, ``time.perf_counter`` on CPU)."""
     run = timer(device)
     first = None
     for _ in range(max(1, warmup)):
@@ -166,6 +162,10 @@ def main(argv=None):
              f"{'blocks/qblk':>11} {'cols/qblk':>9} {'density':>8} {'index MB':>9}"
     print(header)
     print("-" * len(header))
+    # Per (length, pattern): the median time of ``build_layer_index`` and of the sparse kernel
+    # with that index, their ratio (the target: <= 10% at 128K), the blocks and columns the
+    # index lists, the fraction of causal (row, key) pairs computed, and the index's memory.
+    # Dense causal SDPA is timed for reference up to ``--dense-max``.
     for n in lengths:
         q, k, v = make_inputs(n, args.heads, args.kv_heads, args.head_dim, dtype, device, args.inputs)
         dense_t = None

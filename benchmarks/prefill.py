@@ -1,30 +1,12 @@
 """Time-to-first-token of a whole-model prefill: dense SDPA vs sparse attention, both through Inductor.
 
-Model: LLaMA-3-8B-shaped (``--shape``), random weights built from a ``LlamaConfig`` on the device
-(no download), with ``attention_bias=True`` so that ``--init locality`` can set the q/k biases;
-``--layers 4`` is a slice of the same shape for 256K-1M tokens. Only the last position's logits
-are computed (``logits_to_keep=1``); CUDA events, median of ``--repeats`` calls after a warm-up.
-  * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: each attention
-    is SDPA with ``is_causal=True`` (the backend drops transformers' causal mask). Plain
-    ``torch.compile(model)`` is not the baseline because its graph calls SDPA with a materialised
-    (1, 1, N, N) mask; ``--inductor-plain-lengths`` times it anyway where it fits.
-  * minference: the default plan (``db=None``: vertical-slash 1000/6096 for every head), cases
-    ``--cases`` (``nocache``, ``cache``, ``+mask`` = an all-ones ``attention_mask`` passed).
-Slice runs are extrapolated to 32 layers from a per-layer time (``head`` = embedding + final norm +
-LM head, timed eagerly; ``per_layer = (model - head) / layers``); beyond ``--dense-max-len`` the
-dense per-layer time is composed from measured dense attention plus the measured non-attention rest
-(marked ``composed``). ``--mlp-chunks K`` runs each MLP on K sequence slices so that 1M tokens fit.
-Random weights have no attention structure, so ``--init locality`` adds a disclosed local attention
-profile (see ``mcompile.eval.synthetic.locality_bias``); ``--stats`` records the sparse index density per row.
+Model: LLaMA-3-8B-shaped (``--shape``), random weights built on the device (no download); a
+slice of a few layers (``--layers 4``) reaches 256K-1M tokens and is extrapolated to the full
+depth. Variants: ``dense`` (``DENSE_NOTE`` says why it is the baseline) and ``minference``
+(``default_layer_plan``), each compiled once and timed per length by ``run_variant``;
+``main``'s docstring gives the commands behind the shipped results.
 
-    # 32 layers, then the 4-layer slice
-    python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072 --inits random,locality \\
-        --random-lengths 131072 --cases nocache --repeats 2 --stats --attn-bench \\
-        --out benchmarks/results/prefill_h100_32L.json
-    python benchmarks/prefill.py --layers 4 --lengths 262144,524288,1048576 --inits random,locality \\
-        --random-lengths 262144 --cases nocache,cache+mask --dense-max-len 524288 --mlp-chunks 8 \\
-        --repeats 2 --single-s 4 --stats --attn-bench --out benchmarks/results/prefill_h100_4L.json
-    python benchmarks/plots.py
+    python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072 --stats
     python benchmarks/prefill.py --shape tiny --lengths 512,1024 --min-len 256 --device cpu   # smoke test
 
 Results: benchmarks/results/prefill_<gpu>_<layers>L.json (``--out``) and a printed table;
@@ -48,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's m
 from mcompile.eval.synthetic import LOCALITY_DEFAULTS, SHAPES, apply_init, build_model, chunk_mlps  # noqa: E402
 from mcompile.pattern_db.lookup import DEFAULT_PARAMS as DEFAULT_PLAN  # noqa: E402 (the backend's default plan, db=None)
 
+# The dense baseline: ``torch.compile(model, backend="minference", options={"plan": "dense"})``,
+# where each attention is SDPA with ``is_causal=True`` (the backend drops transformers' causal
+# mask). Plain ``torch.compile(model)`` is not the baseline because its graph calls SDPA with a
+# materialised (1, 1, N, N) mask; ``--inductor-plain-lengths`` times it anyway where it fits.
 DENSE_NOTE = ("dense = torch.compile(model, backend='minference', options={'plan': 'dense'}): Inductor compiles the "
               "model; each attention runs PyTorch SDPA with is_causal=True (transformers' causal mask recognised and "
               "dropped). Plain torch.compile(model) builds a (1,1,N,N) mask in the graph (torch 2.13, transformers "
@@ -92,7 +78,8 @@ def measure(fn, repeats: int, device: str, single_s: float, compile_call: bool) 
     """First call (warm-up, or the compile), then ``repeats`` timed calls; a first call longer than
     ``single_s`` that is not a compile is kept as the only sample. A first call that compiled a
     new graph (a recompile: e.g. Inductor's 32-bit indexing guard fails once N x hidden >= 2^31)
-    counts as a compile call, never as a sample."""
+    counts as a compile call, never as a sample. Times are CUDA events on a GPU; the result
+    is the median of the samples."""
     reset_peak(device)
     _sync(device)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -182,6 +169,8 @@ def attention_profile(q, k, last: int = 64) -> dict:
 
 
 def default_layer_plan(model):
+    """The plan of the ``minference`` variant: the backend's default plan (``db=None``),
+    vertical-slash 1000/6096 for every head."""
     from mcompile.plan import LayerPlan
 
     return LayerPlan.uniform("vertical_slash", model.config.num_attention_heads, **DEFAULT_PLAN)
@@ -257,6 +246,7 @@ def run_variant(model, name: str, backend: str, options: dict | None, lengths: l
     for n in lengths:
         gen = torch.Generator(device="cpu").manual_seed(n)
         ids = torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(args.device)
+        # only the last position's logits, as a prefill before generation computes them
         kwargs = {"use_cache": use_cache, "logits_to_keep": 1}
         if with_mask:
             kwargs["attention_mask"] = torch.ones_like(ids)
@@ -304,6 +294,23 @@ def ints(text: str | None) -> list[int]:
 
 
 def main() -> None:
+    """Parse the options, build the model, time the variants, write the JSON.
+
+    The shipped results come from (32 layers, then the 4-layer slice)::
+
+        python benchmarks/prefill.py --layers 32 --lengths 32768,65536,131072 --inits random,locality \\
+            --random-lengths 131072 --cases nocache --repeats 2 --stats --attn-bench \\
+            --out benchmarks/results/prefill_h100_32L.json
+        python benchmarks/prefill.py --layers 4 --lengths 262144,524288,1048576 --inits random,locality \\
+            --random-lengths 262144 --cases nocache,cache+mask --dense-max-len 524288 --mlp-chunks 8 \\
+            --repeats 2 --single-s 4 --stats --attn-bench --out benchmarks/results/prefill_h100_4L.json
+        python benchmarks/plots.py
+
+    ``--cases`` are the minference cases: ``nocache``, ``cache``, ``+mask`` (an all-ones
+    ``attention_mask`` passed). Random weights have no attention structure, so ``--init
+    locality`` adds a disclosed local attention profile (see
+    ``mcompile.eval.synthetic.locality_bias``); ``--stats`` records the sparse index density
+    per row."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--lengths", default="32768,65536,131072")
@@ -341,7 +348,10 @@ def main() -> None:
         args.shape = "tiny"
 
     dtype = torch.bfloat16 if _cuda(args.device) else torch.float32
+    # random weights from a LlamaConfig with attention_bias=True, so that --init locality can
+    # set the q/k biases
     model = build_model(args.layers, args.shape, args.device, dtype)
+    # --mlp-chunks K runs each MLP on K sequence slices so that 1M tokens fit
     if args.mlp_chunks > 1:
         chunk_mlps(model, args.mlp_chunks)
     gpu = torch.cuda.get_device_name() if _cuda(args.device) else "cpu"
@@ -414,7 +424,9 @@ def main() -> None:
         rows += run_variant(model, "minference", "minference", opts, lengths, inits_first if i == 0 else inits_last,
                             init_params, use_cache, with_mask, args)
 
-    # speedups, per-layer split, extrapolation
+    # speedups, per-layer split, extrapolation: a slice run is extrapolated to
+    # --extrapolate-to layers from a per-layer time (head = embedding + final norm + LM head,
+    # timed eagerly by head_ms; per_layer = (model - head) / layers)
     dense_ms = {r["length"]: r["ms"] for r in rows if r["variant"] == "dense-sdpa" and r.get("ms")}
     attn_ms = {(a["length"], a["variant"], a["init"]): a["ms"] for a in attn}
     L = args.layers
@@ -428,7 +440,8 @@ def main() -> None:
             r["rest_ms_per_layer"] = r["per_layer_ms"] - a
         if r["variant"] == "minference" and r["length"] in dense_ms:
             r["speedup"] = dense_ms[r["length"]] / r["ms"]
-    # dense beyond --dense-max-len: attention (measured) + rest (from the minference nocache row there)
+    # dense beyond --dense-max-len: its per-layer time is composed from measured dense attention
+    # plus the measured non-attention rest (from the minference nocache row there), marked composed
     for n in lengths:
         if n in dense_ms or (n, "dense-sdpa", "any") not in attn_ms:
             continue

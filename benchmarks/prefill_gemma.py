@@ -1,20 +1,11 @@
 """Gemma 3 270M prefill end to end: dense SDPA vs minference with the shipped database.
 
-The model is Gemma 3 270M's architecture (18 layers: 15 sliding-window layers of 512 tokens and
-every 6th layer full attention; 4 q / 1 kv heads, head dim 256) with random weights built from
-its config (no download, no GGUF needed), bf16, ``logits_to_keep=1``, no cache. Speed does not
-depend on the weights except through the adaptive patterns of the 3 full layers (their density,
-recorded with ``--stats``, is that of random weights; the accuracy of the shipped plan on the real
-weights is ``mcompile eval``'s job, see ``benchmarks/gemma_gpu.sh``).
-
-  * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: Inductor, and
-    SDPA for every layer: plain causal on the full layers (cuDNN / flash), and on the sliding
-    layers SDPA with transformers' (1, 1, N, N) sliding-window mask (what stock torch.compile
-    runs too: SDPA has no window argument, so no flash kernel takes it).
-  * minference: ``backend="minference"`` with the default ``db="auto"``: the shipped
-    ``gemma3-270m.json`` (found by fingerprint): the full layers run the searched per-head plan,
-    the sliding layers their exact per-row window through the sparse kernel (O(N x 512)).
-CUDA events, median of ``--repeats`` calls after a warm-up; compile time and peak memory per row.
+The model is Gemma 3 270M's architecture (``GEMMA3_270M``) with random weights built from its
+config (no download, no GGUF needed), bf16, ``logits_to_keep=1``, no cache. Speed does not
+depend on the weights except through the adaptive patterns of the full-attention layers (their
+density, recorded with ``--stats``, is that of random weights; the accuracy of the shipped plan
+on the real weights is ``mcompile eval``'s job, see ``benchmarks/gemma_gpu.sh``). ``main``
+says what the two variants run; ``run_variant`` how each is timed.
 
     python benchmarks/prefill_gemma.py --lengths 8192,16384,32768            # GPU
     python benchmarks/prefill_gemma.py --lengths 1024 --device cpu --dtype float32 --min-len 256  # smoke
@@ -37,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mcompile  # noqa: E402
 from prefill import time_once  # noqa: E402  (CUDA events on the GPU)
 
+# 18 layers: sliding-window layers of 512 tokens, every 6th layer full attention; 4 q / 1 kv
+# heads, head dim 256.
 LAYER_TYPES = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)]
 GEMMA3_270M = dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
                    num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
@@ -52,6 +45,8 @@ def build_model(device: str, dtype: torch.dtype):
 
 
 def run_variant(model, name: str, options: dict, lengths: list[int], args) -> list[dict]:
+    """Compile once, then per length: CUDA events, median of ``--repeats`` calls after a
+    warm-up; compile time and peak memory per row."""
     torch._dynamo.reset()
     mcompile.reporting.reset()
     compiled = torch.compile(model, backend="minference", options=options)
@@ -86,6 +81,16 @@ def run_variant(model, name: str, options: dict, lengths: list[int], args) -> li
 
 
 def main(argv=None):
+    """Time the two variants and print the speedup.
+
+    * dense: ``torch.compile(model, backend="minference", options={"plan": "dense"})``: Inductor,
+      and SDPA for every layer: plain causal on the full layers (cuDNN / flash), and on the
+      sliding layers SDPA with transformers' (1, 1, N, N) sliding-window mask (what stock
+      torch.compile runs too: SDPA has no window argument, so no flash kernel takes it).
+    * minference: ``backend="minference"`` with the default ``db="auto"``: the shipped
+      ``gemma3-270m.json`` (found by fingerprint): the full layers run the searched per-head
+      plan, the sliding layers their exact per-row window through the sparse kernel
+      (O(N x window))."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", default="8192,16384,32768")
     ap.add_argument("--repeats", type=int, default=5)

@@ -1,18 +1,10 @@
 """Evidence for the offline pattern search, on a real model and public-domain text.
 
 Two experiments, both ending in a JSON file under benchmarks/results/ and a printed table:
-
-``scoring``: which scoring predicts perplexity? Candidates are scored once on calibration
-    prompts (both measures), then plans are built at the same cost budgets by each scoring
-    (relative output error vs attention-mass recall), plus single-pattern plans for variety.
-    Every plan runs through the compiled backend (``options={"db": path, "min_len": ...}``) on
-    held-out windows (the second half of the text): perplexity change and top-1 agreement with
-    dense. Reported: the perplexity of the two scorings' plans at each budget, and across all
-    plans the rank correlation (Spearman) of each measure with the perplexity change.
-
-``plans``: the searched plan against MInference's default plan (vertical-slash 1000/6096 on
-    every head) and the best single pattern for all heads at equal cost: recall, output error
-    and cost on held-out q/k/v, perplexity change and top-1 agreement on held-out text.
+``scoring`` asks which scoring (output error or attention-mass recall) predicts perplexity
+(``plans_for_scoring``); ``plans`` sets the searched plan against MInference's default plan and
+the best single pattern at equal cost (``plans_for_evidence``). Every plan runs through the
+compiled backend on held-out text (``evaluate_plans``).
 
     python benchmarks/search_eval.py scoring --model smollm2 --length 2048 --calib 4 --heldout 3
     python benchmarks/search_eval.py plans --model smollm2 --length 8192 --heldout 2 \\
@@ -20,7 +12,7 @@ Two experiments, both ending in a JSON file under benchmarks/results/ and a prin
     python benchmarks/search_eval.py plans --model gemma3-270m --length 32768 --device cuda ...
 
 ``--details`` reuses the per-candidate scores a search wrote (``mcompile search --details``);
-without it the calibration prompts are captured and scored here.
+without it the calibration prompts are captured and scored here (``calibration_scores``).
 """
 from __future__ import annotations
 
@@ -208,6 +200,9 @@ def calibration_scores(args, model, tokenizer, tokens, layers, scale, work: Path
 
 def evaluate_plans(args, model, tokenizer, tokens, plans: list[Plan], scores: SearchScores, layers, scale,
                    work: Path) -> tuple[list[dict], dict]:
+    """Run every plan through the compiled backend (``options={"db": path, "min_len": ...}``)
+    on held-out windows (the second half of the text): perplexity change and top-1 agreement
+    with dense."""
     heldout = windows_for(tokenizer, tokens, args.length, args.heldout, args.seed, "heldout")
     wins = [w.to(args.device).contiguous() for _, w in heldout]
     cap = work / "heldout"
@@ -262,6 +257,11 @@ def table(rows: list[dict]) -> str:
 
 # --- experiments -----------------------------------------------------------------------------------
 def plans_for_scoring(scores: SearchScores, budgets: list[float], variety_budget: float) -> list[Plan]:
+    """The ``scoring`` experiment's plans. Candidates are scored once on calibration prompts
+    (both measures), then plans are built at the same cost budgets by each scoring (relative
+    output error vs attention-mass recall), plus single-pattern plans for variety. Reported:
+    the perplexity of the two scorings' plans at each budget, and across all plans the rank
+    correlation (Spearman) of each measure with the perplexity change."""
     plans = []
     for b in budgets:
         for sc in ("output", "recall"):
@@ -277,6 +277,10 @@ def plans_for_scoring(scores: SearchScores, budgets: list[float], variety_budget
 
 def plans_for_evidence(scores: SearchScores, budget: float, scoring: str,
                        extra_budgets: list[float] = ()) -> list[Plan]:
+    """The ``plans`` experiment's plans: the searched plan against MInference's default plan
+    (vertical-slash 1000/6096 on every head) and the best single pattern for all
+    heads at equal cost. Reported: recall, output error and cost on held-out q/k/v, perplexity
+    change and top-1 agreement on held-out text."""
     searched = choose(scores, budget, scoring)
     spent = plan_metrics(scores, searched)["cost"]
     plans = [Plan(f"searched ({scoring}) @{budget:g}", "searched", searched, budget, scoring),

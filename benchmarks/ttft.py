@@ -5,19 +5,10 @@
     python benchmarks/ttft.py --model smollm2 --lengths 2K --device cpu --repeats 1   # smoke test
 
 One process, one model, real text (``--text``, default the KJV bible), bf16 on the GPU, batch 1,
-``use_cache=False``, ``logits_to_keep=1``. Each variant is the same model compiled with
-``backend="minference"``:
-  * ``dense``: ``options={"plan": "dense"}``: every attention runs SDPA with ``is_causal`` (the
-    backend recognises transformers' mask), sliding layers SDPA with their window mask;
-  * ``database``: the model's shipped database (``db="auto"``) or ``--db FILE``;
-  * ``default``: ``db=None``, MInference's default (vertical-slash 1000/6096 on every head);
-  * ``database-ungated``, ``default-ungated``: the same with ``cost_model=False``: the plan
-    runs sparse wherever it applies, even where the cost model would choose dense.
-Sliding-window layers (Gemma 3) run their exact window in both sparse variants.
-
-Per row: ``ms`` is the median of ``--repeats`` prefills (CUDA events, after a compiling warm-up
-call); the per-layer host / GPU / index times and launches come from one profiled call
-(:func:`per_layer_profile`); ``density``, ``peak_gib``, ``decisions`` and ``kernel_ms`` are
+``use_cache=False``, ``logits_to_keep=1``. Each variant (``VARIANTS``) is the same model
+compiled with ``backend="minference"``. Per row: ``ms`` is the median of ``--repeats`` prefills
+(CUDA events, after a compiling warm-up call); the per-layer host / GPU / index times and
+launches come from one profiled call (:func:`per_layer_profile`); the other fields are
 described where :func:`run_variant` records them.
 
 Output: ``benchmarks/results/ttft_<model>_<device>.json`` (``--out``) with ``rows`` and the
@@ -41,6 +32,14 @@ import torch
 ATTENTION_OP = "mcompile::attention"
 SPARSE_KERNEL = "_sparse_attn_fwd"
 TOP_KERNELS = 12        # the GPU kernels of the whole prefill kept in each row, by total time
+# The variants, as options of backend="minference":
+#   * dense: every attention runs SDPA with is_causal (the backend recognises transformers'
+#     mask), sliding layers SDPA with their window mask;
+#   * database: the model's shipped database (db="auto") or --db FILE;
+#   * default: db=None, MInference's default (vertical-slash 1000/6096 on every head);
+#   * database-ungated, default-ungated: the same with cost_model=False: the plan runs sparse
+#     wherever it applies, even where the cost model would choose dense.
+# Sliding-window layers (Gemma 3) run their exact window in both sparse variants.
 VARIANTS = {"dense": {"plan": "dense"}, "database": {"db": "auto"}, "default": {"db": None},
             # the same plans without the cost model's dense fallback (what the plan alone costs)
             "database-ungated": {"db": "auto", "cost_model": False}, "default-ungated": {"db": None, "cost_model": False}}

@@ -3,14 +3,8 @@
 Dense is SDPA's causal kernel; sparse is each pattern group's index building plus the one
 sparse kernel over the computed blocks and columns, plus the dense tail. Every constant is a
 measurement on the GPU by ``benchmarks/cost_model.py`` (``cost_model.json`` beside this file),
-per head dim and length, interpolated linearly in ``log n`` (outside the measured lengths the
-per-block constants are held and the build times follow the last segment's log-log slope).
-
-GPU time and host time are measured apart: the builders launch many small kernels, and below
-about 64K tokens their Python and launch work on the host outlasts what they give the GPU to
-do. A call without host synchronisation costs whichever is longer, so a path is priced at
-``max(GPU time, host time)``; a call replayed from a CUDA graph costs no host time, so there it
-is priced at its GPU time alone.
+per head dim and length (``_held`` and ``_loglog`` say how lengths between and beyond the
+measured ones are priced); :func:`predict` says how host and GPU time combine.
 
 Units: microseconds; a block is ``block_m x block_n`` = 64 x 64 scores of one query head; a
 column is 64 scores (one key for the 64 rows of a query block).
@@ -93,7 +87,8 @@ def causal_blocks(n: int, block: int = 64) -> int:
 
 
 def _held(ns: list[int], values: list[float], n: int) -> float:
-    """Linear in log n between measured lengths, held constant outside them."""
+    """Linear in log n between measured lengths, held constant outside them (the per-block
+    and per-column constants)."""
     if n <= ns[0]:
         return values[0]
     if n >= ns[-1]:
@@ -104,7 +99,8 @@ def _held(ns: list[int], values: list[float], n: int) -> float:
 
 
 def _loglog(ns: list[int], values: list[float], n: int) -> float:
-    """Linear in log-log between measured lengths; the end segments' slopes outside them."""
+    """Linear in log-log between measured lengths; the end segments' slopes outside them (the
+    build times)."""
     if len(ns) == 1:
         return values[0] * n / ns[0]
     i = min(max(bisect.bisect_right(ns, n), 1), len(ns) - 1)
@@ -127,7 +123,14 @@ def predict(model: CostModel, n: int, head_dim: int, heads: int, builds: list[tu
     static patterns' indexes are kept per shape, so they cost nothing after a length's first
     call); ``blocks`` and ``columns``: what the kernel computes, summed over heads (worst case
     or measured); ``tail_blocks``: what the dense tail adds, summed over heads; ``replayed``: the
-    call is replayed from a CUDA graph, so neither path costs host time."""
+    call is replayed from a CUDA graph, so neither path costs host time.
+
+    GPU time and host time are measured apart: the builders launch many small kernels, and at
+    short lengths their Python and launch work on the host outlasts what they give the GPU to
+    do (``cost_model.json``'s ``*_host_us`` against ``*_gpu_us`` say up to which length). A call
+    without host synchronisation costs whichever is longer, so a path is priced at
+    ``max(GPU time, host time)``; a call replayed from a CUDA graph costs no host time, so there
+    it is priced at its GPU time alone."""
     t = model._table(head_dim)
     costs = [model.build_us(p, n, h, head_dim) for p, h in builds]
     gpu = sum(c[0] for c in costs) + model.kernel_gpu_us(n, blocks + tail_blocks, columns, head_dim)

@@ -1,42 +1,15 @@
 """The unified sparse index: what every pattern builds and the one kernel reads.
 
-For each (batch, query head, query block of ``block_m`` rows) the index lists
+In the pipeline (find sites -> resolve plan -> build index -> one kernel) this is the
+contract between the pattern builders (``kernels/patterns``) and the sparse kernel
+(``kernels/sparse_attention.py``): for each (batch, query head, query block of ``block_m``
+rows) the index lists
   * ``block_count`` key blocks, given by their start positions in ``block_offset``;
     each covers keys ``[start, start + block_n)``;
   * ``column_count`` single key positions in ``column_index`` that no listed block covers.
 
-``H`` is the number of QUERY heads (the kernel maps query head ``h`` to KV head
-``h // (Hq // Hkv)``). ``num_q_blocks == ceil(seq_len / block_m)``; query block ``i`` holds
-rows ``[i * block_m, min((i + 1) * block_m, seq_len))``.
-
-Invariants (checked by :func:`check_index`, run in debug mode and in tests):
-  * dtypes are int32; shapes are (B, H, NQB) for the counts and (B, H, NQB, MAX) for the
-    lists (MAX may be 0); the tensors may be broadcast views (``expand``, stride 0), which
-    is how one head's index is shared by all heads without copies;
-  * counts lie in ``[0, MAX]``; entries past the count are ignored (any value);
-  * the first ``count`` entries are sorted ascending and distinct;
-  * causal: no block start and no column lies after the last query row of its query block,
-    ``min((i + 1) * block_m, seq_len) - 1`` (a block may cross the diagonal or run past the
-    end of the sequence: the kernel masks keys after each row);
-  * block starts are >= 0 and need not be multiples of ``block_n`` (vertical-slash
-    merges diagonals into ranges that start anywhere); blocks of one row do not overlap
-    (consecutive starts differ by at least ``block_n``);
-  * columns are >= 0 and not inside any listed block of the same row;
-  * ``window`` (optional, int32 (H,) or (1,) broadcast over heads, values >= 1): query row
-    ``r`` of head ``h`` also drops keys ``<= r - window[h]``, as transformers' sliding-window
-    mask does (``kv > q - window``). It makes a sliding window exact per row, which a list of
-    blocks per query block of ``block_m`` rows cannot say. None: no lower bound.
-Positions are token indices (int32 holds up to 2^31 tokens); the kernel widens to int64
-before multiplying by strides.
-
-Memory: the index costs ``4 * B * H * NQB * (MAX_BLOCKS + MAX_COLUMNS + 2)`` bytes (see
-:func:`index_memory_bytes`). At 1M tokens, 32 heads, ``block_m = 64`` (NQB = 16384):
-  * a pattern budget of 128 blocks + 1024 columns per query block: 2.25 GiB (int32);
-    the benchmark's vertical-slash index (about 130 blocks + 1000 columns) is about that;
-  * the full causal index (MAX_BLOCKS = 16384 blocks of 64) materialised per head would be
-    32 GiB (1 GiB per head); :func:`dense_causal_index` instead stores one row of block
-    starts (N / block_n int32, 64 KiB at 1M) and broadcasts it (stride 0) over batch, heads
-    and query blocks, the counts doing the causal cut.
+:class:`SparseIndex` states the shapes and invariants (checked by :func:`check_index`);
+:func:`index_memory_bytes` and :func:`dense_causal_index` what an index costs in memory.
 The kernel's cost does not depend on MAX_*, only on the counts.
 """
 from __future__ import annotations
@@ -48,13 +21,39 @@ import torch
 
 @dataclass
 class SparseIndex:
+    """Which key blocks and columns each query block of each query head computes.
+
+    ``H`` is the number of QUERY heads (the kernel maps query head ``h`` to KV head
+    ``h // (Hq // Hkv)``). ``num_q_blocks == ceil(seq_len / block_m)``; query block ``i`` holds
+    rows ``[i * block_m, min((i + 1) * block_m, seq_len))``.
+
+    Invariants (checked by :func:`check_index`, run in debug mode and in tests):
+      * dtypes are int32; shapes are (B, H, NQB) for the counts and (B, H, NQB, MAX) for the
+        lists (MAX may be 0); the tensors may be broadcast views (``expand``, stride 0), which
+        is how one head's index is shared by all heads without copies;
+      * counts lie in ``[0, MAX]``; entries past the count are ignored (any value);
+      * the first ``count`` entries are sorted ascending and distinct;
+      * causal: no block start and no column lies after the last query row of its query block,
+        ``min((i + 1) * block_m, seq_len) - 1`` (a block may cross the diagonal or run past the
+        end of the sequence: the kernel masks keys after each row);
+      * block starts are >= 0 and need not be multiples of ``block_n`` (vertical-slash
+        merges diagonals into ranges that start anywhere); blocks of one row do not overlap
+        (consecutive starts differ by at least ``block_n``);
+      * columns are >= 0 and not inside any listed block of the same row;
+      * ``window`` (optional, int32 (H,) or (1,) broadcast over heads, values >= 1): query row
+        ``r`` of head ``h`` also drops keys ``<= r - window[h]``, as transformers' sliding-window
+        mask does (``kv > q - window``). It makes a sliding window exact per row, which a list of
+        blocks per query block of ``block_m`` rows cannot say. None: no lower bound.
+    Positions are token indices (int32 holds up to 2^31 tokens); the kernel widens to int64
+    before multiplying by strides."""
+
     block_count: torch.Tensor   # int32 (B, H, num_q_blocks)
     block_offset: torch.Tensor  # int32 (B, H, num_q_blocks, MAX_BLOCKS)
     column_count: torch.Tensor  # int32 (B, H, num_q_blocks)
     column_index: torch.Tensor  # int32 (B, H, num_q_blocks, MAX_COLUMNS)
     block_m: int = 64
     block_n: int = 64
-    window: torch.Tensor | None = None   # int32 (H,) or (1,): per-row lower bound, see above
+    window: torch.Tensor | None = None   # int32 (H,) or (1,): per-row lower bound, see the invariants
 
     @property
     def num_q_blocks(self) -> int:
@@ -117,7 +116,12 @@ def num_q_blocks(seq_len: int, block_m: int) -> int:
 
 def index_memory_bytes(batch: int, heads: int, seq_len: int, max_blocks: int,
                        max_columns: int, block_m: int = 64) -> int:
-    """Bytes of a fully materialised (not broadcast) int32 index."""
+    """Bytes of a fully materialised (not broadcast) int32 index:
+    ``4 * B * H * NQB * (MAX_BLOCKS + MAX_COLUMNS + 2)``.
+
+    For scale, at 1M tokens, 32 heads, ``block_m = 64`` (NQB = 16384), a pattern budget of 128
+    blocks + 1024 columns per query block is 2.25 GiB (int32); the attention benchmark's
+    vertical-slash index (about 130 blocks + 1000 columns) is about that."""
     nqb = num_q_blocks(seq_len, block_m)
     return 4 * batch * heads * nqb * (max_blocks + max_columns + 2)
 
@@ -138,7 +142,11 @@ def dense_causal_index(batch: int, heads: int, seq_len: int, block_m: int = 64,
     """The full causal index: every key block up to the diagonal, no columns.
 
     Key blocks start at multiples of ``block_n``. Only one (batch, head) slice is stored;
-    the result broadcasts it over ``batch`` and ``heads`` (stride 0)."""
+    the result broadcasts it over ``batch`` and ``heads`` (stride 0). Materialised per head,
+    the full causal index at 1M tokens and 32 heads (MAX_BLOCKS = 16384 blocks of 64) would
+    be 32 GiB (1 GiB per head); instead one row of block starts (N / block_n int32, 64 KiB at
+    1M) is broadcast (stride 0) over batch, heads and query blocks, the counts doing the
+    causal cut."""
     nqb = num_q_blocks(seq_len, block_m)
     last_row = torch.clamp(torch.arange(1, nqb + 1, device=device) * block_m, max=seq_len) - 1
     counts = (last_row // block_n + 1).to(torch.int32)                      # (NQB,)
@@ -158,7 +166,7 @@ def _fail(msg: str) -> None:
 
 def check_index(index: SparseIndex, seq_len: int, batch: int | None = None,
                 heads: int | None = None) -> None:
-    """Raise ValueError naming the first broken invariant (see the module docstring).
+    """Raise ValueError naming the first broken invariant (see :class:`SparseIndex`).
 
     Runs on the index's device; costs O(index size)."""
     bc, bo, cc, ci = index.tensors()

@@ -1,22 +1,10 @@
 """``torch.ops.mcompile.sparse_attention``: the sparse kernel as a torch.library custom op.
 
-Signature (the index passed as its four tensors plus ints, not the dataclass)::
-
-    mcompile::sparse_attention(Tensor q, Tensor k, Tensor v,
-                               Tensor block_count, Tensor block_offset,
-                               Tensor column_count, Tensor column_index,
-                               int block_m, int block_n, float scale,
-                               Tensor? window=None) -> (Tensor out, Tensor lse)
-
-``out`` is (B, Hq, N, D), contiguous, in q's dtype; ``lse`` is (B, Hq, N) float32 (natural log; -inf for
-rows that select nothing). The index tensors may be (B, Hq, ...) or broadcast from 1;
-``window`` is the index's optional per-head sliding window (int32 (Hq,) or (1,)).
-
-Dispatch: CUDA -> the Triton kernel; CPU -> the pure-torch reference, or the same Triton
-kernel run by Triton's interpreter when ``MCOMPILE_CPU_KERNEL=triton`` (or
-:func:`set_cpu_backend`) asks for it (slow: tests only; CPU tensors always take the
-interpreter, with or without ``TRITON_INTERPRET=1``). A fake (meta) implementation makes the op traceable, so
-``torch.compile(..., fullgraph=True)`` keeps it in the graph; it is opaque to Inductor.
+The last stage of the pipeline (find sites -> resolve plan -> build index -> one kernel) as
+an op the compiled graph can hold: :func:`sparse_attention` takes a :class:`SparseIndex` and
+calls the op, whose signature and dispatch (CUDA -> the Triton kernel; CPU -> the pure-torch
+reference or Triton's interpreter) :func:`sparse_attention_op` describes. A fake (meta)
+implementation keeps it in a ``torch.compile(..., fullgraph=True)`` graph, opaque to Inductor.
 
 It is a plain ``torch.library.custom_op`` whose CUDA implementation launches the raw
 ``@triton.jit`` kernel: ``torch.library.triton_op`` cannot compile on a CPU-only machine.
@@ -69,6 +57,22 @@ def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         block_m: int, block_n: int, scale: float,
                         window: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op, the index passed as its four tensors plus ints, not the dataclass::
+
+        mcompile::sparse_attention(Tensor q, Tensor k, Tensor v,
+                                   Tensor block_count, Tensor block_offset,
+                                   Tensor column_count, Tensor column_index,
+                                   int block_m, int block_n, float scale,
+                                   Tensor? window=None) -> (Tensor out, Tensor lse)
+
+    ``out`` is (B, Hq, N, D), contiguous, in q's dtype; ``lse`` is (B, Hq, N) float32 (natural
+    log; -inf for rows that select nothing). The index tensors may be (B, Hq, ...) or broadcast
+    from 1; ``window`` is the index's optional per-head sliding window (int32 (Hq,) or (1,)).
+
+    Dispatch: CUDA -> the Triton kernel; CPU -> the pure-torch reference, or the same Triton
+    kernel run by Triton's interpreter when ``MCOMPILE_CPU_KERNEL=triton`` (or
+    :func:`set_cpu_backend`) asks for it (slow: tests only; CPU tensors always take the
+    interpreter, with or without ``TRITON_INTERPRET=1``)."""
     index = _index(block_count, block_offset, column_count, column_index, block_m, block_n, window)
     if q.device.type == "cpu":
         if cpu_backend() == "triton":
@@ -80,6 +84,8 @@ def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return sparse_attention_reference(q, k, v, index, scale=scale, return_lse=True)
 
 
+# The fake (meta) implementation makes the op traceable, so torch.compile(..., fullgraph=True)
+# keeps it in the graph; it is opaque to Inductor.
 @sparse_attention_op.register_fake
 def _(q, k, v, block_count, block_offset, column_count, column_index, block_m, block_n, scale, window=None):
     B, Hq, N, _ = q.shape

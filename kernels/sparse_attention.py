@@ -1,32 +1,17 @@
 """The one sparse flash-attention forward kernel (Triton) over the unified index.
 
-One program computes ``BLOCK_M`` query rows (``index.block_m`` or a divisor of it) of one
-query head, reading the index row of their query block:
-
+The last stage of the pipeline (find sites -> resolve plan -> build index -> one kernel): one
+program computes ``BLOCK_M`` query rows (``index.block_m`` or a divisor of it) of one query
+head, reading the index row of their query block:
   stage 0  load the query tile once;
-  stage 1  online softmax over the listed key blocks that lie wholly at or below the first
-           row of the query block: no masks, no bounds checks (the flash-attention loop);
+  stage 1  online softmax over the listed key blocks wholly at or below the query block's first
+           row: no masks, no bounds checks (the flash-attention loop);
   stage 2  the last ``NUM_DIAG`` listed blocks, which may cross the diagonal or the end of
            the sequence: causal mask;
   stage 3  the listed single columns, gathered ``BLOCK_N`` at a time into one tile, with the
            causal mask (a column may lie after some rows of the block);
   stage 4  normalise, write the output in the input dtype and (optionally) the LSE.
-
-With a sliding window (``index.window``, one value per query head) every stage also masks
-keys ``<= row - window``: exact per-row windows, at the price of one mask per tile.
-
-Blocks are sorted, do not overlap and start no later than the query block's last row, so at
-most ``NUM_DIAG = (index.block_m + index.block_n - 3) // index.block_n + 1`` of them can
-cross the diagonal, and they are the last ones. Key blocks of ``index.block_n`` are walked
-in tiles of ``BLOCK_N``; with ``use_tma`` they are loaded through TMA tensor descriptors
-(4-D, so any (B, H, N, D) strides work), otherwise through pointers; columns always use
-pointers (a gather).
-
-GQA: query head ``h`` reads KV head ``h // GROUP`` directly (no ``repeat_kv``); the programs
-of one KV group run next to each other so that their K/V tiles are shared through L2.
-Address arithmetic that can pass 2^31 (batch/head offsets, row * stride at 1M tokens, index
-offsets) is done in int64. Accumulation is fp32; rows with no selected key produce 0 and
-LSE = -inf (m_i starts at a finite floor, so fully masked tiles contribute p = 0, never NaN).
+``_sparse_attn_fwd`` says how windows, tiles, GQA and precision are handled.
 """
 from __future__ import annotations
 
@@ -175,6 +160,24 @@ if HAS_TRITON:
         DOT_PRECISION: tl.constexpr,
         DOT_FP32: tl.constexpr,        # upcast operands to fp32 (CPU interpreter, bf16)
     ):
+        """Stages 0-4 of the module docstring for one row tile of one query head.
+
+        With a sliding window (``index.window``, one value per query head) every stage also
+        masks keys ``<= row - window``: exact per-row windows, at the price of one mask per tile.
+
+        Blocks are sorted, do not overlap and start no later than the query block's last row, so
+        at most ``NUM_DIAG = (index.block_m + index.block_n - 3) // index.block_n + 1`` of them
+        can cross the diagonal, and they are the last ones. Key blocks of ``index.block_n`` are
+        walked in tiles of ``BLOCK_N``; with ``use_tma`` they are loaded through TMA tensor
+        descriptors (4-D, so any (B, H, N, D) strides work), otherwise through pointers; columns
+        always use pointers (a gather).
+
+        GQA: query head ``h`` reads KV head ``h // GROUP`` directly (no ``repeat_kv``); the
+        programs of one KV group run next to each other so that their K/V tiles are shared
+        through L2. Address arithmetic that can pass 2^31 (batch/head offsets, row * stride at
+        1M tokens, index offsets) is done in int64. Accumulation is fp32; rows with no selected
+        key produce 0 and LSE = -inf (m_i starts at a finite floor, so fully masked tiles
+        contribute p = 0, never NaN)."""
         # ---- program -> (batch, kv head, row tile, query head in group) ----
         # The GROUP query heads of one KV head and one row tile are adjacent programs
         # (they stream the same K/V); row tiles run last-first (longest rows first).

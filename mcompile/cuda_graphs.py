@@ -1,20 +1,14 @@
 """Replay a compiled prefill as one CUDA graph per input signature.
 
 The sparse path decides, estimates and builds its index in Python inside ``mcompile::attention``;
-at 8K-32K tokens that host work, not the GPU, sets the pace. Captured once, a length's whole
-prefill (every layer's attention, index building included) is one graph launch.
+at the shorter long-context lengths that host work, not the GPU, sets the pace
+(``benchmarks/ttft.py`` times host and GPU per layer). Captured once, a length's whole prefill
+(every layer's attention, index building included) is one graph launch.
 
-A signature (shapes, strides, dtypes, int arguments) runs eagerly the first time, on the
-capture stream: that call compiles the Triton kernels and settles each site's dense-or-sparse
-route (mcompile.cost_gate). The second call captures, later calls replay: a prompt length seen
-once (each decode step of ``generate``) never captures. Parameters are read where they live;
-other tensor inputs are copied into the graph's own buffers before each replay, and outputs are
-cloned out of the graph's memory, so a result stays valid after the next call. All graphs of
-one callable share one memory pool: it holds the largest captured prefill's intermediates for
-as long as the graphs are kept (``MAX_GRAPHS``, least recently used dropped first).
-
-What a graph cannot replay is refused at capture, and the signature then runs eagerly: a
-padding mask (its values choose the route each call) or any other host read.
+:class:`CudaGraphRunner` says when a signature runs eagerly, is captured and is replayed, and
+what memory its graphs keep. What a graph cannot replay is refused at capture
+(:func:`refuse_capture`), and the signature then runs eagerly: a padding mask (its values
+choose the route each call) or any other host read.
 """
 from __future__ import annotations
 
@@ -69,7 +63,17 @@ def _clone_out(x):
 
 
 class CudaGraphRunner:
-    """``fn(*args)`` replayed from a CUDA graph per signature (see the module docstring)."""
+    """``fn(*args)`` replayed from a CUDA graph per signature.
+
+    A signature (shapes, strides, dtypes, int arguments) runs eagerly the first time, on the
+    capture stream: that call compiles the Triton kernels and settles each site's dense-or-sparse
+    route (mcompile.cost_gate). The second call captures, later calls replay: a prompt length
+    seen once (each decode step of ``generate``) never captures. Parameters are read where they
+    live; other tensor inputs are copied into the graph's own buffers before each replay, and
+    outputs are cloned out of the graph's memory, so a result stays valid after the next call.
+    All graphs of one callable share one memory pool: it holds the largest captured prefill's
+    intermediates for as long as the graphs are kept (``MAX_GRAPHS``, least recently used
+    dropped first)."""
 
     def __init__(self, fn: Callable, name: str = "graph"):
         self.fn, self.name = fn, name

@@ -1,31 +1,15 @@
 """Import MInference 1.0 pattern files and SGLang/Qwen ``sparse_attention_config``.
 
+Feeds the "resolve plan" step of the pipeline (find sites -> resolve plan -> build index ->
+one kernel): a published per-head configuration becomes a PatternDB the backend can look up.
+
 MInference 1.0 format (minference/configs/*_best_pattern*.json): a JSON list, one entry per
 layer, each ``{"<head>": [pattern, vertical_size, slash_size, score], ...}`` with heads
-counted after KV repetition (i.e. query heads). How MInference's forward
-(minference/modules/minference_forward.py) reads each entry, and what we map it to:
-
-  "vertical_and_slash", v, s -> vertical_slash {vertical_size: v, slash_size: s}
-        (MInference clamps at run time to max(v, 30) / max(s, 50) and to the length; our
-        builder clamps to the length)
-  "stream_llm", v, s         -> a_shape {n_init: v, n_local: s}
-        (MInference calls streaming_forward(q, k, v, n_init=v, n_local=s): v sink tokens,
-        a local window of s tokens); "a_shape" is accepted as an alias
-  "block_sparse", v, s       -> block_sparse {top_k: 100}
-        (MInference's block_sparse_kernel ignores v and s and keeps the top 100 key blocks
-        of 64 per query block)
-  "dense"                    -> dense
-  score                      -> ``score`` (kept raw: its meaning differs between files,
-                                attention-mass recall in some, counts in others), recall null.
-Layers missing at the end of the file, and heads missing in a layer, get MInference's own
-fallback, ("vertical_and_slash", 1000, 6096). Other names (e.g. "flex_vertical_and_slash"
-with list budgets) are refused with the list of supported names.
+counted after KV repetition (i.e. query heads); :func:`_map_entry` says what each entry maps
+to, :func:`import_minference_obj` how missing layers and heads are filled.
 
 SGLang / vLLM (Qwen2.5-1M): ``config.json`` -> ``dual_chunk_attention_config`` ->
-``sparse_attention_config`` holds the same per-layer list (SGLang's dual-chunk backend only
-accepts "vertical_and_slash" and adds 100 to a vertical_size of 30 at run time; we import
-the numbers as written). ``sparse_attention_threshold`` (dense below that length) is recorded
-in the provenance notes.
+``sparse_attention_config`` holds the same per-layer list (:func:`import_sglang_config`).
 """
 from __future__ import annotations
 
@@ -40,9 +24,11 @@ from .errors import Issue, PatternDBValidationError, json_path, render_value
 from .identity import ModelIdentity
 from .io import read_json_file
 
+# MInference's own fallback for layers missing at the end of a file and heads missing in a layer
 MINFERENCE_DEFAULT = ("vertical_and_slash", vertical_slash.DEFAULTS["vertical_size"],
                       vertical_slash.DEFAULTS["slash_size"])
 SUPPORTED = ("vertical_and_slash", "stream_llm", "a_shape", "block_sparse", "dense")
+# MInference's block_sparse_kernel keeps the top 100 key blocks of 64 per query block
 BLOCK_SPARSE_TOP_K = 100
 
 
@@ -52,6 +38,23 @@ def _is_count(v: Any) -> bool:
 
 
 def _map_entry(entry: Any, parts: list[Any], issues: list[Issue]) -> HeadEntry | None:
+    """One head's entry, mapped as MInference's forward (minference/modules/minference_forward.py)
+    reads it:
+
+      "vertical_and_slash", v, s -> vertical_slash {vertical_size: v, slash_size: s}
+            (MInference clamps at run time to max(v, 30) / max(s, 50) and to the length; our
+            builder clamps to the length)
+      "stream_llm", v, s         -> a_shape {n_init: v, n_local: s}
+            (MInference calls streaming_forward(q, k, v, n_init=v, n_local=s): v sink tokens,
+            a local window of s tokens); "a_shape" is accepted as an alias
+      "block_sparse", v, s       -> block_sparse {top_k: 100}
+            (MInference's block_sparse_kernel ignores v and s and keeps the top 100 key blocks
+            of 64 per query block)
+      "dense"                    -> dense
+      score                      -> ``score`` (kept raw: its meaning differs between files,
+                                    attention-mass recall in some, counts in others), recall null.
+    Other names (e.g. "flex_vertical_and_slash" with list budgets) are refused with the list
+    of supported names."""
     if not isinstance(entry, list) or not 3 <= len(entry) <= 4:
         issues.append(Issue(json_path(parts), render_value(entry),
                             "[pattern, vertical_size, slash_size, score]"))
@@ -94,7 +97,10 @@ def import_minference_obj(data: Any, identity: ModelIdentity, file: str = "<memo
                           base: list[Any] | None = None, command: str | None = None,
                           source: str | None = None, notes: list[str] | None = None
                           ) -> PatternDB:
-    """Convert an already-parsed MInference list; ``base`` prefixes JSON paths in errors."""
+    """Convert an already-parsed MInference list; ``base`` prefixes JSON paths in errors.
+
+    Layers missing at the end of the file, and heads missing in a layer, get MInference's own
+    fallback, ``MINFERENCE_DEFAULT`` ("vertical_and_slash", 1000, 6096)."""
     base = list(base or [])
     issues: list[Issue] = []
     if not isinstance(data, list) or not data:
@@ -192,7 +198,12 @@ def import_sglang_config(config: str | os.PathLike | dict, *, name: str | None =
                          command: str | None = None) -> PatternDB:
     """A model ``config.json`` (path or dict) with
     ``dual_chunk_attention_config.sparse_attention_config`` -> PatternDB. The model shape
-    comes from the same config. A string value is read as a JSON file next to config.json."""
+    comes from the same config. A string value is read as a JSON file next to config.json.
+
+    SGLang's dual-chunk backend only accepts "vertical_and_slash" and adds 100 to a
+    vertical_size of 30 at run time; we import the numbers as written.
+    ``sparse_attention_threshold`` (dense below that length) is recorded in the provenance
+    notes."""
     if isinstance(config, dict):
         cfg, file, folder = config, "<memory>", Path(".")
     else:

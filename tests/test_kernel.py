@@ -1,21 +1,15 @@
 """The sparse attention kernel, its index and its reference.
 
-CPU (always): the Triton kernel under Triton's interpreter vs the pure-torch reference, on
-fresh random inputs over a grid (head dims 64/128/256, GQA ratios 1/4/7/8, batch 1-2,
-lengths 1, 63, 64, 65, 200, 1000, full / empty / random / blocks-only / columns-only
-indexes, several index block shapes and kernel tilings, pointer and TMA loads) and on
-structured inputs (attention sinks, diagonals, heavy columns, large logits). Outputs and LSE
-are poisoned with NaN before each run. The reference itself is checked against
-``F.scaled_dot_product_attention(is_causal=True)`` for the full index.
+The kernel is the pipeline's last step (find sites -> resolve plan -> build index -> one
+kernel); these tests hold it to the pure-torch reference, the reference to
+``F.scaled_dot_product_attention(is_causal=True)`` for the full index, and the index to its
+invariants.
 
-GPU (``-m gpu``; skipped without CUDA): the same grid compiled, plus 256K- and 1M-token
-cases checked against the reference on sampled query blocks.
-
-Error bounds, relative Frobenius error ``|out - ref| / |ref|`` against a float32 reference
-(float64 for float32 inputs) computed from the same (rounded) inputs:
-  float32 1e-5 (products in fp32: "ieee" on CPU, 3xTF32 on the GPU), float16 3e-3, bfloat16 2e-2 (P is rounded to the
-  input dtype before P @ V, as in every flash kernel); LSE absolute error <= 1e-3 (5e-5 for
-  float32); rows with no key: output exactly 0 and LSE -inf in both.
+CPU (always): the Triton kernel under Triton's interpreter vs the reference, over a grid of
+shapes, index kinds and tilings (``_grid``) and on structured inputs (attention sinks,
+diagonals, heavy columns, large logits). GPU (``-m gpu``; skipped without CUDA): the same grid
+compiled, plus 256K- and 1M-token cases checked against the reference on sampled query blocks.
+``REL_TOL`` and ``LSE_TOL`` state the error bounds and why.
 """
 from __future__ import annotations
 
@@ -37,6 +31,11 @@ HAS_CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=gpu)]
 
+# Error bounds, relative Frobenius error |out - ref| / |ref| against a float32 reference
+# (float64 for float32 inputs) computed from the same (rounded) inputs: float32 1e-5 (products
+# in fp32: "ieee" on CPU, 3xTF32 on the GPU), float16 3e-3, bfloat16 2e-2 (P is rounded to the
+# input dtype before P @ V, as in every flash kernel); LSE absolute error <= 1e-3 (5e-5 for
+# float32); rows with no key: output exactly 0 and LSE -inf in both.
 REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 LSE_TOL = {torch.float32: 5e-5, torch.float16: 1e-3, torch.bfloat16: 1e-3}
 
@@ -164,6 +163,8 @@ def _check(out, lse, ref_out, ref_lse, dtype, what=""):
 
 
 def _run(q, k, v, index, config=None):
+    """The kernel with its outputs and LSE poisoned with NaN before the run, so an unwritten
+    element fails the check."""
     out = torch.full_like(q, float("nan"))                      # poisoned
     lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=q.device)
     res = sparse_attention(q, k, v, index, return_lse=True, out=out, lse=lse, config=config,
@@ -190,6 +191,9 @@ def _make_index(kind, B, Hq, N, bm, bn, seed, device):
 
 
 # --------------------------------------------------------------- the grid (CPU and GPU)
+# Fresh random inputs: head dims 64/128/256, GQA ratios 1/4/7/8, batch 1-2, lengths 1, 63, 64,
+# 65, 200, 1000, full / empty / random / blocks-only / columns-only indexes, several index
+# block shapes; other tests add kernel tilings and pointer and TMA loads.
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 _HEAD_DIMS = [64, 128, 256]
 _GQA = [1, 4, 7, 8]

@@ -1,7 +1,7 @@
 """Sparse attention patterns: online index builders ending in the unified
 :class:`~mcompile.kernels.index.SparseIndex`, one file per pattern, plus a registry.
 
-Built-in patterns (see each module's docstring for parameters and deviations):
+Built-in patterns (each module's docstring says where its parameters and deviations are described):
 ``dense``, ``sliding_window``, ``a_shape``, ``vertical_slash``, ``block_sparse``,
 ``sample_attention``. A new pattern is one file that calls :func:`register_pattern` at import
 and one import line below.

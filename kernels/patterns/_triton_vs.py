@@ -2,18 +2,13 @@
 for the tests). Not a pattern: :mod:`.vertical_slash` calls these when ``use_triton`` says so.
 
 * :func:`scores`: the vertical (column) and slash (diagonal) sums of the causal softmax of the
-  last ``L <= 64`` queries, in two fused passes over the keys (per key split: the rows'
-  running max and sum; per key tile: probabilities, their column sums, and their diagonal
-  sums through an in-register skew), so no ``L x N`` score tensor is stored. The scores are
-  rounded to the input dtype before scaling when it is 16-bit, as the torch path's matmul in
-  the input dtype does; float32 inputs use IEEE float32 dots (no TF32).
+  last ``L <= 64`` queries, in two fused passes over the keys, so no ``L x N`` score tensor
+  is stored;
 * :func:`index`: MInference's greedy range merge per query block, one lane per query block,
-  in ``O(blocks)`` steps instead of ``O(slash_size)``: with ``pred[t]`` = the largest selected
-  distance ``< t`` (a cumulative max over the diagonal bitmap), the next diagonal that grows a
-  range ending at key ``E`` in query block ``[e - 64, e)`` is ``pred[e - E]``; then the
-  verticals, per query block, by a vectorised binary search over the block starts just
-  written and a stable compaction, written compact (no ``N``-wide temporaries).
-Entries past the counts are left unwritten (the index's invariants ignore them).
+  in ``O(blocks)`` steps instead of ``O(slash_size)``, then the verticals, written compact
+  (no ``N``-wide temporaries).
+Each function's docstring says how. Entries past the counts are left unwritten (the index's
+invariants ignore them).
 """
 from __future__ import annotations
 
@@ -170,7 +165,12 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
            block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """qg (B, Hg, L, D) the last L query rows of the group's heads, k (B, Hkv, N, D),
     ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
-    as :func:`.vertical_slash.scores`."""
+    as :func:`.vertical_slash.scores`.
+
+    Two fused passes over the keys: per key split, the rows' running max and sum; per key
+    tile, probabilities, their column sums, and their diagonal sums through an in-register
+    skew. The scores are rounded to the input dtype before scaling when it is 16-bit, as the
+    torch path's matmul in the input dtype does; float32 inputs use IEEE float32 dots (no TF32)."""
     B, Hg, L, D = qg.shape
     N = k.shape[2]
     dev = qg.device
@@ -233,7 +233,12 @@ def index(cols: torch.Tensor, dists: torch.Tensor, n: int, bm: int, width: int
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The vertical-slash index of a selection: ``cols`` (B, H, kv) ascending, ``dists``
     (B, H, ks) distinct distances in any order. Returns (block_count, block_offset,
-    column_count, column_index) as :func:`.vertical_slash.index_from_selection`."""
+    column_count, column_index) as :func:`.vertical_slash.index_from_selection`.
+
+    With ``pred[t]`` = the largest selected distance ``< t`` (a cumulative max over the diagonal
+    bitmap, :func:`pred_table`), the next diagonal that grows a range ending at key ``E`` in
+    query block ``[e - 64, e)`` is ``pred[e - E]``; then the verticals, per query block, by a
+    vectorised binary search over the block starts just written and a stable compaction."""
     B, H, kv = cols.shape
     BH = B * H
     dev = cols.device

@@ -1,27 +1,10 @@
 """``block_sparse`` (MInference 1.0): top-k key blocks per query block from mean-pooled q and k.
 
-Parameter: ``top_k`` key blocks per query block (a count, or a fraction of the
-``ceil(N / block_n)`` key blocks). Default 100 (what MInference's kernel uses).
-
-Selection (MInference's ``_build_block_index`` in minference/ops/block_sparse_flash_attention.py):
-query rows and keys are mean-pooled over their ``block_m`` / ``block_n`` blocks, block scores are
-``pooled_q . pooled_k`` (no scale, no softmax: top-k does not need them), causal (a key block
-is eligible when its first key is at or before the query block's last row), and each query
-block keeps its ``min(top_k, eligible)`` best key blocks, in ascending order.
-
-Deviations from MInference, and why:
-  * the first key block and the diagonal key block (the last eligible one) are always kept,
-    so every row sees the attention sink and its own neighbourhood (MInference does not force
-    them); they count inside the ``top_k`` budget, so ``top_k`` is at least 2 (1 when only one
-    block is eligible);
-  * the last, partial block is pooled over its real tokens (MInference pads with zeros and
-    divides by 64, which shrinks that block's score);
-  * when the (B, H, NQB, NKB) float32 score tensor would exceed ``SCORE_BUDGET_BYTES`` it is
-    computed in chunks of query blocks (at 1M tokens a whole layer's scores are 34 GB).
-On CUDA (``use_triton``) the top-k, forcing, causal cut and ascending order are one Triton
-program per query block (``_triton_bs.py``: an exact radix select in registers; among exactly
-equal scores the lowest block ids win) instead of ``topk`` + ``sort`` + masks over the score
-tensor; elsewhere torch ops. Same selection.
+One of the online patterns of the pipeline (find sites -> resolve plan -> build index -> one
+kernel): :func:`build` turns a head group's q and k into a :class:`SparseIndex` of key blocks
+(no columns) for the one sparse kernel. Parameter: ``top_k`` (see ``DEFAULTS``).
+:func:`select_blocks` says how blocks are chosen and where this deviates from MInference;
+:func:`build` which path runs on CUDA.
 """
 from __future__ import annotations
 
@@ -33,6 +16,8 @@ from ._common import (INT32_BIG, HeadMap, cdiv, planted_qk, plot_selection, q_bl
 from .registry import Pattern, register_or_demo
 
 NAME = "block_sparse"
+# ``top_k``: key blocks per query block (a count, or a fraction of the ``ceil(N / block_n)`` key
+# blocks). 100 is what MInference's kernel uses.
 DEFAULTS = {"top_k": 100}
 
 
@@ -57,7 +42,9 @@ def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 6
 
 def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, H, N, D) -> (B, H, ceil(N / block), D) float32 mean over each block's real tokens
-    (views and float32-accumulating sums: no copy of x)."""
+    (views and float32-accumulating sums: no copy of x). The last, partial block is pooled
+    over its real tokens, where MInference pads with zeros and divides by 64, which shrinks
+    that block's score."""
     B, H, N, D = x.shape
     nfull, rem = divmod(N, block)
     parts = []
@@ -72,7 +59,23 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
 def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
                   block_m: int = 64, block_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(count int32 (B, Hg, NQB), key-block ids ascending int64 (B, Hg, NQB, top_k); entries
-    past the count are INT32_BIG)."""
+    past the count are INT32_BIG).
+
+    Selection (MInference's ``_build_block_index`` in
+    minference/ops/block_sparse_flash_attention.py): query rows and keys are mean-pooled over
+    their ``block_m`` / ``block_n`` blocks (:func:`_pool`), block scores are
+    ``pooled_q . pooled_k`` (no scale, no softmax: top-k does not need them), causal (a key block
+    is eligible when its first key is at or before the query block's last row), and each query
+    block keeps its ``min(top_k, eligible)`` best key blocks, in ascending order.
+
+    Deviations from MInference, and why:
+      * the first key block and the diagonal key block (the last eligible one) are always kept,
+        so every row sees the attention sink and its own neighbourhood (MInference does not
+        force them); they count inside the ``top_k`` budget, so ``top_k`` is at least 2 (1 when
+        only one block is eligible);
+      * the last, partial block is pooled over its real tokens (see :func:`_pool`);
+      * when the (B, H, NQB, NKB) float32 score tensor would exceed ``SCORE_BUDGET_BYTES`` it is
+        computed in chunks of query blocks (at 1M tokens a whole layer's scores are 34 GB)."""
     p = validate(params)
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
@@ -134,6 +137,11 @@ def _use_kernel(device, nkb: int) -> bool:
 
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
+    """The block-sparse index of ``heads``. On CUDA (``use_triton``) the top-k, forcing, causal
+    cut and ascending order are one Triton program per query block (``_triton_bs.py``: an exact
+    radix select in registers; among exactly equal scores the lowest block ids win) instead of
+    ``topk`` + ``sort`` + masks over the score tensor; elsewhere torch ops
+    (:func:`select_blocks`). Same selection."""
     if _use_kernel(q.device, cdiv(q.shape[2], block_n)):
         count, offs = _build_triton(q, k, validate(params), heads, block_m, block_n)
     else:

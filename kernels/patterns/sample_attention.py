@@ -2,41 +2,14 @@
 structured pattern, a local window plus the fewest key columns ("column stripes") whose
 sampled attention mass reaches a threshold.
 
-Parameters:
-  * ``alpha`` in (0, 1]: the cumulative-attention threshold (the paper's CRA threshold), e.g. 0.95;
-  * ``window_frac`` in (0, 1]: the local window as a fraction of N (e.g. 0.08);
-  * ``sample_frac`` in (0, 1], optional: the fraction of query rows sampled (default 0.05, our
-    choice; the paper's value could not be checked here);
-  * ``max_columns`` (count or fraction of N, default 0.1): a static cap on the number of
-    columns, needed because the index has a fixed width.
-
-Algorithm (two-stage query-guided key-value filtering):
-  1. local window: ``W = ceil(window_frac * N)`` tokens; each query block gets the union of its
-     rows' windows ``[start - W + 1, last]`` as blocks (as ``sliding_window``);
-  2. stage 1, query-guided sampling: the rows ``0, s, 2s, ...`` below the last 64 (stride
-     ``s = round(1 / sample_frac)``) plus the last 64 rows; their exact causal softmax
-     ``softmax(q_r k^T * scale)`` in float32; column scores = the sum over sampled rows;
-  3. stage 2, score-based filtering: sort columns by score and keep the fewest whose
-     cumulative sampled mass reaches ``alpha``; those key positions become columns of every
-     query block that is past them (not already covered by its window blocks).
-
-What "reaches alpha" counts (the paper defines CRA on the final mask): the mass each sampled
-row already gets from its own window counts towards alpha, and only mass outside a row's window
-scores the columns. Counting all mass, a local head would fill the column budget with keys just
-before each sampled row, which its window already covers. ``count_window=False`` selects the
-literal reading (columns alone reach alpha of the sampled mass).
-
-Deviations and gaps:
-  * the stripes are single key columns per head, shared by all query blocks, capped at
-    ``max_columns`` (when alpha needs more, the recall is below alpha); the column list is
-    stored once per head and broadcast over query blocks (stride 0), the counts doing the
-    causal cut;
-  * later versions of the paper's kernel work on blocks of keys ("chunked sampling"); this is
-    the column-granular version the index expresses directly;
-  * the sampled rows are a fixed stride plus the last 64 rows, one reading of "query-guided
-    sampling"; the paper's exact row choice could not be checked here.
-Cost: stage 1 is about ``2 * sample_frac`` of dense causal attention's QK^T work, inherent to
-the method's sampling (see ``_triton_sa``).
+One of the online patterns of the pipeline (find sites -> resolve plan -> build index -> one
+kernel): :func:`build` turns a head group's q and k into a :class:`SparseIndex` of window
+blocks plus columns. The algorithm is the paper's two-stage query-guided key-value filtering:
+  1. local window blocks per query block (:func:`index_from_selection`);
+  2. stage 1, query-guided sampling: column scores from sampled rows (:func:`column_scores`);
+  3. stage 2, score-based filtering: the fewest columns reaching ``alpha`` (:func:`filter_columns`).
+``DEFAULTS`` says what the parameters mean; each function's docstring says where this reading
+deviates from the paper, or could not be checked against it.
 """
 from __future__ import annotations
 
@@ -54,6 +27,14 @@ from .registry import Pattern, register_or_demo
 log = logging.getLogger("mcompile")
 
 NAME = "sample_attention"
+# Parameters:
+#   * alpha in (0, 1]: the cumulative-attention threshold (the paper's CRA threshold), e.g. 0.95;
+#   * window_frac in (0, 1]: the local window as a fraction of N (e.g. 0.08);
+#   * sample_frac in (0, 1], optional: the fraction of query rows sampled (default 0.05, our
+#     choice; the paper's value could not be checked here);
+#   * max_columns (count or fraction of N, default 0.1): a static cap on the number of
+#     columns, needed because the index has a fixed width;
+#   * count_window: whether the window's own mass counts towards alpha (see filter_columns).
 DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1,
             "count_window": True}
 LAST_Q = 64
@@ -79,7 +60,9 @@ def column_cap(n: int, p: dict) -> int:
 
 
 def sample_rows(n: int, sample_frac: float) -> list[int]:
-    """The sampled query rows: a stride below the last 64 rows, plus the last 64."""
+    """The sampled query rows: ``0, s, 2s, ...`` below the last 64 rows (stride
+    ``s = round(1 / sample_frac)``), plus the last 64 rows. This is one reading of
+    "query-guided sampling"; the paper's exact row choice could not be checked here."""
     L = min(LAST_Q, n)
     stride = max(1, round(1.0 / sample_frac))
     return list(range(0, n - L, stride)) + list(range(n - L, n))
@@ -106,7 +89,12 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     row's window (or all mass when count_window is False), window_mass (B, Hg), total (B, Hg)).
 
     On CUDA two fused Triton kernels (row log-sum-exp and outside-window fraction, then column
-    sums; nothing of size rows x N is stored); elsewhere torch ops chunked over sampled rows."""
+    sums; nothing of size rows x N is stored); elsewhere torch ops chunked over sampled rows.
+
+    Each sampled row (:func:`sample_rows`) gets its exact causal softmax
+    ``softmax(q_r k^T * scale)`` in float32; column scores = the sum over sampled rows. Cost:
+    about ``2 * sample_frac`` of dense causal attention's QK^T work, inherent to the method's
+    sampling (see ``_triton_sa``)."""
     p = validate(params)
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
@@ -205,7 +193,16 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
 def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alpha: float,
                    cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2. (count int32 (B, Hg), columns ascending int32 (B, Hg, cap); past the count
-    INT32_BIG): the fewest top-scored columns with window + column mass >= alpha * total."""
+    INT32_BIG): the fewest top-scored columns with window + column mass >= alpha * total.
+
+    Columns are sorted by score and the fewest whose cumulative sampled mass reaches ``alpha``
+    are kept, at most ``cap`` (when alpha needs more, the recall is below alpha).
+
+    What "reaches alpha" counts (the paper defines CRA on the final mask): the mass each sampled
+    row already gets from its own window counts towards alpha, and only mass outside a row's
+    window scores the columns. Counting all mass, a local head would fill the column budget with
+    keys just before each sampled row, which its window already covers. ``count_window=False``
+    selects the literal reading (columns alone reach alpha of the sampled mass)."""
     B, Hg, N = col.shape
     if cap == 0:
         return (torch.zeros(B, Hg, dtype=torch.int32, device=col.device),
@@ -238,7 +235,18 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads
 def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params: dict | None = None,
                          block_m: int = 64, block_n: int = 64) -> SparseIndex:
     """The index of a selection (``filter_columns``' count and columns): each query block's
-    window blocks plus the selected columns before its window."""
+    window blocks plus the selected columns before its window.
+
+    The local window is ``W = ceil(window_frac * N)`` tokens; each query block gets the union of
+    its rows' windows ``[start - W + 1, last]`` as blocks (as ``sliding_window``). The selected
+    key positions become columns of every query block that is past them (not already covered
+    by its window blocks).
+
+    Deviations: the stripes are single key columns per head, shared by all query blocks, capped
+    at ``max_columns``; the column list is stored once per head and broadcast over query blocks
+    (stride 0), the counts doing the causal cut. Later versions of the paper's kernel work on
+    blocks of keys ("chunked sampling"); this is the column-granular version the index
+    expresses directly."""
     p = validate(params)
     B, Hg = count.shape
     bcount, boffs, w0 = window_blocks(n, _window(n, p), block_m, block_n, cols.device)

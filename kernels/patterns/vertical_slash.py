@@ -1,36 +1,11 @@
 """``vertical_slash`` (MInference 1.0, Jiang et al. 2024): a few key columns (verticals) plus a
 few diagonals (slashes), positions chosen online per head from the last 64 queries.
 
-Parameters: ``vertical_size`` (columns), ``slash_size`` (diagonals): counts or fractions of N.
-Defaults 1000 / 6096 (MInference's default for heads without a searched config).
-
-Selection, as MInference's ``vertical_and_slash_kernel`` (minference/modules/minference_forward.py):
-  1. ``A = softmax(q[-64:] k^T * scale)`` in float32, causal among the last 64 queries (the
-     matmul runs in the input dtype, as MInference's einsum does);
-  2. vertical score of key ``j`` = column sum of A; slash score of distance ``d = row - key`` =
-     sum of A along that diagonal;
-  3. the first 30 columns and the 100 diagonals ``d = 0..99`` are always kept (MInference sets
-     their scores to +inf); then the top ``vertical_size`` columns and ``slash_size`` diagonals.
-Index, as MInference's ``convert_vertical_slash_indexes`` (csrc/vertical_slash_index.cu): per
-query block ``[s, e)`` (``e = s + 64``, also for the last partial block), diagonal ``d`` covers
-keys ``[max(e - d, 64) - 64, max(e - d, 64))``; diagonals with ``d >= e`` are skipped; taken in
-increasing key order they are merged greedily into ranges (a range grows by one block when the
-next diagonal overlaps or touches its end, else a new range starts at the diagonal), and each
-range is tiled into 64-key blocks from its start (so block starts are arbitrary). A vertical
-becomes a column of the query block when it lies before the query block's last row and in no
-block. This greedy is a minimum cover of the diagonals' keys by 64-key blocks.
-
-Deviations from MInference, and why:
-  * minimum ``slash_size`` is 100 (MInference: 50, with 100 diagonals forced to +inf and
-    ``topk`` choosing among ties arbitrarily), so the 100 forced diagonals, the main one among
-    them, are always all kept; minimum ``vertical_size`` 30 as MInference;
-  * forced entries get +1e4 instead of +inf, so ``topk`` among them is deterministic;
-  * blocks that would start after the last row of the sequence (possible only in the last,
-    partial query block) are dropped (they hold no key); MInference keeps them and masks;
-  * ``block_m == block_n`` is required (MInference asserts 64/64);
-  * heads of a group are scored in one batched matmul (MInference loops over heads), chunked
-    over keys (two passes: log-sum-exp, then probabilities) when the float32 score tensor would
-    exceed ``SCORE_BUDGET_BYTES``.
+One of the online patterns of the pipeline (find sites -> resolve plan -> build index -> one
+kernel): :func:`build` scores (:func:`scores`), selects (:func:`select`) and turns the selection
+into a :class:`SparseIndex` (:func:`index_from_selection`), each step as MInference does it;
+the functions' docstrings say where and why this deviates. Parameters: ``vertical_size``
+(columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``).
 On CUDA (``use_triton``) the scores and the range merge are Triton kernels around
 ``torch.topk`` (``_triton_vs.py`` describes them); elsewhere the merge is a scan over the
 sorted diagonals in torch ops, looping over the ``slash_size`` diagonals in Python (fine at
@@ -46,12 +21,18 @@ from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, planted_qk
 from .registry import Pattern, register_or_demo
 
 NAME = "vertical_slash"
+# MInference's default for heads without a searched config
 DEFAULTS = {"vertical_size": 1000, "slash_size": 6096}
 LAST_Q = 64
+# always kept, as MInference does (it sets their scores to +inf)
 FORCED_COLUMNS = 30
 FORCED_DIAGONALS = 100
+# MInference's minimum slash_size is 50, with 100 diagonals forced to +inf and topk choosing
+# among ties arbitrarily; 100 here keeps the 100 forced diagonals, the main one among them,
+# always all kept. The minimum vertical_size is MInference's.
 MIN_VERTICAL = 30
 MIN_SLASH = 100
+# forced entries get this instead of +inf, so topk among them is deterministic
 _FORCE = 1.0e4       # > any column/diagonal sum of 64 probability rows
 
 
@@ -102,7 +83,15 @@ def _diag_sums(p: torch.Tensor) -> torch.Tensor:
 def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(vertical, slash) float32 (B, Hg, N): column sums and diagonal sums (index = distance
-    ``row - key``) of the causal softmax of the last ``min(64, N)`` queries."""
+    ``row - key``) of the causal softmax of the last ``min(64, N)`` queries.
+
+    As MInference's ``vertical_and_slash_kernel`` (minference/modules/minference_forward.py):
+    ``A = softmax(q[-64:] k^T * scale)`` in float32, causal among the last 64 queries (the
+    matmul runs in the input dtype, as MInference's einsum does); vertical score of key ``j`` =
+    column sum of A; slash score of distance ``d = row - key`` = sum of A along that diagonal.
+    Unlike MInference, which loops over heads, the heads of a group are scored in one batched
+    matmul, chunked over keys (two passes: log-sum-exp, then probabilities) when the float32
+    score tensor would exceed ``SCORE_BUDGET_BYTES``."""
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
     scale = D ** -0.5 if scale is None else scale
@@ -145,7 +134,10 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
 def select(vertical: torch.Tensor, slash: torch.Tensor, kv: int, ks: int, *,
            sort_dists: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced entries + top-k: (columns ascending (B, H, kv), distances descending (B, H, ks)),
-    int64 (the distances in no particular order when ``sort_dists`` is False)."""
+    int64 (the distances in no particular order when ``sort_dists`` is False).
+
+    The first ``FORCED_COLUMNS`` columns and the ``FORCED_DIAGONALS`` diagonals ``d = 0..99``
+    are always kept (``_FORCE``); then the top ``kv`` columns and ``ks`` diagonals."""
     v = vertical.clone()
     v[..., :FORCED_COLUMNS] += _FORCE
     s = slash.clone()
@@ -188,6 +180,18 @@ def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_
     (B, H, ks) descending distances (``row - key``; any order on the Triton path). Entries
     past the counts are INT32_BIG (blocks) / 0 (columns) on the torch path, unwritten on the
     Triton path.
+
+    As MInference's ``convert_vertical_slash_indexes`` (csrc/vertical_slash_index.cu): per
+    query block ``[s, e)`` (``e = s + 64``, also for the last partial block), diagonal ``d``
+    covers keys ``[max(e - d, 64) - 64, max(e - d, 64))``; diagonals with ``d >= e`` are skipped;
+    taken in increasing key order they are merged greedily into ranges (a range grows by one
+    block when the next diagonal overlaps or touches its end, else a new range starts at the
+    diagonal), and each range is tiled into 64-key blocks from its start (so block starts are
+    arbitrary). This greedy is a minimum cover of the diagonals' keys by 64-key blocks.
+
+    Deviations from MInference: blocks that would start after the last row of the sequence
+    (possible only in the last, partial query block) are dropped (they hold no key; MInference
+    keeps them and masks); ``block_m == block_n`` is required (MInference asserts 64/64).
 
     Verticals at or before the query block's last row and in no block become columns. (When
     the main diagonal is selected, as it always is from :func:`select`, this is exactly

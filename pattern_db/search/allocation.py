@@ -1,24 +1,11 @@
 """Choosing one candidate per head under a model-wide kernel-cost budget.
 
-Each searched head ``h`` has candidates ``c`` with a measured relative cost ``cost[h, c]`` and
-a loss ``loss[h, c]`` (``1 - recall`` or the relative output error, see ``scoring``).
-:func:`allocate` minimises the summed loss over all searched heads subject to the mean cost
-being at most ``budget`` (a fraction of dense causal attention's work):
-
-  1. Lagrangian relaxation: for a price ``lam`` every head independently takes the candidate
-     minimising ``loss + lam * cost``; the total cost falls as ``lam`` rises, so a bisection
-     on ``lam`` finds the cheapest price that fits the budget. This is the greedy allocation
-     by marginal gain (loss saved per unit of cost) on each head's lower convex hull, done
-     for all heads at once;
-  2. the slack the bisection leaves is filled greedily: repeatedly the single upgrade with
-     the best loss saved per extra cost that still fits.
-
-Why a model-wide budget instead of "the cheapest candidate reaching a target quality per
-head": the user asks for a speed (the budget), heads differ a lot in what they need, and
-spending where the loss falls fastest is what minimises the total loss at that speed; a
-per-head quality target cannot promise a cost, and a head that cannot reach the target
-would have to go dense. Every head still gets only what it needs: a head whose cheapest
-candidate already loses nothing stays cheap.
+The last step of the offline search that writes the plans the backend resolves (find sites ->
+resolve plan -> build index -> one kernel). Each searched head ``h`` has candidates ``c`` with
+a measured relative cost ``cost[h, c]`` and a loss ``loss[h, c]`` (``1 - recall`` or the
+relative output error, see ``scoring``). :func:`allocate` minimises the summed loss over all
+searched heads subject to the mean cost being at most ``budget`` (a fraction of dense causal
+attention's work); its docstring says how and why the budget is model-wide.
 Deterministic: ties go to the cheaper candidate, then the earlier one.
 """
 from __future__ import annotations
@@ -40,7 +27,22 @@ def allocate(cost: np.ndarray, loss: np.ndarray, budget: float,
     allowed: optional (candidates,) or (heads, candidates) bool. Returns (heads,) indices.
 
     When even the cheapest allowed candidates exceed the budget they are returned (the
-    caller reports the cost reached)."""
+    caller reports the cost reached).
+
+      1. Lagrangian relaxation: for a price ``lam`` every head independently takes the candidate
+         minimising ``loss + lam * cost``; the total cost falls as ``lam`` rises, so a bisection
+         on ``lam`` finds the cheapest price that fits the budget. This is the greedy allocation
+         by marginal gain (loss saved per unit of cost) on each head's lower convex hull, done
+         for all heads at once;
+      2. the slack the bisection leaves is filled greedily (:func:`fill_slack`): repeatedly the
+         single upgrade with the best loss saved per extra cost that still fits.
+
+    Why a model-wide budget instead of "the cheapest candidate reaching a target quality per
+    head": the user asks for a speed (the budget), heads differ a lot in what they need, and
+    spending where the loss falls fastest is what minimises the total loss at that speed; a
+    per-head quality target cannot promise a cost, and a head that cannot reach the target
+    would have to go dense. Every head still gets only what it needs: a head whose cheapest
+    candidate already loses nothing stays cheap."""
     cost = np.asarray(cost, dtype=np.float64)
     loss = np.asarray(loss, dtype=np.float64)
     M, C = cost.shape

@@ -1,25 +1,12 @@
 """Candidates for the offline search: every registered pattern, sized to kernel-cost levels.
 
-Kernel cost is counted the way the sparse kernel works: per query block of 64 rows, one tile
-per listed 64-key block plus one tile per 64 gathered single columns, summed over query blocks
-and divided by the tiles of dense causal attention (:func:`dense_tiles`). So a relative cost of
-0.1 means the kernel computes a tenth of the 64x64 tiles dense causal attention would.
-
-Sizing (``make_candidates``), for each cost level ``L`` of ``levels``:
-  * static patterns (``a_shape``, ``sliding_window``, ``block_sparse``) are sized exactly with
-    the pattern's own ``cost`` function: the largest budget (a fraction of the length, so the
-    relative cost stays the same at other lengths) whose cost is at most ``L``;
-  * ``sample_attention``: the window is sized to ``L / 2`` with the cost function, two
-    thresholds ``alpha``; its columns are data-dependent and measured;
-  * ``vertical_slash``: the positions are data-dependent, and the pattern's ``cost`` is a
-    worst case (every diagonal its own block) that is far above what real selections compute,
-    so candidates are a grid of diagonal and column fractions spanning the cost range
-    (:func:`vertical_slash_grid`), plus MInference's default (1000 columns, 6096 diagonals);
-    the search measures their real cost on the calibration data per head;
-  * ``dense``: one candidate (cost 1, recall 1);
-  * any other registered pattern: one candidate with its default parameters (measured).
-The search itself always uses the cost measured on the built index (``scoring``), so
-dynamic patterns are compared with static ones at the cost the kernel really pays.
+The search picks per head the pattern the backend later resolves from the database (find
+sites -> resolve plan -> build index -> one kernel); these are the choices it weighs.
+Kernel cost is counted the way the sparse kernel works (:func:`dense_tiles`): a relative cost
+of 0.1 means the kernel computes a tenth of the 64x64 tiles dense causal attention would.
+:func:`make_candidates` says how each pattern is sized to a cost level. The search itself
+always uses the cost measured on the built index (``scoring``), so dynamic patterns are
+compared with static ones at the cost the kernel really pays.
 """
 from __future__ import annotations
 
@@ -68,7 +55,11 @@ class Candidate:
 
 # --- cost -------------------------------------------------------------------------------------
 def dense_tiles(n: int, block: int = BLOCK) -> int:
-    """64x64 tiles of dense causal attention at length n."""
+    """64x64 tiles of dense causal attention at length n.
+
+    Kernel cost is counted the way the sparse kernel works: per query block of 64 rows, one tile
+    per listed 64-key block plus one tile per 64 gathered single columns, summed over query
+    blocks and divided by these tiles."""
     nqb = -(-n // block)
     return sum((min(n, (m + 1) * block) - 1) // block + 1 for m in range(nqb))
 
@@ -227,7 +218,21 @@ def make_candidates(n: int, levels: Sequence[float] = DEFAULT_LEVELS,
     """Candidates of every registered pattern (or of ``patterns``) for length ``n``.
 
     Deterministic order: by pattern (registry order), then level. Candidates that select the
-    same thing at length ``n`` (e.g. budgets clamped by the pattern's minimums) appear once."""
+    same thing at length ``n`` (e.g. budgets clamped by the pattern's minimums) appear once.
+
+    Sizing, for each cost level ``L`` of ``levels``:
+      * static patterns (``a_shape``, ``sliding_window``, ``block_sparse``) are sized exactly with
+        the pattern's own ``cost`` function: the largest budget (a fraction of the length, so the
+        relative cost stays the same at other lengths) whose cost is at most ``L``;
+      * ``sample_attention``: the window is sized to ``L / 2`` with the cost function, two
+        thresholds ``alpha``; its columns are data-dependent and measured;
+      * ``vertical_slash``: the positions are data-dependent, and the pattern's ``cost`` is a
+        worst case (every diagonal its own block) that is far above what real selections
+        compute, so candidates are a grid of diagonal and column fractions spanning the cost
+        range (:func:`vertical_slash_grid`), plus MInference's default (1000 columns, 6096
+        diagonals); the search measures their real cost on the calibration data per head;
+      * ``dense``: one candidate (cost 1, recall 1);
+      * any other registered pattern: one candidate with its default parameters (measured)."""
     names = list(PATTERNS) if patterns is None else list(patterns)
     unknown = [p for p in names if p not in PATTERNS]
     if unknown:

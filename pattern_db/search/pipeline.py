@@ -1,22 +1,14 @@
 """The offline, kernel-aware pattern search: ``mcompile search`` and :func:`search`.
 
-Pipeline (the command line is in README.md, "Search and evaluation"):
+It writes the database the backend resolves plans from (find sites -> resolve plan -> build
+index -> one kernel). Pipeline (the command line is in README.md, "Search and evaluation"):
 
-  1. calibration prompts: ``samples`` windows of ``length`` tokens from the first half of the
-     text's tokens (deterministic for ``seed``; the second half is left for held-out
-     evaluation), with the tokenizer's BOS in front when it adds one;
-  2. capture: the model's decoder compiled with ``backend="minference"`` in ``capture`` mode
-     records post-RoPE q, k and v at every attention site (no model-specific hooks);
-  3. candidates of every registered pattern sized to kernel-cost levels
-     (``candidates``), their indexes built by the patterns' own builders on the
-     captured q/k, scored per head with the exact softmax in chunks (``scoring``):
-     measured kernel cost, attention-mass recall and relative output error, averaged over
-     the calibration samples;
-  4. one candidate per head under the model-wide cost budget (``allocation``), scored by
-     ``scoring`` ("output": relative output error, or "recall": 1 - recall);
-  5. the database is written through ``pattern_db`` (``PatternDB.build``, ``save_db``) with the
-     exact command, calibration data and budget in its provenance. Sliding-window layers
-     (Gemma 3) are recorded as ``{"kind": "sliding"}`` and not searched.
+  1. calibration prompts from the first half of the text (:func:`calibration_prompts`);
+  2. capture: post-RoPE q, k and v at every attention site (:func:`capture_prompts`);
+  3. candidates of every registered pattern sized to kernel-cost levels (``candidates``),
+     built and scored per head on the captured q/k (:func:`score_capture`, ``scoring``);
+  4. one candidate per head under the model-wide cost budget (:func:`choose`, ``allocation``);
+  5. the database is written through ``pattern_db`` with its provenance (:func:`build_database`).
 """
 from __future__ import annotations
 
@@ -109,6 +101,9 @@ class SearchConfig:
 # --- calibration prompts ---------------------------------------------------------------------------
 def calibration_prompts(tokenizer, text: str, length: int, samples: int, seed: int,
                         region: str = "calibration") -> list[tuple[int, torch.Tensor]]:
+    """``samples`` windows of ``length`` tokens from the first half of the text's tokens
+    (deterministic for ``seed``; the second half is left for held-out evaluation), with the
+    tokenizer's BOS in front when it adds one."""
     bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
     return prompt_windows(text_tokens(tokenizer, text), length, samples, seed, region, bos)
 
@@ -116,7 +111,10 @@ def calibration_prompts(tokenizer, text: str, length: int, samples: int, seed: i
 # --- capture ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def capture_prompts(model, prompts: Sequence[torch.Tensor], directory: str | Path, device: str = "cpu") -> Path:
-    """Run ``prompts`` through the decoder compiled in capture mode; q/k/v land in ``directory``."""
+    """Run ``prompts`` through the decoder compiled in capture mode; q/k/v land in ``directory``.
+
+    The model's decoder is compiled with ``backend="minference"`` in ``capture`` mode, which
+    records post-RoPE q, k and v at every attention site (no model-specific hooks)."""
     directory = Path(directory)
     torch._dynamo.reset()
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -247,7 +245,11 @@ def score_capture(directory: str | Path, layers: Sequence[int], candidates: Sequ
                   scale: float | None = None, device: str = "cpu", max_query_blocks: int | None = None,
                   progress: bool = True, cost_model=None, price_length: int | None = None) -> SearchScores:
     """Score every candidate on every (layer, head) of a capture (``score_sample``), averaged
-    over its samples; one tqdm step per layer."""
+    over its samples; one tqdm step per layer.
+
+    Each candidate's index is built by the pattern's own builder on the captured q/k and
+    scored per head with the exact softmax in chunks (``scoring``): measured kernel cost,
+    attention-mass recall and relative output error, averaged over the calibration samples."""
     from tqdm.auto import tqdm
 
     samples = capture_samples(directory)
@@ -294,7 +296,8 @@ def pattern_mask(scores: SearchScores, patterns: Sequence[str] | None) -> np.nda
 
 def choose(scores: SearchScores, budget: float, scoring: str = DEFAULT_SCORING,
            patterns: Sequence[str] | None = None) -> np.ndarray:
-    """(L, H) candidate index per searched head under the mean-cost budget."""
+    """(L, H) candidate index per searched head under the mean-cost budget (``allocation``),
+    scored by ``scoring`` ("output": relative output error, or "recall": 1 - recall)."""
     allowed = pattern_mask(scores, patterns)
     ch = allocate(scores.flat(scores.cost), scores.flat(scores.loss(scoring)), budget, allowed)
     return ch.reshape(len(scores.layers), scores.num_heads)
@@ -360,7 +363,11 @@ def build_database(identity: ModelIdentity, scores: SearchScores, choice: np.nda
     """One ``LayerEntry`` per model layer: searched layers from the choice (``params``: each
     searched head's parameters when they differ from its candidate's, e.g. fitted laws),
     sliding layers as ``sliding``, the rest ``not_searched``. A head records the recall,
-    density (``cost``) and loss its candidate measured at ``scores.length``."""
+    density (``cost``) and loss its candidate measured at ``scores.length``.
+
+    The database goes through ``pattern_db`` (``PatternDB.build`` here, ``save_db`` in
+    ``cli``) with the exact command, calibration data and budget in its provenance.
+    Sliding-window layers (Gemma 3) are recorded as ``{"kind": "sliding"}`` and not searched."""
     by_layer = {l: i for i, l in enumerate(scores.layers)}
     layers = []
     for layer in range(identity.num_layers):

@@ -1,24 +1,15 @@
 """Scoring candidates on captured q/k/v with the exact softmax, computed in chunks of query rows.
 
-For one layer of one calibration sample and a list of candidate indexes (one
-:class:`~mcompile.kernels.index.SparseIndex` over all query heads per candidate, built by the
-pattern's own index builder on the captured q/k), :func:`score_layer` returns per candidate and
-per query head:
-
-  * ``cost``: the kernel cost the index really asks for, relative to dense causal attention:
-    per query block one tile per listed key block plus ``ceil(columns / 64)`` tiles of gathered
-    columns, summed over all query blocks, over the dense causal tile count;
-  * ``recall``: the attention mass the selection keeps, averaged over query rows (each row's
-    exact causal softmax restricted to the selected keys, MInference's measure);
-  * ``error``: the relative error of the head's output ``||O_sparse - O||_F / ||O||_F`` over
-    the scored rows, where ``O_sparse`` is what the sparse kernel computes (softmax
-    renormalised over the selected keys, times v) and ``O`` the dense output. Unlike recall
-    it sees v: mass dropped on keys whose values are close to the kept ones costs little.
+Step 3 of the offline search that writes the plans the backend resolves (find sites -> resolve
+plan -> build index -> one kernel). For one layer of one calibration sample and a list of
+candidate indexes (one :class:`~mcompile.kernels.index.SparseIndex` over all query heads per
+candidate, built by the pattern's own index builder on the captured q/k), :func:`score_layer`
+returns per candidate and per query head a ``cost``, a ``recall`` and an ``error``
+(:class:`LayerScore` says what each measures).
 
 The dense probabilities of a chunk of query rows are computed once (float32, GQA without
 repeating k/v) and every candidate is scored against them, so the dense work is shared. On
-long sequences on a CPU the rows can be sampled by query block (``query_blocks``): every s-th
-query block, always including the last; the per-row measures are exact for the rows scored.
+long sequences on a CPU the rows can be sampled by query block (:func:`scored_query_blocks`).
 """
 from __future__ import annotations
 
@@ -101,7 +92,9 @@ def key_cover(index: SparseIndex, qbs: torch.Tensor, num_keys: int) -> torch.Ten
 # --- which rows are scored -----------------------------------------------------------------------------------
 def scored_query_blocks(n: int, max_query_blocks: int | None = None) -> list[int]:
     """Query blocks to score: all, or every s-th counted back from the last one so that at
-    most ``max_query_blocks`` are scored (deterministic)."""
+    most ``max_query_blocks`` are scored (deterministic). Sampling by query block (every s-th,
+    always including the last) keeps long sequences affordable on a CPU; the per-row measures
+    are exact for the rows scored."""
     nqb = num_q_blocks(n, BLOCK)
     if not max_query_blocks or max_query_blocks >= nqb:
         return list(range(nqb))
@@ -112,7 +105,17 @@ def scored_query_blocks(n: int, max_query_blocks: int | None = None) -> list[int
 # --- scoring ----------------------------------------------------------------------------------------------------
 @dataclass
 class LayerScore:
-    """One layer of one sample: (C candidates, H query heads) each."""
+    """One layer of one sample: (C candidates, H query heads) each.
+
+      * ``cost``: the kernel cost the index really asks for, relative to dense causal attention:
+        per query block one tile per listed key block plus ``ceil(columns / 64)`` tiles of
+        gathered columns, summed over all query blocks, over the dense causal tile count;
+      * ``recall``: the attention mass the selection keeps, averaged over query rows (each row's
+        exact causal softmax restricted to the selected keys, MInference's measure);
+      * ``error``: the relative error of the head's output ``||O_sparse - O||_F / ||O||_F`` over
+        the scored rows, where ``O_sparse`` is what the sparse kernel computes (softmax
+        renormalised over the selected keys, times v) and ``O`` the dense output. Unlike recall
+        it sees v: mass dropped on keys whose values are close to the kept ones costs little."""
 
     cost: torch.Tensor      # relative kernel cost
     recall: torch.Tensor    # mean attention mass kept per row
@@ -148,7 +151,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indexes: Sequ
                 scale: float | None = None, query_blocks: Sequence[int] | None = None,
                 chunk_bytes: int | None = None, method: str = "gather") -> LayerScore:
     """Score candidate indexes on one layer's q (1, Hq, N, D), k/v (1, Hkv, N, D) (any dtype;
-    computed in float32 on q's device). See the module docstring for the measures.
+    computed in float32 on q's device). :class:`LayerScore` says what the measures are.
 
     ``method``: "gather" multiplies only the covered keys of each query block (work follows
     the candidate's cost), "mask" multiplies the masked dense probabilities (the plain way;
