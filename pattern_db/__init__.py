@@ -17,12 +17,12 @@ from .io import dumps, load_db, loads, save_db
 from .lookup import (DEFAULT_PARAMS, DEFAULT_PATTERN, ModelPlan, default_layer_plan,
                      resolve_model_plan, shipped_databases)
 from .minference_import import import_minference, import_sglang_config
-from .schema import (PATTERN_PARAMS, PATTERNS, SCHEMA_VERSION, Frac, Law, resolve_budget,
+from .schema import (PATTERNS, SCHEMA_VERSION, Frac, Law, resolve_budget,
                      validate_obj)
 
 __all__ = [
     "DEFAULT_PARAMS", "DEFAULT_PATTERN", "FingerprintMismatchError", "Frac", "HeadEntry",
-    "Issue", "Law", "LayerEntry", "ModelIdentity", "ModelPlan", "PATTERNS", "PATTERN_PARAMS",
+    "Issue", "Law", "LayerEntry", "ModelIdentity", "ModelPlan", "PATTERNS",
     "PatternDB", "PatternDBError", "PatternDBValidationError", "Provenance", "SCHEMA_VERSION",
     "UnknownDatabaseError", "default_layer_plan", "dumps", "fingerprint", "import_minference",
     "import_sglang_config", "load_db", "loads", "parse_model_shape", "resolve_budget",

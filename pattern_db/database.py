@@ -45,7 +45,7 @@ class HeadEntry:
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "HeadEntry":
-        return cls(pattern=obj["pattern"], params=params_from_json(obj.get("params", {})),
+        return cls(pattern=obj["pattern"], params=params_from_json(obj.get("params", {}), obj["pattern"]),
                    recall=_opt_float(obj.get("recall")), cost=_opt_float(obj.get("cost")),
                    score=_opt_float(obj.get("score")))
 

@@ -1,5 +1,7 @@
-"""Validation of pattern database objects: the JSON Schema (schema.json) plus the checks a
-schema cannot express (layer and head counts against the model, the fingerprint).
+"""Validation of pattern database objects: the JSON Schema plus the checks a schema cannot
+express (layer and head counts against the model, the fingerprint). schema.json holds the file's
+structure; the part naming patterns and their parameters is derived from the registry each time
+a document is validated (:func:`current_schema`), so a pattern registered later is accepted.
 
 Budget convention (also in schema.json): a budget parameter is a token count (a JSON
 integer), ``{"frac": x}`` with ``0 < x <= 1`` (a fraction of the sequence length) or
@@ -7,7 +9,7 @@ integer), ``{"frac": x}`` with ``0 < x <= 1`` (a fraction of the sequence length
 at run time by :func:`resolve_budget` (the index builders' own function, so the database's
 counts are the ones the runtime builds). In memory (``HeadPlan.params``) a fraction is a
 :class:`Frac` and a law a :class:`Law`; both are hashable, so ``LayerPlan.groups()`` works.
-Which parameters a pattern takes comes from the registry (``PATTERN_PARAMS``).
+Which parameters a pattern takes, and which are budgets, comes from its registered ``Pattern``.
 
 Version 2 adds laws; a version 1 file is the same document with fractions and counts only,
 so it loads as it is (:func:`migrate`).
@@ -33,14 +35,8 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)      # a version 1 file migrates by its version number alone
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
-# The built-in patterns (the registry when this module loads) and their parameters in the
-# order of their defaults; schema.json lists the same (a test compares them).
-PATTERNS: tuple[str, ...] = tuple(REGISTERED_PATTERNS)
-PATTERN_PARAMS: dict[str, tuple[str, ...]] = {name: tuple(pattern.defaults)
-                                              for name, pattern in REGISTERED_PATTERNS.items()}
-# Parameters that are budgets (count or Frac); the others are plain numbers.
-BUDGET_PARAMS = frozenset({"n_init", "n_local", "vertical_size", "slash_size", "top_k", "window",
-                           "max_columns"})
+# The registry itself (not a copy), so patterns registered after this import count.
+PATTERNS = REGISTERED_PATTERNS
 LAYER_KINDS = ("searched", "sliding", "not_searched")
 
 
@@ -63,8 +59,15 @@ class Frac:
         return f"Frac({self.value!r})"
 
 
-def params_from_json(params: dict[str, Any]) -> dict[str, Any]:
+def budget_params(pattern: str) -> frozenset[str]:
+    """The parameters of ``pattern`` that are budgets (none for an unknown name)."""
+    found = REGISTERED_PATTERNS.get(pattern)
+    return frozenset(found.budgets) if found is not None else frozenset()
+
+
+def params_from_json(params: dict[str, Any], pattern: str) -> dict[str, Any]:
     """JSON params -> in-memory params ({"frac": x} -> Frac(x); integral floats of counts -> int)."""
+    budgets = budget_params(pattern)
     out: dict[str, Any] = {}
     for k in sorted(params):
         v = params[k]
@@ -72,7 +75,7 @@ def params_from_json(params: dict[str, Any]) -> dict[str, Any]:
             out[k] = Frac(v["frac"])
         elif isinstance(v, dict) and set(v) == {"scale", "power"}:
             out[k] = Law(v["scale"], v["power"])
-        elif k in BUDGET_PARAMS and isinstance(v, float) and v.is_integer():
+        elif k in budgets and isinstance(v, float) and v.is_integer():
             out[k] = int(v)
         else:
             out[k] = v
@@ -90,15 +93,74 @@ def load_schema() -> dict[str, Any]:
         return json.load(f)
 
 
-@functools.lru_cache(maxsize=None)
-def _validator(ref: str | None = None) -> jsonschema.protocols.Validator:
-    schema = load_schema()
+_BUDGET_WORDS = ('{"frac": x} with 0 < x <= 1 (a fraction of the sequence length) or {"scale": a, '
+                 '"power": b} (a * N^b tokens, a > 0, 0 <= b <= 1)')
+_TYPE_OF_DEFAULT = ((bool, {"type": "boolean", "description": "true or false"}),
+                    (int, {"type": "integer", "description": "an integer"}),
+                    (float, {"type": "number", "description": "a number"}),
+                    (str, {"type": "string", "description": "a string"}))
+
+
+def param_schema(pattern, name: str) -> dict[str, Any]:
+    """One parameter's JSON Schema: a budget from its least count, otherwise from its default's
+    type; the pattern's own ``param_schema`` entry is merged over it."""
+    if name in pattern.budgets:
+        least = pattern.budgets[name]
+        out: dict[str, Any] = {
+            "description": f"a token count (integer >= {least}), {_BUDGET_WORDS}",
+            "oneOf": [{"type": "integer", "minimum": least}, {"$ref": "#/$defs/frac"},
+                      {"$ref": "#/$defs/law"}]}
+    else:
+        default = pattern.defaults[name]
+        out = next((dict(s) for t, s in _TYPE_OF_DEFAULT if isinstance(default, t)), {})
+    return {**out, **pattern.param_schema.get(name, {})}
+
+
+def params_schema(pattern) -> dict[str, Any]:
+    """The JSON Schema of a head's ``params`` for a registered pattern."""
+    if not pattern.defaults:
+        return {"type": "object", "maxProperties": 0, "description": "no parameters ({})"}
+    required = [k for k in pattern.defaults if k not in pattern.optional]
+    optional = [k for k in pattern.defaults if k in pattern.optional]
+    listed = ", ".join(required + (["optional " + ", ".join(optional)] if optional else []))
+    return {"type": "object", "required": required, "additionalProperties": False,
+            "description": f"{pattern.name} parameters: {listed}",
+            "properties": {k: param_schema(pattern, k) for k in pattern.defaults}}
+
+
+def current_schema() -> dict[str, Any]:
+    """schema.json with the head's pattern names and a ``params_<name>`` definition per pattern
+    as the registry holds them now."""
+    return _schema_for(tuple(REGISTERED_PATTERNS.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _schema_for(registered: tuple) -> dict[str, Any]:
+    schema = copy.deepcopy(load_schema())
+    defs = schema["$defs"]
+    names = [name for name, _ in registered]
+    defs["head"]["properties"]["pattern"] = {"enum": names, "description": "one of " + ", ".join(names)}
+    defs["head"]["allOf"] = [
+        {"if": {"required": ["pattern"], "properties": {"pattern": {"const": name}}},
+         "then": {"properties": {"params": {"$ref": f"#/$defs/params_{name}"}}}} for name in names]
+    for name, pattern in registered:
+        defs[f"params_{name}"] = params_schema(pattern)
+    return schema
+
+
+@functools.lru_cache(maxsize=16)
+def _validator_for(schema_key: tuple, ref: str | None) -> jsonschema.protocols.Validator:
+    schema = _schema_for(schema_key)
     if ref is not None:
         schema = {"$schema": schema["$schema"], "$defs": schema["$defs"],
                   "$ref": f"#/$defs/{ref}"}
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+def _validator(ref: str | None = None) -> jsonschema.protocols.Validator:
+    return _validator_for(tuple(REGISTERED_PATTERNS.items()), ref)
 
 
 def _json_type(v: Any) -> str:
@@ -122,7 +184,7 @@ def _json_type(v: Any) -> str:
 def _resolve(schema: Any) -> dict[str, Any]:
     if isinstance(schema, dict) and "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
-        return load_schema()["$defs"].get(name, {})
+        return current_schema()["$defs"].get(name, {})
     return schema if isinstance(schema, dict) else {}
 
 

@@ -5,7 +5,7 @@ from collections import Counter
 from typing import Any
 
 from .database import HeadEntry, LayerEntry, PatternDB
-from .schema import PATTERN_PARAMS, PATTERNS, Frac, Law, resolve_budget
+from .schema import PATTERNS, Frac, Law, resolve_budget
 
 SHORT = {"dense": "dense", "a_shape": "as", "vertical_slash": "vs", "block_sparse": "bs",
          "sample_attention": "sa", "sliding_window": "sw"}
@@ -26,7 +26,7 @@ def head_label(h: HeadEntry) -> str:
     """``vs(1000,6096)``: short pattern name and its parameters in schema order."""
     if not h.params:
         return SHORT.get(h.pattern, h.pattern)
-    order = [k for k in PATTERN_PARAMS.get(h.pattern, ()) if k in h.params]
+    order = [k for k in getattr(PATTERNS.get(h.pattern), "defaults", ()) if k in h.params]
     order += [k for k in sorted(h.params) if k not in order]
     return f"{SHORT.get(h.pattern, h.pattern)}({','.join(_fmt(h.params[k]) for k in order)})"
 
@@ -168,24 +168,25 @@ def plot_db(db: PatternDB, out_path: str, length: int | None = None) -> str:
     length = length or (db.provenance.calibration or {}).get("length") or DEFAULT_PLOT_LENGTH
     pat = np.full((L, H), np.nan)
     bud = np.full((L, H), np.nan)
+    names = list(PATTERNS)
     have_cost = all(h.cost is not None for l in db.layers for h in l.heads) and any(
         l.heads for l in db.layers)
     for i, layer in enumerate(db.layers):
         for j, h in enumerate(layer.heads):
-            pat[i, j] = PATTERNS.index(h.pattern)
+            pat[i, j] = names.index(h.pattern)
             bud[i, j] = h.cost if have_cost else estimate_density(h, int(length))
     # keyed by name, so a pattern keeps its colour whatever the registry's order
     color_of = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#ff7f0e",
                 "block_sparse": "#2ca02c", "sample_attention": "#d62728", "sliding_window": "#9467bd"}
-    colors = [color_of.get(name, "#8c564b") for name in PATTERNS]
+    colors = [color_of.get(name, "#8c564b") for name in names]
     fig, axes = plt.subplots(1, 2, figsize=(max(7.5, min(14, 4 + 0.5 * H)), min(12, 2.5 + 0.2 * L)), squeeze=False)
     ax0, ax1 = axes[0]
     cmap = ListedColormap(colors).with_extremes(bad="#dddddd")
-    ax0.imshow(np.ma.masked_invalid(pat), cmap=cmap, vmin=-0.5, vmax=len(PATTERNS) - 0.5,
+    ax0.imshow(np.ma.masked_invalid(pat), cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5,
                aspect="auto", interpolation="nearest")
     ax0.set_title("pattern (grey: sliding / not searched)", fontsize=9)
     used = sorted({int(v) for v in pat[~np.isnan(pat)]})
-    fig.legend(handles=[Patch(color=colors[k], label=PATTERNS[k]) for k in used],
+    fig.legend(handles=[Patch(color=colors[k], label=names[k]) for k in used],
                loc="lower center", ncol=max(1, len(used)), fontsize=7, frameon=False)
     bcmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = ax1.imshow(np.ma.masked_invalid(bud), cmap=bcmap, vmin=0, vmax=1, aspect="auto",

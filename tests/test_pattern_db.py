@@ -120,24 +120,27 @@ def test_database_resolves_budgets_as_the_runtime_does():
                 assert resolve_budget(Frac(frac), n, unit) == max(1, exact), (frac, n, unit)
 
 
-def test_schema_lists_the_registered_patterns_and_their_parameters():
-    """schema.json is data written by hand: it names the registry's patterns and parameters."""
+def test_schema_follows_the_registry():
+    """schema.json holds the file's structure; the head's pattern names and each pattern's
+    parameters come from the registry when a document is validated."""
     from mcompile.kernels.patterns import PATTERNS as registry
     from mcompile.pattern_db import schema
-    assert schema.PATTERNS == tuple(registry)
-    assert schema.PATTERN_PARAMS == {name: tuple(p.defaults) for name, p in registry.items()}
-    defs = schema.load_schema()["$defs"]
+    assert schema.PATTERNS is registry
+    assert "params_dense" not in schema.load_schema()["$defs"]
+    defs = schema.current_schema()["$defs"]
     pattern_field = defs["head"]["properties"]["pattern"]
-    assert sorted(pattern_field["enum"]) == sorted(registry)
+    assert pattern_field["enum"] == list(registry)
     assert all(name in pattern_field["description"] for name in registry)
     params_of = {branch["if"]["properties"]["pattern"]["const"]:
                  branch["then"]["properties"]["params"]["$ref"] for branch in defs["head"]["allOf"]}
     assert params_of == {name: f"#/$defs/params_{name}" for name in registry}
     for name, pattern in registry.items():
         params = defs[f"params_{name}"]
-        assert set(params.get("properties", {})) == set(pattern.defaults), name
-        assert set(params.get("required", ())) <= set(pattern.defaults), name
-    assert schema.BUDGET_PARAMS <= {k for p in registry.values() for k in p.defaults}
+        assert list(params.get("properties", {})) == list(pattern.defaults), name
+        assert set(params.get("required", ())) == set(pattern.defaults) - set(pattern.optional), name
+        assert schema.budget_params(name) == set(pattern.budgets) <= set(pattern.defaults)
+        for budget, least in pattern.budgets.items():
+            assert params["properties"][budget]["oneOf"][0] == {"type": "integer", "minimum": least}
 
 
 @settings(max_examples=200, deadline=None)

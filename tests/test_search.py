@@ -353,7 +353,7 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
     from mcompile.kernels.cost_model import shipped
     from mcompile.kernels.patterns import Law, resolve_budget
     from mcompile.eval.models import load_model
-    from mcompile.pattern_db.schema import BUDGET_PARAMS
+    from mcompile.pattern_db.schema import budget_params
     from mcompile.pattern_db.search import SearchConfig, search
     from mcompile.eval.text import load_text
     model, tokenizer = load_model("smollm2")
@@ -372,7 +372,7 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
             assert head.pattern == chosen.pattern
             assert head.cost == pytest.approx(result.scores.kernel_density[i, result.choice[i, h], h], abs=1e-4)
             for name, value in head.params.items():
-                if name in BUDGET_PARAMS:
+                if name in budget_params(head.pattern):
                     unit = 64 if name == "top_k" else 1
                     assert resolve_budget(value, 2048, unit) == resolve_budget(chosen.params[name], 2048, unit)
                     laws += isinstance(value, Law)

@@ -22,12 +22,12 @@ from ..index import SparseIndex
 
 NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
 from ._common import Law, device_index, index_cost, resolve_budget
-from .registry import PATTERNS, Pattern, get_pattern, register_pattern, validate_params
+from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregister_pattern, validate_params
 
 # built-in patterns register themselves on import
 from . import dense, sliding_window, a_shape, vertical_slash, block_sparse, sample_attention  # noqa: E402,F401
 
-__all__ = ["Law", "PATTERNS", "Pattern", "register_pattern", "get_pattern", "validate_params",
+__all__ = ["Law", "PATTERNS", "Pattern", "register_pattern", "unregister_pattern", "get_pattern", "validate_params",
            "build_layer_index", "build_head_group", "index_cost", "resolve_budget",
            "layer_sizes"]
 

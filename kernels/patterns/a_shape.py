@@ -24,10 +24,11 @@ from .registry import Pattern, register_or_demo
 
 NAME = "a_shape"
 DEFAULTS = {"n_init": 128, "n_local": 4096}
+BUDGETS = {"n_init": 0, "n_local": 1}     # the least count of each
 
 
 def validate(params: dict | None) -> dict:
-    return with_budgets(params, DEFAULTS, {"n_init": 0, "n_local": 1}, NAME)
+    return with_budgets(params, DEFAULTS, BUDGETS, NAME)
 
 
 def _blocks(n: int, p: dict, block_m: int, block_n: int, device):
@@ -91,4 +92,4 @@ def demo(path: str = "a_shape.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

@@ -19,10 +19,15 @@ NAME = "block_sparse"
 # ``top_k``: key blocks per query block (a count, or a fraction of the ``ceil(N / block_n)`` key
 # blocks). 100 is what MInference's kernel uses.
 DEFAULTS = {"top_k": 100}
+BUDGETS = {"top_k": 1}
+# top_k counts key blocks, not tokens: the database says so
+PARAM_SCHEMA = {"top_k": {"description": "a block count (integer >= 1), {\"frac\": x} with 0 < x <= 1 (a "
+                          "fraction of the causal key blocks) or {\"scale\": a, \"power\": b} (a * B^b "
+                          "blocks of the B key blocks, a > 0, 0 <= b <= 1)"}}
 
 
 def validate(params: dict | None) -> dict:
-    return with_budgets(params, DEFAULTS, {"top_k": 1}, NAME)
+    return with_budgets(params, DEFAULTS, BUDGETS, NAME)
 
 
 def _top_k(n: int, p: dict, block_n: int) -> int:
@@ -188,4 +193,5 @@ def demo(path: str = "block_sparse.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
+                                   param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

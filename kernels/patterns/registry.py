@@ -2,26 +2,9 @@
 :func:`register_pattern` at import (the built-in ones through :func:`register_or_demo`, which
 also gives each file its demo command), plus one import line in ``patterns/__init__.py``.
 
-Interface every pattern provides (all per query head; ``params`` is the plan's dict):
-
-``validate(params) -> dict``
-    Check names and values (raise ``ValueError`` naming the parameter) and fill defaults.
-``build(q, k, params, *, heads=None, block_m=64, block_n=64, scale=None) -> SparseIndex``
-    q (B, Hq, N, D), k (B, Hkv, N, D) after RoPE; ``heads`` the query heads to build for
-    (default all, in order), all with these params, in one batched call. Returns an index
-    over (B, len(heads)) (possibly broadcast views). Torch ops only, sizes from N and params.
-``sizes(n, params, block_m=64, block_n=64) -> (max_blocks, max_columns)``
-    The static list widths ``build`` will return for length n.
-``cost(n, params, block_m=64, block_n=64) -> (blocks, columns)``
-    Computed blocks and columns for one head at length n, summed over query blocks (exact for
-    static patterns; the worst case for data-dependent ones).
-``reference_mask(q, k, params, *, heads=None, block_m=64, block_n=64, scale=None) -> (B, H, N, N) bool``
-    The same selection the obvious slow way (float64, materialised); equal to
-    ``index_to_mask(build(...))``.
-``demo(path, n=1024, **params) -> path``
-    A PNG of the selection for one head on planted synthetic inputs.
-``dynamic``
-    Whether the selection depends on q/k (False: a static mask from N and params).
+The :class:`Pattern` is the one source of a pattern's name, parameters, defaults and budgets:
+the backend's options, the database's schema and the search read them from the registry as it
+is when they run, so a pattern registered later (a user's own file) is accepted everywhere.
 """
 from __future__ import annotations
 
@@ -30,19 +13,57 @@ from typing import Any, Callable
 
 PATTERNS: dict[str, "Pattern"] = {}
 
+# The JSON Schema of a parameter that is a number in (0, 1] (e.g. sample_attention's fractions).
+FRACTION_SCHEMA = {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                   "description": "a number in (0, 1]"}
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)     # compared and hashed by identity: the schema caches by it
 class Pattern:
+    """One sparse pattern; every callable works per query head, ``params`` the plan's dict."""
+
     name: str
+    # build(q, k, params, *, heads=None, block_m=64, block_n=64, scale=None) -> SparseIndex:
+    # q (B, Hq, N, D), k (B, Hkv, N, D) after RoPE; ``heads`` the query heads to build for
+    # (default all, in order), all with these params, in one batched call. Returns an index over
+    # (B, len(heads)) (possibly broadcast views). Torch ops only, sizes from N and params.
     build: Callable
+    # validate(params) -> dict: checks names and values (ValueError naming the parameter) and
+    # fills defaults.
     validate: Callable[[dict], dict]
+    # sizes(n, params, block_m=64, block_n=64) -> (max_blocks, max_columns): the static list
+    # widths ``build`` returns for length n.
     sizes: Callable
+    # cost(n, params, block_m=64, block_n=64) -> (blocks, columns) for one head at length n,
+    # summed over query blocks (exact for static patterns; the worst case for dynamic ones).
     cost: Callable
+    # reference_mask(q, k, params, *, heads=None, block_m=64, block_n=64, scale=None) ->
+    # (B, H, N, N) bool: the same selection the obvious slow way (float64, materialised), equal
+    # to ``index_to_mask(build(...))``.
     reference_mask: Callable
+    # demo(path, n=1024, **params) -> path: a PNG of one head's selection on planted inputs.
     demo: Callable
+    # whether the selection depends on q/k (False: a static mask from N and params)
     dynamic: bool
+    # every parameter and its default, in the order reports list them
     defaults: dict[str, Any] = field(default_factory=dict)
+    # the parameters that are budgets (a count, {"frac": x} or {"scale": a, "power": b}, see
+    # ``_common.check_budget``) and the least count each accepts; the search scales these
+    budgets: dict[str, int] = field(default_factory=dict)
+    # parameters a database head may leave out (the default applies); the others it must name,
+    # so a stored plan does not change when a default does
+    optional: tuple[str, ...] = ()
+    # JSON Schema of a parameter, merged over the one derived from ``budgets`` or the default's
+    # type (e.g. a range, or a budget's wording)
+    param_schema: dict[str, dict] = field(default_factory=dict)
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted((set(self.budgets) | set(self.optional) | set(self.param_schema))
+                         - set(self.defaults))
+        if unknown:
+            raise ValueError(f"pattern {self.name!r}: {unknown} declared but not in its defaults "
+                             f"{list(self.defaults)}")
 
 
 def register_pattern(pattern: Pattern, *, replace: bool = False) -> Pattern:
@@ -54,6 +75,14 @@ def register_pattern(pattern: Pattern, *, replace: bool = False) -> Pattern:
         raise ValueError(f"pattern {pattern.name!r} is already registered")
     PATTERNS[pattern.name] = pattern
     return pattern
+
+
+def unregister_pattern(name: str) -> Pattern:
+    """Remove a registered pattern (e.g. a test's own) and return it."""
+    try:
+        return PATTERNS.pop(name)
+    except KeyError:
+        raise KeyError(f"unknown sparse pattern {name!r}; registered: {sorted(PATTERNS)}") from None
 
 
 def register_or_demo(pattern: Pattern, module_name: str) -> Pattern:

@@ -22,7 +22,7 @@ from ..index import SparseIndex
 from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
                       check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
-from .registry import Pattern, register_or_demo
+from .registry import FRACTION_SCHEMA, Pattern, register_or_demo
 
 log = logging.getLogger("mcompile")
 
@@ -37,6 +37,11 @@ NAME = "sample_attention"
 #   * count_window: whether the window's own mass counts towards alpha (see filter_columns).
 DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1,
             "count_window": True}
+BUDGETS = {"max_columns": 0}
+OPTIONAL = ("sample_frac", "max_columns", "count_window")
+PARAM_SCHEMA = {"alpha": FRACTION_SCHEMA, "window_frac": FRACTION_SCHEMA, "sample_frac": FRACTION_SCHEMA,
+                "count_window": {"type": "boolean", "description": "true or false: whether the window's "
+                                 "sampled mass counts toward alpha"}}
 LAST_Q = 64
 
 
@@ -44,7 +49,7 @@ def validate(params: dict | None) -> dict:
     p = with_defaults(params, DEFAULTS, tuple(DEFAULTS), NAME)
     for name in ("alpha", "window_frac", "sample_frac"):
         p[name] = check_fraction(name, p[name])
-    p["max_columns"] = check_budget("max_columns", p["max_columns"], minimum=0)
+    p["max_columns"] = check_budget("max_columns", p["max_columns"], minimum=BUDGETS["max_columns"])
     if not isinstance(p["count_window"], bool):
         raise ValueError(f"parameter 'count_window' must be true or false, got {p['count_window']!r}")
     return p
@@ -332,4 +337,5 @@ def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
+                                   optional=OPTIONAL, param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

@@ -20,10 +20,11 @@ from .registry import Pattern, register_or_demo
 
 NAME = "sliding_window"
 DEFAULTS = {"window": 4096}
+BUDGETS = {"window": 1}
 
 
 def validate(params: dict | None) -> dict:
-    return with_budgets(params, DEFAULTS, {"window": 1}, NAME)
+    return with_budgets(params, DEFAULTS, BUDGETS, NAME)
 
 
 def _window(n: int, params: dict) -> int:
@@ -73,4 +74,4 @@ def demo(path: str = "sliding_window.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

@@ -23,6 +23,7 @@ from .registry import Pattern, register_or_demo
 NAME = "vertical_slash"
 # MInference's default for heads without a searched config
 DEFAULTS = {"vertical_size": 1000, "slash_size": 6096}
+BUDGETS = {"vertical_size": 1, "slash_size": 1}
 LAST_Q = 64
 # always kept, as MInference does (it sets their scores to +inf)
 FORCED_COLUMNS = 30
@@ -37,7 +38,7 @@ _FORCE = 1.0e4       # > any column/diagonal sum of 64 probability rows
 
 
 def validate(params: dict | None) -> dict:
-    return with_budgets(params, DEFAULTS, {"vertical_size": 1, "slash_size": 1}, NAME)
+    return with_budgets(params, DEFAULTS, BUDGETS, NAME)
 
 
 def budgets(n: int, params: dict | None) -> tuple[int, int]:
@@ -349,4 +350,4 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
-                                   dynamic=True, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

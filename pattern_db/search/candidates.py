@@ -49,7 +49,7 @@ class Candidate:
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "Candidate":
         from ..schema import params_from_json
-        return cls(obj["pattern"], params_from_json(obj.get("params", {})), obj.get("level"),
+        return cls(obj["pattern"], params_from_json(obj.get("params", {}), obj["pattern"]), obj.get("level"),
                    obj.get("tag", ""))
 
 
@@ -194,8 +194,8 @@ def _resolved_key(pattern: str, params: dict, n: int) -> tuple:
     """Two candidates that select the same thing at length n are the same candidate: budgets
     are compared as the counts they resolve to at n."""
     from mcompile.kernels.patterns import resolve_budget as kernel_budget
-    from ..schema import BUDGET_PARAMS
-    p = get_pattern(pattern).validate(dict(params))
+    found = get_pattern(pattern)
+    p = found.validate(dict(params))
     if pattern == "block_sparse":
         return (pattern, get_pattern(pattern).sizes(n, p, BLOCK, BLOCK))
     if pattern == "vertical_slash":
@@ -204,7 +204,7 @@ def _resolved_key(pattern: str, params: dict, n: int) -> tuple:
     items = []
     for k in sorted(p):
         v = p[k]
-        if k in BUDGET_PARAMS:
+        if k in found.budgets:
             v = kernel_budget(v, n, BLOCK if k == "top_k" else 1)
         elif k == "window_frac":
             v = max(1, math.ceil(v * n - 1e-9))

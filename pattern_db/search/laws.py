@@ -22,7 +22,7 @@ import numpy as np
 
 from mcompile.kernels.patterns import Law, resolve_budget
 
-from ..schema import BUDGET_PARAMS, Frac
+from ..schema import Frac, budget_params
 
 BLOCK = 64
 LAW_PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "sliding_window")
@@ -36,7 +36,7 @@ def items(n: int, param: str) -> int:
 def budget_counts(candidate, n: int) -> dict[str, int]:
     """The candidate's budget parameters resolved at length n."""
     return {k: resolve_budget(v, n, BLOCK if k == "top_k" else 1)
-            for k, v in candidate.params.items() if k in BUDGET_PARAMS}
+            for k, v in candidate.params.items() if k in budget_params(candidate.pattern)}
 
 
 def family(candidate, n: int) -> tuple:
@@ -44,7 +44,8 @@ def family(candidate, n: int) -> tuple:
     shapes (diagonal-heavy, and column-heavy with only the forced diagonals), told apart by the
     diagonals a candidate selects."""
     from mcompile.kernels.patterns.vertical_slash import FORCED_DIAGONALS
-    fixed = tuple(sorted((k, repr(v)) for k, v in candidate.params.items() if k not in BUDGET_PARAMS))
+    budgets = budget_params(candidate.pattern)
+    fixed = tuple(sorted((k, repr(v)) for k, v in candidate.params.items() if k not in budgets))
     shape = ""
     if candidate.pattern == "vertical_slash" and candidate.tag != "minference-default":
         shape = "columns" if budget_counts(candidate, n)["slash_size"] <= FORCED_DIAGONALS else "diagonals"
