@@ -35,8 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patterns import make_inputs  # noqa: E402  (benchmarks/patterns.py)
 
-from mcompile.kernels.cost_model import DATA, causal_blocks  # noqa: E402
-from mcompile.kernels.index import SparseIndex, dense_causal_index, num_q_blocks  # noqa: E402
+from mcompile.kernels.cost_model import DATA  # noqa: E402
+from mcompile.kernels.index import SparseIndex, causal_blocks, dense_causal_index, num_q_blocks  # noqa: E402
 from mcompile.kernels.patterns import PATTERNS, build_head_group  # noqa: E402
 
 BUILD_PARAMS = {"sliding_window": {"window": 4096}, "a_shape": {"n_init": 128, "n_local": 4096}}

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from mcompile.kernels.index import causal_blocks
 from mcompile.kernels.patterns import PATTERNS, get_pattern, vertical_slash
 
 from ..schema import Frac, params_to_json
@@ -67,17 +68,11 @@ class Candidate:
 
 
 # --- cost -------------------------------------------------------------------------------------
-def dense_tiles(n: int, block: int = BLOCK) -> int:
-    """64x64 tiles of dense causal attention at length n."""
-    nqb = -(-n // block)
-    return sum((min(n, (m + 1) * block) - 1) // block + 1 for m in range(nqb))
-
-
 def static_cost(pattern: str, params: dict, n: int, block: int = BLOCK) -> float:
     """Relative cost from the pattern's ``cost`` function (exact for static patterns, the
     worst case for data-dependent ones)."""
     blocks, cols = get_pattern(pattern).cost(n, params, block, block)
-    return (blocks + cols / block) / dense_tiles(n, block)
+    return (blocks + cols / block) / causal_blocks(n, block, block)
 
 
 def build_overhead(pattern: str, params: dict, n: int) -> float:
@@ -157,7 +152,7 @@ def _block_sparse(n: int, level: float) -> list[dict]:
 def _sample_attention(n: int, level: float) -> list[dict]:
     def window_cost(x: float) -> float:
         blocks, _ = get_pattern("sample_attention").cost(n, {"alpha": 0.9, "window_frac": x}, BLOCK, BLOCK)
-        return blocks / dense_tiles(n)
+        return blocks / causal_blocks(n)
     f = _largest_fraction(window_cost, level / 2, n)
     return [{"alpha": a, "window_frac": f} for a in SA_ALPHAS]
 

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from mcompile.kernels.index import SparseIndex, num_q_blocks
+from mcompile.kernels.index import SparseIndex, causal_blocks, num_q_blocks
 from mcompile.kernels.reference import key_cover
 
 BLOCK = 64
@@ -63,11 +63,6 @@ def index_tiles(index: SparseIndex) -> torch.Tensor:
     bn = index.block_n
     tiles = bc.long() + (cc.long() + bn - 1) // bn
     return tiles.sum(-1).reshape(-1).double().cpu()
-
-
-def dense_tiles(n: int, block_m: int = BLOCK, block_n: int = BLOCK) -> int:
-    nqb = num_q_blocks(n, block_m)
-    return sum((min(n, (m + 1) * block_m) - 1) // block_n + 1 for m in range(nqb))
 
 
 # --- which rows are scored -----------------------------------------------------------------------------------
@@ -186,7 +181,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indexes: Sequ
             rec[c] += (r.double() * w).sum(-1)
             err2[c] += (((om - o).double() ** 2).sum(-1) * w).sum(-1)
         del p, p4
-    cost = torch.stack([index_tiles(ix) for ix in indexes]) / dense_tiles(N) if C else torch.zeros(0, Hq)
+    cost = torch.stack([index_tiles(ix) for ix in indexes]) / causal_blocks(N) if C else torch.zeros(0, Hq)
     return LayerScore(cost=cost.double().cpu(),
                       recall=(rec / max(rows_scored, 1)).cpu(),
                       error=torch.sqrt(err2 / o2.clamp_min(1e-300)).cpu(),
