@@ -43,6 +43,7 @@ from mcompile.kernels import sparse_attention as sa
 from mcompile.kernels.index import SparseIndex, dense_causal_index, dense_causal_pairs, index_pairs
 from mcompile.kernels.patterns.vertical_slash import DEFAULTS as VS_DEFAULTS
 from mcompile.kernels.sparse_attention import KernelConfig, sparse_attention
+from timing import time_ms  # benchmarks/timing.py
 
 B, HQ, HKV, D = 1, 32, 8, 128
 DTYPE = torch.bfloat16
@@ -54,21 +55,12 @@ def bench(fn, budget_s: float = 1.5, max_reps: int = 20, min_reps: int = 3) -> d
     timings of single calls."""
     fn()
     torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    fn()
-    e.record()
-    torch.cuda.synchronize()
-    first = s.elapsed_time(e)
+    first = time_ms(fn, cuda=True)
     reps = int(max(1, min(max_reps, budget_s * 1e3 / max(first, 1e-3))))
     reps = max(reps, min_reps) if first * min_reps < 4 * budget_s * 1e3 else reps
     times = [first]
     for _ in range(reps - 1):
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
+        times.append(time_ms(fn, cuda=True))
     return {"ms": statistics.median(times), "reps": len(times), "min_ms": min(times),
             "max_ms": max(times)}
 

@@ -39,6 +39,7 @@ from mcompile.cli_types import ints
 from mcompile.cli_types import names as name_list
 from mcompile.kernels.patterns import PATTERNS, build_layer_index, index_cost
 from mcompile.plan import LayerPlan
+from timing import time_ms  # benchmarks/timing.py
 
 _KERNEL_ERR = None
 
@@ -92,12 +93,7 @@ def make_inputs(n, heads, kv_heads, d, dtype, device, kind, seed=0):
 def timer(device):
     if device.type == "cuda":
         def run(fn):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            return a.elapsed_time(b) / 1e3
+            return time_ms(fn, cuda=True) / 1e3
     else:
         def run(fn):
             t = time.perf_counter()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's m
 from mcompile.cli_types import INTS_SYNTAX, comma_list  # noqa: E402
 from mcompile.eval.synthetic import LOCALITY_DEFAULTS, SHAPES, apply_init, build_model, chunk_mlps  # noqa: E402
 from mcompile.pattern_db.lookup import DEFAULT_PARAMS as DEFAULT_PLAN  # noqa: E402 (the backend's default plan, db=None)
+from timing import time_ms  # noqa: E402  (benchmarks/timing.py)
 
 DENSE_NOTE = ("dense = torch.compile(model, backend='minference', options={'plan': 'dense'}): Inductor compiles the "
               "model; each attention runs PyTorch SDPA with is_causal=True (transformers' causal mask recognised and "
@@ -67,16 +68,7 @@ def _sync(device: str) -> None:
 
 def time_once(fn, device: str) -> float:
     """Milliseconds of one call: CUDA events on the GPU, perf_counter on the CPU."""
-    if _cuda(device):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
+    return time_ms(fn, _cuda(device))
 
 
 def reset_peak(device: str) -> None:

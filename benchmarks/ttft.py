@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from mcompile.cli_types import lengths, names
+from timing import time_ms  # benchmarks/timing.py
 
 ATTENTION_OP = "mcompile::attention"
 SPARSE_KERNEL = "_sparse_attn_fwd"
@@ -61,17 +62,7 @@ class Timer:
         self.cuda = device == "cuda"
 
     def __call__(self, fn) -> float:
-        if not self.cuda:
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end)
+        return time_ms(fn, self.cuda, sync_first=True)
 
 
 def _descendants(event):
