@@ -30,10 +30,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mcompile.cli_types import length, lengths, names
 from mcompile.kernels import sparse_attention as sa
 from mcompile.kernels.index import SparseIndex, dense_causal_index, dense_causal_pairs, index_pairs
 from mcompile.kernels.patterns.vertical_slash import DEFAULTS as VS_DEFAULTS
 from mcompile.kernels.sparse_attention import KernelConfig, sparse_attention
+from timing import time_ms  # benchmarks/timing.py
 
 B, HQ, HKV, D = 1, 32, 8, 128
 DTYPE = torch.bfloat16
@@ -45,21 +47,12 @@ def bench(fn, budget_s: float = 1.5, max_reps: int = 20, min_reps: int = 3) -> d
     timings of single calls (the ``ms`` of every result)."""
     fn()
     torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    fn()
-    e.record()
-    torch.cuda.synchronize()
-    first = s.elapsed_time(e)
+    first = time_ms(fn, cuda=True)
     reps = int(max(1, min(max_reps, budget_s * 1e3 / max(first, 1e-3))))
     reps = max(reps, min_reps) if first * min_reps < 4 * budget_s * 1e3 else reps
     times = [first]
     for _ in range(reps - 1):
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
+        times.append(time_ms(fn, cuda=True))
     return {"ms": statistics.median(times), "reps": len(times), "min_ms": min(times),
             "max_ms": max(times)}
 
@@ -351,12 +344,6 @@ def run_sweep(N: int, device, log) -> dict:
 
 
 # ------------------------------------------------------------------------------- main
-def parse_len(s: str) -> int:
-    s = s.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(s[-1], 1)
-    return int(s[:-1] if s[-1] in "KM" else s) * mult
-
-
 def versions() -> dict:
     v = {"torch": torch.__version__, "python": platform.python_version(),
          "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
@@ -375,9 +362,9 @@ def versions() -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", default="32K,64K,128K,256K,512K,1M")
-    ap.add_argument("--patterns", default="dense,ashape,topk,vs")
-    ap.add_argument("--baselines", default="cudnn,flash,flex")
+    ap.add_argument("--lengths", type=lengths, default="32K,64K,128K,256K,512K,1M")
+    ap.add_argument("--patterns", type=names, default="dense,ashape,topk,vs")
+    ap.add_argument("--baselines", type=names, default="cudnn,flash,flex")
     ap.add_argument("--ours-dense-max", default="1M", help="longest length for dense through our kernel")
     ap.add_argument("--flash-max", default="128K", help="longest length for the SDPA flash backend")
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of repeats per measurement")
@@ -418,16 +405,16 @@ def main(argv=None):
 
     if args.sweep:
         t0 = time.time()
-        result["sweep"] = run_sweep(parse_len(args.sweep_len), dev, log)
+        result["sweep"] = run_sweep(length(args.sweep_len), dev, log)
         log(f"sweep took {time.time() - t0:.0f} s")
         save()
 
-    patterns = args.patterns.split(",")
+    patterns = args.patterns
     dbm, dbn = (int(x) for x in args.dense_block.lower().split("x"))
-    baselines = args.baselines.split(",")
-    ours_dense_max = parse_len(args.ours_dense_max)
-    flash_max = parse_len(args.flash_max)
-    for N in [parse_len(s) for s in args.lengths.split(",")]:
+    baselines = args.baselines
+    ours_dense_max = length(args.ours_dense_max)
+    flash_max = length(args.flash_max)
+    for N in args.lengths:
         torch.cuda.empty_cache()
         g = torch.Generator(device=dev).manual_seed(N)
         q = torch.randn(B, HQ, N, D, device=dev, dtype=DTYPE, generator=g)

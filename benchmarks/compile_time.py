@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
+from mcompile.cli_types import ints, names  # noqa: E402
+
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              vocab_size=1000)
 VARIANTS = {  # name -> (backend, options)
@@ -119,8 +122,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["small", "llama3-8b"], default=None,
                     help="model shape (default: llama3-8b on CUDA, small on the CPU)")
-    ap.add_argument("--layers", default="8,32", help="comma-separated layer counts")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
+    ap.add_argument("--layers", type=ints, default="8,32", help="comma-separated layer counts")
+    ap.add_argument("--variants", type=names, default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
@@ -137,8 +140,8 @@ def main() -> None:
 
     rows = []
     print(f"{'layers':>6} {'variant':<16} {'compile s':>10} {'first call s':>13} {'warm s':>8} {'max |diff|':>11}")
-    for layers in [int(x) for x in args.layers.split(",")]:
-        for variant in args.variants.split(","):
+    for layers in args.layers:
+        for variant in args.variants:
             row = run_child(args, variant, layers)
             rows.append(row)
             print(f"{layers:>6} {variant:<16} {row['compile_s']:>10.1f} {row['first_call_s']:>13.1f} "

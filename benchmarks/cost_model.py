@@ -24,8 +24,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patterns import make_inputs  # noqa: E402  (benchmarks/patterns.py)
 
-from mcompile.kernels.cost_model import DATA, causal_blocks  # noqa: E402
-from mcompile.kernels.index import SparseIndex, dense_causal_index, num_q_blocks  # noqa: E402
+from mcompile.cli_types import ints  # noqa: E402
+from mcompile.kernels.cost_model import DATA  # noqa: E402
+from mcompile.kernels.index import SparseIndex, causal_blocks, dense_causal_index, num_q_blocks  # noqa: E402
 from mcompile.kernels.patterns import PATTERNS, build_head_group  # noqa: E402
 
 # Index builders run with their defaults except these (sliding_window and a_shape: 4096 keys).
@@ -118,8 +119,8 @@ def measure(head_dim: int, n: int, heads: int, kv_heads: int, columns: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head-dims", default="64,128,256")
-    parser.add_argument("--lengths", default="4096,8192,32768,131072")
+    parser.add_argument("--head-dims", type=ints, default="64,128,256")
+    parser.add_argument("--lengths", type=ints, default="4096,8192,32768,131072")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--columns", type=int, default=1024)
@@ -127,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("the cost model is measured on a CUDA GPU")
-    lengths = sorted(int(x) for x in args.lengths.split(","))
-    head_dims = [int(x) for x in args.head_dims.split(",")]
+    lengths = sorted(args.lengths)
+    head_dims = args.head_dims
     tables = {}
     for d in head_dims:
         rows = []

@@ -17,13 +17,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prefill  # noqa: E402
+from mcompile.cli_types import floats, ints  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--lengths", default="524288,1048576")
-    ap.add_argument("--budgets-gib", default="1,2,4,1024")
+    ap.add_argument("--lengths", type=ints, default="524288,1048576")
+    ap.add_argument("--budgets-gib", type=floats, default="1,2,4,1024")
     ap.add_argument("--mlp-chunks", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -36,13 +37,13 @@ def main() -> None:
     prefill.apply_init(model, "locality", prefill.parse_locality(""))
     compiled = torch.compile(model, backend="minference", dynamic=True)
     rows = []
-    for n in [int(x) for x in args.lengths.split(",")]:
+    for n in args.lengths:
         ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).cuda()
 
         def call():
             with torch.no_grad():
                 return compiled(ids, use_cache=False, logits_to_keep=1)
-        for gib in [float(x) for x in args.budgets_gib.split(",")]:
+        for gib in args.budgets_gib:
             runtime.INDEX_BYTES_PER_CHUNK = int(gib * 2 ** 30)
             call()  # compile / warm-up
             torch.cuda.synchronize()

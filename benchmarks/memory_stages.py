@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prefill  # noqa: E402
+from mcompile.cli_types import ints, names  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -92,9 +93,9 @@ def main() -> None:
     global STAGES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--lengths", default="524288,1048576")
+    ap.add_argument("--lengths", type=ints, default="524288,1048576")
     ap.add_argument("--mlp-chunks", type=int, default=8)
-    ap.add_argument("--variants", default="flat", help="comma list of flat | layerwise (passes/layerwise.py)")
+    ap.add_argument("--variants", type=names, default="flat", help="comma list of flat | layerwise (passes/layerwise.py)")
     ap.add_argument("--shape", default="llama3-8b", choices=sorted(prefill.SHAPES))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--min-len", type=int, default=8192)
@@ -110,11 +111,11 @@ def main() -> None:
     weights = torch.cuda.memory_allocated() / GIB
     instrument()
     results = []
-    for variant in args.variants.split(","):
+    for variant in args.variants:
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="minference", options={"min_len": args.min_len, "layerwise": variant == "layerwise"},
                                  dynamic=True)
-        for n in [int(x) for x in args.lengths.split(",")]:
+        for n in args.lengths:
             ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).to(args.device)
             with torch.no_grad():
                 compiled(ids, use_cache=False, logits_to_keep=1)  # compile / warm-up

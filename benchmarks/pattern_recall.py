@@ -23,17 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
 
+from mcompile.cli_types import floats  # noqa: E402
 from mcompile.eval.pattern_recall import analyse, head_table, summary_table  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("details", help="JSON written by mcompile search --details")
-    p.add_argument("--costs", default="0.1,0.2,0.35", help="cost targets (fractions of dense causal attention)")
+    p.add_argument("--costs", type=floats, default="0.1,0.2,0.35", help="cost targets (fractions of dense causal attention)")
     p.add_argument("--per-head", type=float, default=0.2, help="the cost target of the per-head table")
     p.add_argument("--out", default=None, help="JSON to write")
     args = p.parse_args()
-    costs = [float(x) for x in args.costs.split(",") if x]
+    costs = args.costs
     if args.per_head not in costs:
         costs.append(args.per_head)
     details = json.loads(Path(args.details).read_text())

@@ -26,8 +26,11 @@ import time
 
 import torch
 
+from mcompile.cli_types import ints
+from mcompile.cli_types import names as name_list
 from mcompile.kernels.patterns import PATTERNS, build_layer_index, index_cost
 from mcompile.plan import LayerPlan
+from timing import time_ms  # benchmarks/timing.py
 
 _KERNEL_ERR = None
 
@@ -85,12 +88,7 @@ def make_inputs(n, heads, kv_heads, d, dtype, device, kind, seed=0):
 def timer(device):
     if device.type == "cuda":
         def run(fn):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            return a.elapsed_time(b) / 1e3
+            return time_ms(fn, cuda=True) / 1e3
     else:
         def run(fn):
             t = time.perf_counter()
@@ -119,8 +117,8 @@ def fmt_t(t):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
-    ap.add_argument("--patterns", default=",".join(DEFAULT_PARAMS))
+    ap.add_argument("--lengths", type=ints, default=",".join(map(str, DEFAULT_LENGTHS)))
+    ap.add_argument("--patterns", type=name_list, default=",".join(DEFAULT_PARAMS))
     ap.add_argument("--params", default="{}", help='JSON {pattern: {param: value}} overriding defaults')
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
@@ -138,8 +136,8 @@ def main(argv=None):
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    lengths = [int(x) for x in args.lengths.split(",") if x]
-    names = [x for x in args.patterns.split(",") if x]
+    lengths = args.lengths
+    names = args.patterns
     overrides = json.loads(args.params)
     for nm in names:
         if nm not in PATTERNS:

@@ -27,8 +27,10 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's mcompile, if not installed
 
+from mcompile.cli_types import INTS_SYNTAX, comma_list  # noqa: E402
 from mcompile.eval.synthetic import LOCALITY_DEFAULTS, SHAPES, apply_init, build_model, chunk_mlps  # noqa: E402
 from mcompile.pattern_db.lookup import DEFAULT_PARAMS as DEFAULT_PLAN  # noqa: E402 (the backend's default plan, db=None)
+from timing import time_ms  # noqa: E402  (benchmarks/timing.py)
 
 # The dense baseline: ``torch.compile(model, backend="minference", options={"plan": "dense"})``,
 # where each attention is SDPA with ``is_causal=True`` (the backend drops transformers' causal
@@ -52,16 +54,7 @@ def _sync(device: str) -> None:
 
 def time_once(fn, device: str) -> float:
     """Milliseconds of one call: CUDA events on the GPU, perf_counter on the CPU."""
-    if _cuda(device):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
+    return time_ms(fn, _cuda(device))
 
 
 def reset_peak(device: str) -> None:
@@ -279,6 +272,10 @@ def run_variant(model, name: str, backend: str, options: dict | None, lengths: l
     return rows
 
 
+# lengths as whole numbers, also written as floats (1e5)
+ints = comma_list(lambda x: int(float(x)), "length", INTS_SYNTAX)
+
+
 def parse_locality(text: str) -> dict:
     p = dict(LOCALITY_DEFAULTS)
     for item in filter(None, text.split(",")):
@@ -287,10 +284,6 @@ def parse_locality(text: str) -> dict:
             raise SystemExit(f"--locality: unknown key {key!r}; keys: {list(p)}")
         p[key] = float(val)
     return p
-
-
-def ints(text: str | None) -> list[int]:
-    return [int(float(x)) for x in text.split(",") if x] if text else []
 
 
 def main() -> None:
@@ -415,7 +408,7 @@ def main() -> None:
         dense_init = {n: inits[:1] for n in dense_lengths}   # the dense time does not depend on the weights
         rows += run_variant(model, "dense-sdpa", "minference", {"plan": "dense"}, dense_lengths, dense_init,
                             init_params, False, False, args)
-    plain = [n for n in ints(args.inductor_plain_lengths) if n in lengths]
+    plain = [n for n in ints(args.inductor_plain_lengths or "") if n in lengths]
     if plain:
         rows += run_variant(model, "inductor-plain", "inductor", None, plain, {n: inits[:1] for n in plain},
                             init_params, False, False, args)

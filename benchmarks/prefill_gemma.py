@@ -26,6 +26,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout's mcompile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mcompile  # noqa: E402
+from mcompile.cli_types import ints  # noqa: E402
 from prefill import time_once  # noqa: E402  (CUDA events on the GPU)
 
 # 18 layers: sliding-window layers of 512 tokens, every 6th layer full attention; 4 q / 1 kv
@@ -92,14 +93,14 @@ def main(argv=None):
       plan, the sliding layers their exact per-row window through the sparse kernel
       (O(N x window))."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lengths", default="8192,16384,32768")
+    ap.add_argument("--lengths", type=ints, default="8192,16384,32768")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--min-len", type=int, default=8192, help="shorter prompts run dense (the backend's min_len)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = args.lengths
     model = build_model(args.device, getattr(torch, args.dtype))
     rows = run_variant(model, "dense-sdpa", {"plan": "dense"}, lengths, args)
     rows += run_variant(model, "minference", {"min_len": args.min_len, "stats": True}, lengths, args)

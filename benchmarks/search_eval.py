@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcompile.cli_types import floats
 from mcompile.eval.models import load_model
 from mcompile.eval.text import adds_bos, load_text, prompt_windows, text_tokens
 from mcompile.kernels.patterns import build_layer_index
@@ -322,9 +323,9 @@ def main() -> int:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--calib", type=int, default=4, help="calibration windows (without --details)")
     p.add_argument("--heldout", type=int, default=3, help="held-out windows")
-    p.add_argument("--budgets", default="0.15,0.25,0.35", help="scoring: the budgets compared")
+    p.add_argument("--budgets", type=floats, default="0.15,0.25,0.35", help="scoring: the budgets compared")
     p.add_argument("--budget", type=float, default=0.2, help="plans: the searched plan's budget")
-    p.add_argument("--extra-budgets", default="", help="plans: searched plans at these budgets too")
+    p.add_argument("--extra-budgets", type=floats, default="", help="plans: searched plans at these budgets too")
     p.add_argument("--scoring", default="output", choices=["output", "recall"], help="plans: scoring")
     p.add_argument("--details", default=None, help="per-candidate scores from mcompile search --details")
     p.add_argument("--min-len", type=int, default=None, help="backend min_len (default: the length)")
@@ -365,11 +366,11 @@ def main() -> int:
               "text": args.text, "length": args.length, "dtype": dtype, "calibration_samples": scores.samples,
               "candidates": len(scores.candidates), **environment(args.device)}
     if args.experiment == "scoring":
-        budgets = [float(x) for x in args.budgets.split(",")]
+        budgets = args.budgets
         plans = plans_for_scoring(scores, budgets, budgets[len(budgets) // 2])
     else:
         plans = plans_for_evidence(scores, args.budget, args.scoring,
-                                   [float(x) for x in args.extra_budgets.split(",") if x])
+                                   args.extra_budgets)
     rows, info = evaluate_plans(args, model, tokenizer, tokens, plans, scores, layers, scale, work)
     result.update(info)
     result["plans"] = rows

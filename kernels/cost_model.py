@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .index import causal_blocks
+
 DATA = Path(__file__).with_name("cost_model.json")
 WORTH_IT = 0.9      # sparse runs when its predicted time is at most this fraction of dense's
 
@@ -78,12 +80,6 @@ class CostModel:
         b = t["build"][pattern]
         return tuple(_loglog(t["n"], b[f"group_{kind}_us"], n) + heads * _loglog(t["n"], b[f"head_{kind}_us"], n)
                      for kind in ("gpu", "host"))
-
-
-def causal_blocks(n: int, block: int = 64) -> int:
-    """64 x 64 blocks of one head's causal attention (the diagonal blocks counted whole)."""
-    nb = -(-n // block)
-    return nb * (nb + 1) // 2
 
 
 def _held(ns: list[int], values: list[float], n: int) -> float:

@@ -114,6 +114,17 @@ def num_q_blocks(seq_len: int, block_m: int) -> int:
     return (seq_len + block_m - 1) // block_m
 
 
+def causal_blocks(n: int, block_m: int = 64, block_n: int = 64, first_query_block: int = 0) -> int:
+    """Key blocks of ``block_n`` that dense causal attention of length ``n`` computes for one
+    head, summed over its query blocks of ``block_m`` rows from ``first_query_block`` on (the
+    diagonal blocks counted whole): the tiles of dense causal attention."""
+    nqb, nkb = num_q_blocks(n, block_m), num_q_blocks(n, block_n)
+    first = max(0, first_query_block)
+    if block_m == block_n:                       # query block qb computes qb + 1 key blocks
+        return (nqb * (nqb + 1) - first * (first + 1)) // 2 if first < nqb else 0
+    return sum(min(nkb, -(-min((qb + 1) * block_m, n) // block_n)) for qb in range(first, nqb))
+
+
 def index_memory_bytes(batch: int, heads: int, seq_len: int, max_blocks: int,
                        max_columns: int, block_m: int = 64) -> int:
     """Bytes of a fully materialised (not broadcast) int32 index:

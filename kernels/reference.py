@@ -34,8 +34,9 @@ def _broadcast_index(index: SparseIndex, batch: int, heads: int) -> SparseIndex:
                      "(H counts query heads)")
 
 
-def _key_cover(index: SparseIndex, qbs: torch.Tensor, num_keys: int) -> torch.Tensor:
-    """(B, H, len(qbs), num_keys) bool: keys listed (blocks or columns) for each query block."""
+def key_cover(index: SparseIndex, qbs: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(B, H, len(qbs), num_keys) bool: keys listed (blocks or columns) for each query block,
+    before causal masking."""
     bc, bo, cc, ci = (t.index_select(2, qbs) for t in index.tensors())
     B, H, nq = bc.shape
     dev = bc.device
@@ -68,7 +69,7 @@ def _rows_mask(index: SparseIndex, qbs: torch.Tensor, seq_len: int):
     dev = index.block_count.device
     rows = (qbs.view(-1, 1) * bm + torch.arange(bm, device=dev).view(1, -1))   # (nq, bm)
     K = int(min(seq_len, int(rows.max()) + 1))
-    cover = _key_cover(index, qbs, K)                                          # (B,H,nq,K)
+    cover = key_cover(index, qbs, K)                                           # (B,H,nq,K)
     keys = torch.arange(K, device=dev)
     causal = keys.view(1, 1, K) <= rows.unsqueeze(-1)                          # (nq,bm,K)
     mask = cover.unsqueeze(3) & causal                                         # (B,H,nq,bm,K)

@@ -74,6 +74,23 @@ TUNED_CONFIGS: dict[tuple[int, int, int, bool], KernelConfig] = {
 }
 
 
+def launch_shrinking(launch, configs):
+    """``launch(config)`` for the first of ``configs``; while the GPU's shared memory is too
+    small for one (Triton's ``OutOfResources``), the next. Any other error, or the last
+    config's, propagates. ``configs`` may be a generator: it is advanced only on a retry."""
+    configs = iter(configs)
+    config = next(configs)
+    while True:
+        try:
+            return launch(config)
+        except Exception as e:
+            if type(e).__name__ != "OutOfResources":
+                raise
+            config = next(configs, None)
+            if config is None:
+                raise
+
+
 def _default_config(head_dim: int, block_m: int, block_n: int,
                     dtype: torch.dtype = torch.bfloat16) -> KernelConfig:
     if dtype == torch.float32:      # tests/debugging: keep shared memory under 227 KB
@@ -466,10 +483,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             num_warps=warps, num_stages=stages,
         )
 
-    try:
-        launch(*cfg)
-    except Exception as e:  # shared memory over the device's limit: fall back, smaller
-        if type(e).__name__ != "OutOfResources" or config is not None:
-            raise
-        launch(min(tile_m, 64), min(tile_n, 32), 4, 1, False)
+    # shared memory over the device's limit: fall back, smaller (not for a config asked for)
+    fallback = [] if config is not None else [(min(tile_m, 64), min(tile_n, 32), 4, 1, False)]
+    launch_shrinking(lambda c: launch(*c), [cfg, *fallback])
     return (out, lse) if return_lse else out

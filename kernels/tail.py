@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .index import dense_causal_index, num_q_blocks
+from .index import causal_blocks, dense_causal_index, num_q_blocks
 
 
 def tail_blocks(n: int, rows: int, block_m: int = 64) -> int:
@@ -28,9 +28,7 @@ def tail_blocks(n: int, rows: int, block_m: int = 64) -> int:
 
 def tail_work(n: int, rows: int, block_m: int = 64, block_n: int = 64) -> int:
     """Key blocks of ``block_n`` the dense tail computes per head (for density reports)."""
-    nqb, nkb = num_q_blocks(n, block_m), num_q_blocks(n, block_n)
-    return sum(min(nkb, -(-min((qb + 1) * block_m, n) // block_n))
-               for qb in range(nqb - tail_blocks(n, rows, block_m), nqb))
+    return causal_blocks(n, block_m, block_n, num_q_blocks(n, block_m) - tail_blocks(n, rows, block_m))
 
 
 def _torch_tail(q, k, v, out, start: int, scale: float) -> None:

@@ -45,22 +45,35 @@ def model_shape(sites: list[AttentionSite]) -> dict[str, int]:
             "num_kv_heads": first.num_kv_heads, "head_dim": first.head_dim}
 
 
-def resolve_plans(opts: Options, sites: list[AttentionSite], shard: HeadShard | None = None):
-    """A function (layer, local query heads) -> LayerPlan | None, and a description of where the
-    plan came from. Under tensor parallelism (``shard``) the model's plan is resolved for all of
-    its heads and each site takes its rank's."""
+def model_plans(opts: Options, identity=None):
+    """A function (layer, query heads) -> LayerPlan | None for the model ``identity`` (a
+    ``ModelIdentity``; not needed for a forced plan) under ``opts``: the forced ``plan=`` over
+    those heads, else the layer's plan in the database ``opts.db`` resolves to; and a
+    description of where the plan came from."""
     forced = opts.forced_plan()
     if forced is not None:
         name, params = forced
         return (lambda layer, heads: LayerPlan.uniform(name, heads, **params)), f"forced: {name}"
-    from .pattern_db import FingerprintMismatchError, ModelIdentity, resolve_model_plan
+    from .pattern_db import resolve_model_plan
+
+    model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
+    return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
+
+
+def resolve_plans(opts: Options, sites: list[AttentionSite], shard: HeadShard | None = None):
+    """A function (layer, local query heads) -> LayerPlan | None, and a description of where the
+    plan came from. Under tensor parallelism (``shard``) the model's plan is resolved for all of
+    its heads and each site takes its rank's."""
+    if opts.forced_plan() is not None:
+        return model_plans(opts)
+    from .pattern_db import FingerprintMismatchError, ModelIdentity
 
     shape = model_shape(sites)
     if shard is not None:
         shape.update(num_heads=shape["num_heads"] * shard.degree, num_kv_heads=shape["num_kv_heads"] * shard.degree)
     identity = ModelIdentity(**shape)
     try:
-        model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
+        plan_for, source = model_plans(opts, identity)
     except FingerprintMismatchError as exc:
         if shard is not None:
             exc.args = (f"{exc} Under tensor parallel degree {shard.degree}: each rank's sites hold "
@@ -68,8 +81,8 @@ def resolve_plans(opts: Options, sites: list[AttentionSite], shard: HeadShard | 
                         f"{identity.num_heads} / {identity.num_kv_heads}.",)
         raise
     if shard is None:
-        return (lambda layer, heads: model_plan.layer_plan(layer)), model_plan.source
-    return (lambda layer, heads: shard.local_plan(model_plan.layer_plan(layer), heads)), model_plan.source
+        return plan_for, source
+    return (lambda layer, heads: shard.local_plan(plan_for(layer, identity.num_heads), heads)), source
 
 
 def _specialise_float_inputs(gm: fx.GraphModule) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels.cost_model import CostModel, Prediction, causal_blocks, predict
+from .kernels.cost_model import CostModel, Prediction, predict
+from .kernels.index import causal_blocks
 
 CONFIDENT = 0.5     # a predicted sparse/dense time ratio below this settles without timing
 CYCLES_PER_MS = 2e6     # GPU clock cycles per ms for torch.cuda._sleep (about 2 GHz on Hopper)

@@ -21,6 +21,16 @@ _rows: dict[str, "SiteRow"] = {}
 COLUMNS = ("layer", "heads", "mask", "plan", "decision", "calls")
 
 
+def text_table(header, rows) -> list[str]:
+    """The lines of a plain-text table: ``header``, a rule of dashes, then ``rows`` (sequences of
+    strings), each column left-aligned to its widest cell, two spaces apart."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 @dataclass
 class SiteRow:
     """A site's line of the report, as saved to JSON and read back without the model: what
@@ -147,11 +157,10 @@ class Report:
             site = (str(r.layer), heads, r.mask, r.plan)
             for decision, calls in (r.calls.most_common() or [(r.decision, 0)]):
                 table.append((*site, decision, str(calls)))
-        widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-        out = [lines[0], "  ".join("-" * w for w in widths)]
+        lines = text_table(table[0], table[1:])
+        out = lines[:2]
         starts = dict(graphs)
-        for i, line in enumerate(lines[1:], start=1):
+        for i, line in enumerate(lines[2:], start=1):
             if i in starts:
                 out.append(f"graph {starts[i]}:")
             out.append(line)

@@ -161,8 +161,8 @@ def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, wi
 def index_work(index, batch: int, heads: int, n: int) -> tuple[int, int, int]:
     """(computed key blocks, computed columns, blocks of dense causal attention) of one call."""
     counts = [t.expand(batch, heads, -1).sum().item() for t in (index.block_count, index.column_count)]
-    nqb = index.block_count.shape[-1]
-    dense = batch * heads * sum(min(qb + 1, -(-n // index.block_n)) for qb in range(nqb))
+    from .kernels.index import causal_blocks
+    dense = batch * heads * causal_blocks(n, index.block_m, index.block_n)
     return counts[0], counts[1], dense
 
 

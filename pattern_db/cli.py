@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mcompile.cli_types import lengths
+
 from .errors import PatternDBError
 from .identity import ModelIdentity, parse_model_shape
 from .io import load_db, read_json_file, save_db
@@ -105,21 +107,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``8192,32K,1M`` -> token counts (K = 1024, M = 1024^2); anything else is refused by name."""
-    out = []
-    for part in text.split(","):
-        item = part.strip()
-        scale = {"k": 1 << 10, "m": 1 << 20}.get(item[-1:].lower(), 1)
-        digits = item[:-1] if scale > 1 else item
-        if not digits.isdigit() or int(digits) * scale < 1:
-            raise argparse.ArgumentTypeError(
-                f"bad length {item!r} in {text!r}: lengths are whole numbers of tokens >= 1, comma-separated, "
-                "optionally with K (x1024) or M (x1048576), e.g. 8192,32K,1M")
-        out.append(int(digits) * scale)
-    return out
-
-
 def _db_or_default(args: argparse.Namespace):
     """The database FILE names (a path or a shipped key), or with ``default`` the default plan
     for ``--model-shape``/``--config``."""
@@ -199,7 +186,7 @@ def add_db_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argument
                                    "model, over the full-attention (searched) layers.")
     p.add_argument("file", help="pattern database JSON file, a shipped database's key, or 'default' (the default "
                                 "plan; needs --model-shape or --config)")
-    p.add_argument("--lengths", type=parse_lengths, default=[8192, 32768, 131072, 1048576],
+    p.add_argument("--lengths", type=lengths, default=[8192, 32768, 131072, 1048576],
                    help="comma-separated token counts (default 8192,32768,131072,1048576; K and M suffixes)")
     p.add_argument("--json", action="store_true", help='print a JSON list of {"n", "density", "time_vs_dense"}')
     _add_model_args(p)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from mcompile.kernels.cost_model import CostModel, causal_blocks, predict, shipped
+from mcompile.kernels.cost_model import CostModel, predict, shipped
+from mcompile.kernels.index import causal_blocks
 from mcompile.kernels.patterns import get_pattern
 from mcompile.kernels.tail import tail_work
 

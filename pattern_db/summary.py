@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from mcompile.reporting import text_table
+
 from .database import HeadEntry, LayerEntry, PatternDB
 from .schema import PATTERNS, Frac, Law, resolve_budget
 
@@ -80,13 +82,6 @@ def _layer_row(i: int, layer: LayerEntry) -> list[str]:
             f"{sum(cost) / len(cost):.3f}" if cost else "-"]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def summary_text(db: PatternDB, file: str = "") -> str:
     m, p = db.model, db.provenance
     out = []
@@ -107,8 +102,8 @@ def summary_text(db: PatternDB, file: str = "") -> str:
             out.append(f"{key + ':':<13}{getattr(p, key)}")
     out.append("")
     rows = [_layer_row(i, layer) for i, layer in enumerate(db.layers)]
-    out.append(_table(["layer", "kind", "patterns", "heads x budgets", "recall mean/min",
-                       "cost"], rows))
+    header = ["layer", "kind", "patterns", "heads x budgets", "recall mean/min", "cost"]
+    out.append("\n".join(text_table(header, rows)))
     kinds = Counter(l.kind for l in db.layers)
     counts = db.pattern_counts()
     out.append("")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mcompile import cost_gate
-from mcompile.kernels.cost_model import DATA, CostModel, causal_blocks, predict, shipped
+from mcompile.kernels.cost_model import DATA, CostModel, predict, shipped
+from mcompile.kernels.index import causal_blocks
 from mcompile.kernels.patterns import PATTERNS
 from mcompile.plan import HeadPlan, LayerPlan
 

@@ -19,6 +19,7 @@ import math
 import torch
 
 from ..index import SparseIndex
+from ..sparse_attention import launch_shrinking
 from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
                       check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
@@ -142,22 +143,24 @@ CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stage
           "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
 
-def _launch_shrinking(kernel, grid, config: dict, *args, **kwargs):
-    """Launch with ``config``; when the GPU's shared memory is too small for it, retry with
-    one stage fewer, then half the tiles (the result does not depend on the tiling)."""
+def _shrinking(config: dict):
+    """``config``, then (each asked for when the one before did not fit the GPU's shared
+    memory) one stage fewer, then half the tiles, down to one stage of 16 x 16."""
     c = dict(config)
-    while True:
-        try:
-            return kernel[grid(c)](*args, **kwargs, **c)
-        except Exception as e:
-            if type(e).__name__ != "OutOfResources" or (c["num_stages"] == 1 and c["BLOCK_N"] <= 16
-                                                        and c["BLOCK_M"] <= 16):
-                raise
-            if c["num_stages"] > 1:
-                c["num_stages"] -= 1
-            else:
-                c["BLOCK_N"], c["BLOCK_M"] = max(16, c["BLOCK_N"] // 2), max(16, c["BLOCK_M"] // 2)
-            log.info("sample_attention: shared memory too small, retrying with %s", c)
+    yield dict(c)
+    while not (c["num_stages"] == 1 and c["BLOCK_N"] <= 16 and c["BLOCK_M"] <= 16):
+        if c["num_stages"] > 1:
+            c["num_stages"] -= 1
+        else:
+            c["BLOCK_N"], c["BLOCK_M"] = max(16, c["BLOCK_N"] // 2), max(16, c["BLOCK_M"] // 2)
+        log.info("sample_attention: shared memory too small, retrying with %s", c)
+        yield dict(c)
+
+
+def _launch_shrinking(kernel, grid, config: dict, *args, **kwargs):
+    """Launch with ``config``, retried smaller while the GPU's shared memory is too small for
+    it (the result does not depend on the tiling)."""
+    return launch_shrinking(lambda c: kernel[grid(c)](*args, **kwargs, **c), _shrinking(config))
 
 
 def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0,

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import torch
 
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+from ..cli_types import floats, ints
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,8 +38,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--capture-dir", default=None, help="--recall: keep the capture here (default: a temporary dir)")
     p.add_argument("--max-query-blocks", type=int, default=None,
                    help="--recall: query blocks of 64 rows scored (default: all on a GPU, 48 on a CPU past 4K)")
-    p.add_argument("--niah-lengths", type=_ints, default=[], help="comma-separated context lengths (empty: skip)")
-    p.add_argument("--niah-depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--niah-lengths", type=ints, default=[], help="comma-separated context lengths (empty: skip)")
+    p.add_argument("--niah-depths", type=floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--niah-needles", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],

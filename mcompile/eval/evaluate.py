@@ -152,20 +152,15 @@ def scaled_budgets(n: int) -> dict[str, dict]:
 def layer_plans(model, options: dict) -> dict[int, object]:
     """The LayerPlan the backend would run per full-attention layer with ``options``
     (``plan=`` forced, or ``db=``), skipping layers without a sparse plan."""
+    from ..backend import model_plans
     from ..options import Options
-    from ..pattern_db import resolve_model_plan
     from ..pattern_db.identity import ModelIdentity
-    from ..plan import LayerPlan
 
     opts = Options.from_dict({k: v for k, v in options.items() if k in ("db", "plan", "force_db")})
     identity = ModelIdentity.from_hf_config(model.config)
     full = [l for l in range(identity.num_layers) if l not in identity.sliding_layers]
-    forced = opts.forced_plan()
-    if forced is not None:
-        plans = {l: LayerPlan.uniform(forced[0], identity.num_heads, **forced[1]) for l in full}
-    else:
-        model_plan = resolve_model_plan(opts.db, identity, force=opts.force_db)
-        plans = {l: model_plan.layer_plan(l) for l in full}
+    plan_for, _ = model_plans(opts, identity)
+    plans = {l: plan_for(l, identity.num_heads) for l in full}
     return {l: p for l, p in plans.items() if p is not None and not p.is_dense}
 
 

@@ -2,7 +2,7 @@
 
 The search picks per head the pattern the backend later resolves from the database (find
 sites -> resolve plan -> build index -> one kernel); these are the choices it weighs.
-Kernel cost is counted the way the sparse kernel works (:func:`dense_tiles`): a relative cost
+Kernel cost is counted the way the sparse kernel works (:func:`static_cost`): a relative cost
 of 0.1 means the kernel computes a tenth of the 64x64 tiles dense causal attention would.
 :func:`make_candidates` says how each pattern is sized to a cost level. The search itself
 always uses the cost measured on the built index (``scoring``), so dynamic patterns are
@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from mcompile.kernels.index import causal_blocks
 from mcompile.kernels.patterns import PATTERNS, get_pattern, vertical_slash
 
 from ..schema import Frac, params_to_json
@@ -54,21 +55,14 @@ class Candidate:
 
 
 # --- cost -------------------------------------------------------------------------------------
-def dense_tiles(n: int, block: int = BLOCK) -> int:
-    """64x64 tiles of dense causal attention at length n.
-
-    Kernel cost is counted the way the sparse kernel works: per query block of 64 rows, one tile
-    per listed 64-key block plus one tile per 64 gathered single columns, summed over query
-    blocks and divided by these tiles."""
-    nqb = -(-n // block)
-    return sum((min(n, (m + 1) * block) - 1) // block + 1 for m in range(nqb))
-
-
 def static_cost(pattern: str, params: dict, n: int, block: int = BLOCK) -> float:
     """Relative cost from the pattern's ``cost`` function (exact for static patterns, the
-    worst case for data-dependent ones)."""
+    worst case for data-dependent ones). Kernel cost is counted the way the sparse kernel
+    works: per query block of 64 rows, one tile per listed 64-key block plus one tile per 64
+    gathered single columns, summed over query blocks and divided by the tiles of dense causal
+    attention (``kernels.index.causal_blocks``)."""
     blocks, cols = get_pattern(pattern).cost(n, params, block, block)
-    return (blocks + cols / block) / dense_tiles(n, block)
+    return (blocks + cols / block) / causal_blocks(n, block, block)
 
 
 def build_overhead(pattern: str, params: dict, n: int) -> float:
@@ -148,7 +142,7 @@ def _block_sparse(n: int, level: float) -> list[dict]:
 def _sample_attention(n: int, level: float) -> list[dict]:
     def window_cost(x: float) -> float:
         blocks, _ = get_pattern("sample_attention").cost(n, {"alpha": 0.9, "window_frac": x}, BLOCK, BLOCK)
-        return blocks / dense_tiles(n)
+        return blocks / causal_blocks(n)
     f = _largest_fraction(window_cost, level / 2, n)
     return [{"alpha": a, "window_frac": f} for a in SA_ALPHAS]
 

