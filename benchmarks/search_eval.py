@@ -42,7 +42,8 @@ from mcompile.pattern_db.search import (KNOWN_NAMES, SearchScores, attention_sca
 from mcompile.pattern_db.search.allocation import best_uniform
 from mcompile.pattern_db.search.candidates import (MINFERENCE_DEFAULT_LABEL, build_overhead, make_candidates,
                                                    minference_default_index)
-from mcompile.pattern_db.search.scoring import (capture_samples, load_layer, score_layer, scored_query_blocks)
+from mcompile.capture import capture_samples, load_layer
+from mcompile.pattern_db.search.scoring import score_layer, scored_query_blocks
 from mcompile.plan import LayerPlan
 
 RESULTS = Path(__file__).parent / "results"

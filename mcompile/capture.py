@@ -61,12 +61,30 @@ class CaptureWriter:
         log.debug("captured layer %d sample %d: q %s k %s", layer, self.sample, tuple(q.shape), tuple(k.shape))
 
 
-def load_capture(directory: str | Path) -> list[dict[int, dict[str, torch.Tensor]]]:
-    """All samples of a capture: a list (one per forward) of {layer: {"q", "k", "v"}}."""
+def capture_samples(directory: str | Path) -> list[Path]:
+    """The sample directories of a capture, in order."""
     path = Path(directory)
     if not (path / "meta.json").exists():
         raise FileNotFoundError(f"{path} is not a capture directory (no meta.json)")
-    samples = []
-    for sample_dir in sorted(path.glob("sample*")):
-        samples.append({int(f.stem[5:]): torch.load(f, weights_only=True) for f in sorted(sample_dir.glob("layer*.pt"))})
-    return samples
+    return sorted(p for p in path.glob("sample*") if p.is_dir())
+
+
+def sample_layers(sample_dir: Path) -> list[int]:
+    """The layers one sample recorded."""
+    return sorted(int(f.stem[5:]) for f in sample_dir.glob("layer*.pt"))
+
+
+def capture_layers(directory: str | Path) -> list[int]:
+    """Layers recorded in every sample of a capture."""
+    sets = [set(sample_layers(s)) for s in capture_samples(directory)]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def load_layer(sample_dir: Path, layer: int) -> dict[str, torch.Tensor]:
+    """One sample's {"q", "k", "v"} of one layer (read when needed: a capture can be large)."""
+    return torch.load(sample_dir / f"layer{layer:03d}.pt", weights_only=True)
+
+
+def load_capture(directory: str | Path) -> list[dict[int, dict[str, torch.Tensor]]]:
+    """All samples of a capture: a list (one per forward) of {layer: {"q", "k", "v"}}."""
+    return [{layer: load_layer(s, layer) for layer in sample_layers(s)} for s in capture_samples(directory)]

@@ -172,7 +172,8 @@ def plan_recall(model, capture_dir: str | Path, options: dict, device: str = "cp
     the index the plan builds on the captured q/k; plus per-head values."""
     from ..kernels.patterns import build_layer_index
     from ..pattern_db.search import attention_scale
-    from ..pattern_db.search.scoring import capture_samples, load_layer, score_layer, scored_query_blocks
+    from ..capture import capture_samples, load_layer
+    from ..pattern_db.search.scoring import score_layer, scored_query_blocks
 
     scale = attention_scale(model.config)
     plans = layer_plans(model, options)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mcompile import capture
+from mcompile.capture import capture_layers, capture_samples, load_layer
 from mcompile.eval.text import adds_bos, prompt_windows, text_tokens
 from mcompile.kernels.patterns import build_head_group
 from mcompile.kernels.patterns import sample_attention as sa
@@ -34,7 +35,7 @@ from ..database import HeadEntry, LayerEntry, PatternDB, Provenance
 from ..identity import ModelIdentity
 from .allocation import allocate, best_uniform
 from .candidates import DEFAULT_LEVELS, Candidate, build_overhead, make_candidates, minference_default_index
-from .scoring import capture_layers, capture_samples, load_layer, score_layer, scored_query_blocks
+from .scoring import score_layer, scored_query_blocks
 
 log = logging.getLogger("mcompile")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -24,26 +23,6 @@ from mcompile.kernels.index import SparseIndex, causal_blocks, num_q_blocks
 from mcompile.kernels.reference import key_cover
 
 BLOCK = 64
-
-
-# --- captures, read lazily (the capture layout of mcompile.capture) -----------------------------------
-def capture_samples(directory: str | Path) -> list[Path]:
-    """The sample directories of a capture, in order."""
-    path = Path(directory)
-    if not (path / "meta.json").exists():
-        raise FileNotFoundError(f"{path} is not a capture directory (no meta.json)")
-    return sorted(p for p in path.glob("sample*") if p.is_dir())
-
-
-def capture_layers(directory: str | Path) -> list[int]:
-    """Layers recorded in every sample of a capture."""
-    samples = capture_samples(directory)
-    sets = [{int(f.stem[5:]) for f in s.glob("layer*.pt")} for s in samples]
-    return sorted(set.intersection(*sets)) if sets else []
-
-
-def load_layer(sample_dir: Path, layer: int) -> dict[str, torch.Tensor]:
-    return torch.load(sample_dir / f"layer{layer:03d}.pt", weights_only=True)
 
 
 # --- the index as keys ----------------------------------------------------------------------------------
