@@ -71,8 +71,9 @@ def describe_head(head) -> str:
 
 
 def abbreviation(pattern: str) -> str:
-    """The initials of a pattern's name (``block_sparse`` -> ``bs``) for table cells."""
-    return "".join(word[0] for word in pattern.split("_"))
+    """What a table cell calls a pattern: its registered short name (``block_sparse`` -> ``bs``)."""
+    from .kernels.patterns.registry import short_name
+    return short_name(pattern)
 
 
 def summarise_plan(layer_plan) -> str:

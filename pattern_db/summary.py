@@ -4,13 +4,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from mcompile.kernels.patterns.registry import colour_of, short_name
 from mcompile.reporting import text_table
 
 from .database import HeadEntry, LayerEntry, PatternDB
 from .schema import PATTERNS, Frac, Law, resolve_budget
 
-SHORT = {"dense": "dense", "a_shape": "as", "vertical_slash": "vs", "block_sparse": "bs",
-         "sample_attention": "sa", "sliding_window": "sw"}
 DEFAULT_PLOT_LENGTH = 32768
 
 
@@ -27,10 +26,10 @@ def _fmt(v: Any) -> str:
 def head_label(h: HeadEntry) -> str:
     """``vs(1000,6096)``: short pattern name and its parameters in schema order."""
     if not h.params:
-        return SHORT.get(h.pattern, h.pattern)
+        return short_name(h.pattern)
     order = [k for k in getattr(PATTERNS.get(h.pattern), "defaults", ()) if k in h.params]
     order += [k for k in sorted(h.params) if k not in order]
-    return f"{SHORT.get(h.pattern, h.pattern)}({','.join(_fmt(h.params[k]) for k in order)})"
+    return f"{short_name(h.pattern)}({','.join(_fmt(h.params[k]) for k in order)})"
 
 
 def full_label(h: HeadEntry) -> str:
@@ -75,7 +74,7 @@ def _layer_row(i: int, layer: LayerEntry) -> list[str]:
     rec = [h.recall for h in layer.heads if h.recall is not None]
     cost = [h.cost for h in layer.heads if h.cost is not None]
     return [str(i), "searched",
-            ", ".join(f"{c} {SHORT.get(p, p)}" for p, c in sorted(pats.items(),
+            ", ".join(f"{c} {short_name(p)}" for p, c in sorted(pats.items(),
                                                                    key=lambda t: -t[1])),
             ", ".join(f"{c}x {b}" for b, c in sorted(budgets.items(), key=lambda t: -t[1])),
             f"{sum(rec) / len(rec):.3f}/{min(rec):.3f}" if rec else "-",
@@ -170,10 +169,7 @@ def plot_db(db: PatternDB, out_path: str, length: int | None = None) -> str:
         for j, h in enumerate(layer.heads):
             pat[i, j] = names.index(h.pattern)
             bud[i, j] = h.cost if have_cost else estimate_density(h, int(length))
-    # keyed by name, so a pattern keeps its colour whatever the registry's order
-    color_of = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#ff7f0e",
-                "block_sparse": "#2ca02c", "sample_attention": "#d62728", "sliding_window": "#9467bd"}
-    colors = [color_of.get(name, "#8c564b") for name in names]
+    colors = [colour_of(name) for name in names]
     fig, axes = plt.subplots(1, 2, figsize=(max(7.5, min(14, 4 + 0.5 * H)), min(12, 2.5 + 0.2 * L)), squeeze=False)
     ax0, ax1 = axes[0]
     cmap = ListedColormap(colors).with_extremes(bad="#dddddd")

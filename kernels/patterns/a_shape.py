@@ -91,5 +91,5 @@ def demo(path: str = "a_shape.png", n: int = 1024, **params) -> str:
     return plot_selection(path, f"{NAME} n_init={p['n_init']} n_local={p['n_local']}", build, q, q, p)
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#1f77b4",
                                    dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

@@ -192,6 +192,6 @@ def demo(path: str = "block_sparse.png", n: int = 1024, **params) -> str:
                           planted=f"planted (query block, key block): {hot}")
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#2ca02c",
                                    dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
                                    param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

@@ -49,5 +49,5 @@ def demo(path: str = "dense.png", n: int = 1024, **params) -> str:
     return plot_selection(path, NAME, build, q, q, params)
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#444444", short="dense",
                                    dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)

@@ -56,6 +56,10 @@ class Pattern:
     # JSON Schema of a parameter, merged over the one derived from ``budgets`` or the default's
     # type (e.g. a range, or a budget's wording)
     param_schema: dict[str, dict] = field(default_factory=dict)
+    # how tables and plots name and colour it: ``short`` defaults to the name's initials
+    # (``block_sparse`` -> ``bs``); a colour keeps a pattern recognisable across every plot
+    short: str = ""
+    colour: str = "#8c564b"
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -94,6 +98,18 @@ def register_or_demo(pattern: Pattern, module_name: str) -> Pattern:
         print(pattern.demo(sys.argv[1] if len(sys.argv) > 1 else f"{pattern.name}.png"))
         return pattern
     return register_pattern(pattern)
+
+
+def short_name(name: str) -> str:
+    """What tables call a pattern (an unregistered name's initials)."""
+    found = PATTERNS.get(name)
+    return (found.short if found is not None and found.short else "".join(w[0] for w in name.split("_")))
+
+
+def colour_of(name: str) -> str:
+    """The colour plots draw a pattern in (grey for an unregistered name)."""
+    found = PATTERNS.get(name)
+    return found.colour if found is not None else "#bbbbbb"
 
 
 def get_pattern(name: str) -> Pattern:

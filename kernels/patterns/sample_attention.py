@@ -339,6 +339,6 @@ def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
                           columns=True, planted=f"planted: local window, columns {cols}")
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#d62728",
                                    dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
                                    optional=OPTIONAL, param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

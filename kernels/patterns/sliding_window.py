@@ -73,5 +73,5 @@ def demo(path: str = "sliding_window.png", n: int = 1024, **params) -> str:
     return plot_selection(path, f"{NAME} window={p['window']}", build, q, q, p)
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#9467bd",
                                    dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

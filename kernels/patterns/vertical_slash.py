@@ -349,5 +349,5 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
                           columns=True, planted=f"planted: columns {cols}; diagonals {diags}")
 
 
-PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo,
+PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#ff7f0e",
                                    dynamic=True, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)

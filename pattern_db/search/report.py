@@ -6,11 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from ..summary import SHORT
-from .candidates import MINFERENCE_DEFAULT_LABEL
+from mcompile.kernels.patterns.registry import colour_of, short_name
 
-PATTERN_COLORS = {"dense": "#444444", "a_shape": "#1f77b4", "vertical_slash": "#d62728",
-                  "block_sparse": "#2ca02c", "sample_attention": "#9467bd", "sliding_window": "#ff7f0e"}
+from .candidates import MINFERENCE_DEFAULT_LABEL
 
 
 def _row(name: str, m: dict[str, float]) -> str:
@@ -24,7 +22,7 @@ def summary_table(result) -> str:
     lines = [f"{'layer':>5}  {'patterns (heads)':44s} {'cost':>6} {'recall':>7} {'out.err':>7}"]
     for i, layer in enumerate(s.layers):
         pats = Counter(s.candidates[c].pattern for c in ch[i])
-        text = " ".join(f"{SHORT.get(p, p)}x{n}" for p, n in sorted(pats.items(), key=lambda x: (-x[1], x[0])))
+        text = " ".join(f"{short_name(p)}x{n}" for p, n in sorted(pats.items(), key=lambda x: (-x[1], x[0])))
         h = np.arange(s.num_heads)
         lines.append(f"{layer:>5}  {text:44s} {s.cost[i, ch[i], h].mean():6.3f} "
                      f"{s.recall[i, ch[i], h].mean():7.4f} {s.error[i, ch[i], h].mean():7.4f}")
@@ -65,12 +63,12 @@ def plot_search(result, path: str) -> str:
     cost = s.cost[li, ch, h]
     height = max(3.0, 0.22 * L + 1.5)
     fig, axes = plt.subplots(1, 3, figsize=(3 * max(3.0, 0.45 * H + 1.8), height), dpi=110)
-    cmap = ListedColormap([PATTERN_COLORS.get(n, "#bbbbbb") for n in names])
+    cmap = ListedColormap([colour_of(n) for n in names])
     axes[0].imshow(pat, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto", interpolation="nearest")
     axes[0].set_title("pattern")
     from matplotlib.patches import Patch
     used = sorted(set(pat.reshape(-1).tolist()))
-    axes[0].legend(handles=[Patch(color=PATTERN_COLORS.get(names[i], "#bbbbbb"), label=names[i]) for i in used],
+    axes[0].legend(handles=[Patch(color=colour_of(names[i]), label=names[i]) for i in used],
                    loc="upper center", bbox_to_anchor=(0.5, -0.06), fontsize=7, ncol=2, frameon=False)
     im1 = axes[1].imshow(rec, cmap="viridis", vmin=min(0.5, float(rec.min())), vmax=1, aspect="auto",
                          interpolation="nearest")
