@@ -18,10 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from mcompile.cost_gate import site_cost
 from mcompile.kernels.cost_model import CostModel, predict, shipped
 from mcompile.kernels.index import causal_blocks
-from mcompile.kernels.patterns import get_pattern
+from mcompile.kernels.patterns import PATTERNS, get_pattern
 from mcompile.kernels.tail import tail_work
+from mcompile.plan import LayerPlan
+from mcompile.reporting import text_table
 
 from .database import HeadEntry, PatternDB
 from .summary import estimate_density
@@ -59,13 +62,10 @@ def layer_time(model: CostModel, heads: Sequence[HeadEntry], n: int, head_dim: i
                calibration_length: int | None = None, tail_rows: int = DENSE_TAIL_ROWS) -> tuple[float, float, float]:
     """(sparse µs as the runtime would run it, dense µs, summed head density) of one layer's call."""
     density = [head_density(h, n, calibration_length) for h in heads]
-    groups: dict[str, int] = {}
-    for h in heads:
-        if get_pattern(h.pattern).dynamic:
-            groups[h.pattern] = groups.get(h.pattern, 0) + 1
+    builds = site_cost(LayerPlan([h.head_plan() for h in heads]), PATTERNS).builds   # as the gate counts them
     blocks = sum(density) * causal_blocks(n)
     tail = len(heads) * tail_work(n, tail_rows) if tail_rows else 0
-    prediction = predict(model, n, head_dim, len(heads), list(groups.items()), blocks, 0.0, tail, replayed=True)
+    prediction = predict(model, n, head_dim, len(heads), builds, blocks, 0.0, tail, replayed=True)
     sparse = prediction.sparse_us if prediction.worth_it else prediction.dense_us
     if all(h.pattern == "dense" for h in heads):
         sparse = prediction.dense_us
@@ -95,9 +95,9 @@ def plan_cost(db: PatternDB, lengths: Sequence[int], model: CostModel | None = N
 
 
 def cost_table(rows: Sequence[LengthCost], device: str) -> str:
-    lines = [f"{'tokens':>9} {'density':>8} {'time vs dense':>14}   (predicted GPU time on {device})"]
-    lines += [f"{r.n:>9} {r.density:>8.3f} {r.time_vs_dense:>14.3f}" for r in rows]
-    return "\n".join(lines)
+    lines = text_table(("tokens", "density", "time vs dense"),
+                       [(str(r.n), f"{r.density:.3f}", f"{r.time_vs_dense:.3f}") for r in rows])
+    return "\n".join(lines + [f"(predicted GPU time on {device})"])
 
 
 def relative_time(model: CostModel, pattern: str, density: float, n: int, head_dim: int, layer_heads: int) -> float:
