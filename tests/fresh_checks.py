@@ -179,6 +179,31 @@ def triton_builders_interpreted():
             _same_column_scores(q, k, params, heads)
 
 
+def mixed_budgets_interpreted():
+    """Heads of one pattern with different budgets, built in one call on the Triton paths,
+    give each head's index built alone, and the torch path's index."""
+    import torch
+    from mcompile.kernels import patterns as P
+    from mcompile.kernels.index import check_index
+    from mcompile.kernels.patterns import _common as C
+    from mcompile.kernels.reference import index_to_mask
+    from mcompile.plan import HeadPlan, LayerPlan
+    mixed = {"vertical_slash": [{"vertical_size": 30, "slash_size": 100}, {"vertical_size": 90, "slash_size": 0.5},
+                                {"vertical_size": C.Law(2.0, 0.5), "slash_size": 150}, {"vertical_size": 0.2}],
+             "block_sparse": [{"top_k": 2}, {"top_k": 5}, {"top_k": 0.5}, {"top_k": C.Law(1.0, 0.5)}]}
+    for n in (300, 777):
+        q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, n // 3], diagonals=[40, 170],
+                            local=3.0, seed=n)
+        for pattern, params in mixed.items():
+            plan = LayerPlan(tuple(HeadPlan(pattern, p) for p in params))
+            a, b = _both(lambda: P.build_layer_index(q, k, plan))
+            check_index(a, n, 2, 4)
+            alone = torch.cat([index_to_mask(P.build_head_group(q, k, pattern, p, [h]), n)
+                               for h, p in enumerate(params)], 1)
+            assert torch.equal(index_to_mask(a, n), alone), (pattern, n)
+            assert torch.equal(index_to_mask(b, n), alone), (pattern, n)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
     print(f"{sys.argv[1]}: ok")

@@ -8,8 +8,10 @@ and one import line below.
 
 :func:`build_layer_index` builds one index over all query heads of a layer from its
 :class:`~mcompile.plan.LayerPlan`: heads sharing pattern and parameters are built together
-in one batched call (a Python loop over groups, never over heads), each group's index padded
-to the common widths and written into the layer's index.
+in one batched call (a Python loop over groups, never over heads), and so are the heads of a
+pattern whose budgets may differ per head (``Pattern.mixed_budgets``); the static heads' part
+is built once per shape and kept; each part is padded to the common widths and written into
+the layer's index.
 """
 from __future__ import annotations
 
@@ -37,28 +39,57 @@ def _plan_heads(layer_plan):
     return list(heads)
 
 
-def _groups(layer_plan) -> list[tuple[str, dict, list[int]]]:
-    """(pattern, params, heads) per group, in first-head order."""
-    if hasattr(layer_plan, "groups"):
-        out = []
-        for key, heads in layer_plan.groups().items():
-            hp = layer_plan.heads[heads[0]]
-            out.append((hp.pattern, dict(hp.params), list(heads)))
-        return out
+def _groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
+    """(pattern, params, heads) per group of heads built in one call, in first-head order:
+    heads that share pattern and parameters, and for a pattern with ``mixed_budgets`` heads
+    whose parameters differ only in their budgets (``params`` then one dict per head)."""
     groups: dict = {}
     for i, hp in enumerate(_plan_heads(layer_plan)):
-        groups.setdefault(hp.key(), (hp.pattern, dict(hp.params), []))[2].append(i)
-    return list(groups.values())
+        found = get_pattern(hp.pattern)
+        shared = {k: v for k, v in hp.params.items() if k not in found.budgets} if found.mixed_budgets else hp.params
+        group = groups.setdefault((hp.pattern, tuple(sorted(shared.items()))), (hp.pattern, [], []))
+        group[1].append(dict(hp.params))
+        group[2].append(i)
+    return [(name, params[0] if all(p == params[0] for p in params) else params, heads)
+            for name, params, heads in groups.values()]
 
 
 STATIC_CACHE_ENTRIES = 64
+STATIC_LAYER_BYTES = 64 << 20    # a layer's static heads' index is kept up to this size
 _static_indexes: OrderedDict = OrderedDict()   # static pattern and shape -> its (broadcast) index
+_static_layers: OrderedDict = OrderedDict()    # (plan id, shape) -> (plan, heads, index of the plan's static heads)
+_read_by_graphs: dict = {}                      # entries a captured CUDA graph reads: never evicted
 
 
-def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dict | None,
+def _capturing(q: torch.Tensor) -> bool:
+    return q.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _cached(cache: OrderedDict, key, capturing: bool):
+    """The entry under ``key`` or None, most recently used last. One read while a CUDA graph
+    captures is moved where nothing evicts it: the graph reads its memory on every replay."""
+    found = _read_by_graphs.get((id(cache), key))
+    if found is not None:
+        return found
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        if capturing:
+            _read_by_graphs[id(cache), key] = cache.pop(key)
+    return found
+
+
+def _keep(cache: OrderedDict, key, value, entries: int = STATIC_CACHE_ENTRIES) -> None:
+    cache[key] = value
+    while len(cache) > entries:
+        cache.popitem(last=False)
+
+
+def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dict | list | None,
                      heads=None, block_m: int = 64, block_n: int = 64,
                      scale: float | None = None) -> SparseIndex:
-    """The index of one group of query heads sharing pattern and params: (B, len(heads), ...).
+    """The index of one group of query heads: (B, len(heads), ...). ``params`` one dict for
+    every head, or (a pattern with ``mixed_budgets``) one per head.
 
     A static pattern's index depends on the length and its parameters alone, so it is built
     once per shape and device and kept (the most recent ``STATIC_CACHE_ENTRIES``): later calls
@@ -67,17 +98,16 @@ def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dic
     found = get_pattern(pattern)
     build = functools.partial(found.build, q, k, params or {}, heads=heads, block_m=block_m,
                               block_n=block_n, scale=scale)
-    if found.dynamic or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if found.dynamic:
         return build()
     B, Hq, N, _ = q.shape
     key = (pattern, repr(sorted((params or {}).items())), B, Hq if heads is None else len(heads), N,
            block_m, block_n, str(q.device))
-    index = _static_indexes.get(key)
+    index = _cached(_static_indexes, key, _capturing(q))
     if index is None:
-        index = _static_indexes[key] = build()
-        if len(_static_indexes) > STATIC_CACHE_ENTRIES:
-            _static_indexes.popitem(last=False)
-    _static_indexes.move_to_end(key)
+        index = build()
+        if not _capturing(q):
+            _keep(_static_indexes, key, index)
     return index
 
 
@@ -85,8 +115,9 @@ def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tup
     """(MAX_BLOCKS, MAX_COLUMNS) of :func:`build_layer_index`'s result at length n."""
     mb = mc = 0
     for name, params, _ in _groups(layer_plan):
-        b, c = get_pattern(name).sizes(n, params, block_m, block_n)
-        mb, mc = max(mb, b), max(mc, c)
+        for p in params if isinstance(params, list) else [params]:
+            b, c = get_pattern(name).sizes(n, p, block_m, block_n)
+            mb, mc = max(mb, b), max(mc, c)
     return mb, mc
 
 
@@ -98,10 +129,13 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
     ``h // (Hq // Hkv)``); ``layer_plan`` a ``LayerPlan`` with one ``HeadPlan`` per query head;
     ``scale`` the softmax scale the online builders score with (default ``1/sqrt(D)``).
 
-    No host synchronisation: all sizes follow from N and the parameters. When one group
-    covers every head its index is returned as built (it may hold broadcast views, e.g. the
-    static patterns' single row of offsets); otherwise the layer's index is materialised at
-    the widest group's widths and each group written into its heads."""
+    No host synchronisation: all sizes follow from N and the parameters. The launches follow
+    the patterns, not the heads or their budgets: each online pattern's heads are built in one
+    call (:func:`_groups`), and the static heads' part of the index is built once per shape
+    and kept (:func:`_static_part`). When one part covers every head it is returned as built
+    (it may hold broadcast views, e.g. the static patterns' single row of offsets); otherwise
+    the layer's index is materialised at the widest part's widths and each part written into
+    its heads."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"build_layer_index: q and k must be (B, H, N, D), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}")
@@ -115,18 +149,53 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
     if len(groups) == 1:
         name, params, heads = groups[0]
         return build_head_group(q, k, name, params, None, block_m, block_n, scale)
+    static = [g for g in groups if not get_pattern(g[0]).dynamic]
+    parts = [(heads, build_head_group(q, k, name, params, heads, block_m, block_n, scale))
+             for name, params, heads in groups if get_pattern(name).dynamic]
+    if static:
+        parts.append(_static_part(q, k, layer_plan, static, block_m, block_n))
+    if len(parts) == 1:
+        return parts[0][1]          # static heads only: they are all the heads, in order
+    return _assemble(parts, B, Hq, q.device, block_m, block_n)
 
-    built = [(heads, build_head_group(q, k, name, params, heads, block_m, block_n, scale))
-             for name, params, heads in groups]
-    mb = max(ix.max_blocks for _, ix in built)
-    mc = max(ix.max_columns for _, ix in built)
-    nqb = built[0][1].num_q_blocks
-    dev = q.device
-    bc = torch.zeros(B, Hq, nqb, dtype=torch.int32, device=dev)
-    cc = torch.zeros(B, Hq, nqb, dtype=torch.int32, device=dev)
-    bo = torch.zeros(B, Hq, nqb, mb, dtype=torch.int32, device=dev)
-    ci = torch.zeros(B, Hq, nqb, mc, dtype=torch.int32, device=dev)
-    for heads, ix in built:
+
+def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[list[int], SparseIndex]:
+    """(heads, their index) for the static groups of a layer: built from the groups' cached
+    indexes once per plan and shape and kept (up to ``STATIC_LAYER_BYTES`` each), so a layer
+    whose heads hold several static budgets costs no launches for them."""
+    if len(static) == 1:
+        name, params, heads = static[0]
+        return heads, build_head_group(q, k, name, params, heads, block_m, block_n)
+    heads = sorted(h for _, _, hs in static for h in hs)
+    key = (id(layer_plan), *q.shape[:3], block_m, block_n, str(q.device))
+    capturing = _capturing(q)
+    hit = _cached(_static_layers, key, capturing)
+    if hit is not None and hit[0] is layer_plan:
+        return hit[1], hit[2]
+    local = {h: i for i, h in enumerate(heads)}
+    parts = [([local[h] for h in hs], build_head_group(q, k, name, params, hs, block_m, block_n))
+             for name, params, hs in static]
+    index = _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
+    if not capturing and index_bytes(index) <= STATIC_LAYER_BYTES:
+        _keep(_static_layers, key, (layer_plan, heads, index))   # holding the plan keeps its id unique
+    return heads, index
+
+
+def index_bytes(index: SparseIndex) -> int:
+    return sum(t.numel() * t.element_size() for t in index.tensors())
+
+
+def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> SparseIndex:
+    """The index over H heads from (heads, index over those heads) parts covering each head
+    once: materialised at the widest part's widths, each part written into its heads."""
+    mb = max(ix.max_blocks for _, ix in parts)
+    mc = max(ix.max_columns for _, ix in parts)
+    nqb = parts[0][1].num_q_blocks
+    bc = torch.zeros(B, H, nqb, dtype=torch.int32, device=dev)
+    cc = torch.zeros(B, H, nqb, dtype=torch.int32, device=dev)
+    bo = torch.zeros(B, H, nqb, mb, dtype=torch.int32, device=dev)
+    ci = torch.zeros(B, H, nqb, mc, dtype=torch.int32, device=dev)
+    for heads, ix in parts:
         h = device_index(heads, dev)
         bc[:, h] = ix.block_count
         cc[:, h] = ix.column_count
@@ -135,9 +204,9 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
         if ix.max_columns:
             ci[:, h, :, :ix.max_columns] = ix.column_index
     window = None
-    if any(ix.window is not None for _, ix in built):   # per-head windows; others unbounded
-        window = torch.full((Hq,), NO_WINDOW, dtype=torch.int32, device=dev)
-        for heads, ix in built:
+    if any(ix.window is not None for _, ix in parts):   # per-head windows; others unbounded
+        window = torch.full((H,), NO_WINDOW, dtype=torch.int32, device=dev)
+        for heads, ix in parts:
             if ix.window is not None:
                 window[device_index(heads, dev)] = ix.window
     return SparseIndex(bc, bo, cc, ci, block_m, block_n, window)

@@ -258,15 +258,15 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
 _IDX_CACHE: dict = {}
 
 
-def device_index(values: Sequence[int], device) -> torch.Tensor:
-    """An int64 tensor of static indices on ``device``, cached so repeated builds do not copy
-    from the host each call."""
-    key = (tuple(int(v) for v in values), str(torch.device(device)))
+def device_index(values: Sequence[int], device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A tensor of static indices or counts on ``device``, cached so repeated builds neither
+    copy from the host nor convert each call."""
+    key = (tuple(int(v) for v in values), str(torch.device(device)), dtype)
     t = _IDX_CACHE.get(key)
     if t is None:
         # never evicted: a captured CUDA graph reads these tensors where they are (plans hold
         # few distinct head lists)
-        t = torch.tensor(key[0], dtype=torch.long, device=device)
+        t = torch.tensor(key[0], dtype=dtype, device=device)
         _IDX_CACHE[key] = t
     return t
 

@@ -18,7 +18,7 @@ from ..sparse_attention import HAS_TRITON, tl, triton
 if HAS_TRITON:
 
     @triton.jit
-    def _bs_select(S, OUT, CNT, Q0, NKB, KK, N,
+    def _bs_select(S, OUT, CNT, Q0, NKB, HEAD_KK, HEADS, N,
                    stride_sb, stride_sr, stride_ob, stride_oq, stride_cb,
                    INDEX_BLOCK_M: tl.constexpr, INDEX_BLOCK_N: tl.constexpr,
                    KEY_BLOCKS_PAD: tl.constexpr):
@@ -33,7 +33,7 @@ if HAS_TRITON:
         bits = s.to(tl.int32, bitcast=True)
         key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648   # [0, 2^32), ordered
         key = tl.where((j == 0) | (j == diag), 4294967296, key)                  # forced: above all
-        kk = tl.minimum(KK, diag + 1)
+        kk = tl.minimum(tl.load(HEAD_KK + bh % HEADS), diag + 1)      # this head's top_k
         # the kk-th largest key among the eligible ones: the largest thr with
         # count(key >= thr) >= kk, built one bit per pass from the top (bits 32..0). (Two bits
         # a pass, three counts at once, measured slower on an H100: 6.1 vs 4.4 ms per 128K build.)
@@ -56,15 +56,16 @@ def max_row(nkb: int) -> bool:
     return nkb <= 32768
 
 
-def select(s: torch.Tensor, out: torch.Tensor, cnt: torch.Tensor, q0: int, kk: int, n: int,
+def select(s: torch.Tensor, out: torch.Tensor, cnt: torch.Tensor, q0: int, head_kk: torch.Tensor, n: int,
            block_m: int, block_n: int) -> None:
     """``s`` (BH, c, NKB) float32 scores of query blocks ``q0 .. q0 + c - 1`` (last dim
-    contiguous); writes their rows of ``out`` (BH, NQB, kk) int32 block starts and ``cnt``
-    (BH, NQB) int32."""
+    contiguous); writes their rows of ``out`` (BH, NQB, max top_k) int32 block starts and
+    ``cnt`` (BH, NQB) int32. ``head_kk`` int32 (H,): each head's top_k (row ``bh`` is head
+    ``bh % H``), or (1,) for all."""
     BH, c, nkb = s.shape
     if s.stride(-1) != 1:
         s = s.contiguous()
     nkbp = max(16, triton.next_power_of_2(nkb))
-    _bs_select[(BH, c)](s, out, cnt, q0, nkb, kk, n, s.stride(0), s.stride(1), out.stride(0),
+    _bs_select[(BH, c)](s, out, cnt, q0, nkb, head_kk, head_kk.numel(), n, s.stride(0), s.stride(1), out.stride(0),
                         out.stride(1), cnt.stride(0), INDEX_BLOCK_M=block_m, INDEX_BLOCK_N=block_n,
                         KEY_BLOCKS_PAD=nkbp, num_warps=min(16, max(4, nkbp // 512)))

@@ -180,7 +180,7 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
     if k.stride(-1) != 1:
         k = k.contiguous()
     from ._common import device_index
-    kvh = device_index(kv_heads, dev).to(torch.int32)
+    kvh = device_index(kv_heads, dev, torch.int32)
     LOG2E = 1.4426950408889634
     qk_scale = float(scale) * LOG2E
     rnd = qg.dtype in (torch.bfloat16, torch.float16)

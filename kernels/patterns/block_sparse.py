@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, num_q_blocks
-from ._common import (INT32_BIG, HeadMap, cdiv, planted_qk, plot_selection, q_blocks,
+from ._common import (INT32_BIG, HeadMap, cdiv, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, with_budgets)
 from .registry import Pattern, register_or_demo
 
@@ -32,6 +32,14 @@ def validate(params: dict | None) -> dict:
 
 def _top_k(n: int, p: dict, block_n: int) -> int:
     return min(cdiv(n, block_n), max(2, resolve_budget(p["top_k"], n, unit=block_n)))
+
+
+def head_top_k(n: int, params, block_n: int = 64) -> list[int]:
+    """The ``top_k`` of each head of a group: ``params`` one dict for every head (a list of
+    one count) or a list with one dict per head."""
+    if not isinstance(params, list):
+        return [_top_k(n, validate(params), block_n)]
+    return [_top_k(n, validate(p), block_n) for p in params]
 
 
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
@@ -61,10 +69,11 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
 
 
-def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
                   block_m: int = 64, block_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(count int32 (B, Hg, NQB), key-block ids ascending int64 (B, Hg, NQB, top_k); entries
-    past the count are INT32_BIG).
+    past the count are INT32_BIG). ``params`` one dict, or one per head (their own ``top_k``
+    each, the lists as wide as the largest).
 
     Selection (MInference's ``_build_block_index`` in
     minference/ops/block_sparse_flash_attention.py): query rows and keys are mean-pooled over
@@ -81,15 +90,16 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
       * the last, partial block is pooled over its real tokens (see :func:`_pool`);
       * when the (B, H, NQB, NKB) float32 score tensor would exceed ``SCORE_BUDGET_BYTES`` it is
         computed in chunks of query blocks (at 1M tokens a whole layer's scores are 34 GB)."""
-    p = validate(params)
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
-    kk = _top_k(N, p, block_n)
+    kks = head_top_k(N, params, block_n)
+    kk = max(kks)
     nqb, nkb = num_q_blocks(N, block_m), cdiv(N, block_n)
     dev = q.device
     pq = hm.select_q(_pool(q, block_m))                                      # (B, Hg, NQB, D)
     pk = hm.select_kv(_pool(k, block_n))                                     # (B, U, NKB, D)
     Hg = pq.shape[1]
+    head_kk = device_index(kks, dev).view(-1, 1)                             # (Hg | 1, 1)
     _, last = q_blocks(N, block_m, dev)
     diag = last // block_n                                                   # last eligible block
     kb = torch.arange(nkb, device=dev)
@@ -100,9 +110,9 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
         forced = (kb.view(1, -1) == 0) | (kb.view(1, -1) == diag[a:b].view(-1, 1))
         s = torch.where(forced, torch.full_like(s, float("inf")), s)
         s = s.masked_fill(~eligible, float("-inf"))
-        top = torch.topk(s, kk, -1)
-        count = torch.clamp(diag[a:b] + 1, max=kk).to(torch.int32)          # eligible blocks
-        ok = torch.arange(kk, device=dev) < count.view(-1, 1).long()
+        top = torch.topk(s, kk, -1)                                          # by score, descending
+        count = torch.minimum(diag[a:b] + 1, head_kk).to(torch.int32)       # (Hg | 1, c)
+        ok = torch.arange(kk, device=dev) < count.unsqueeze(-1).long()
         # eligible scores are > -inf, so the first `count` of the top-k are the eligible ones
         ids = torch.where(ok, top.indices, INT32_BIG).sort(-1).values
         ids_parts.append(ids)
@@ -110,7 +120,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     return torch.cat(cnt_parts, -1), torch.cat(ids_parts, 2)
 
 
-def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int, block_n: int
+def _build_triton(q: torch.Tensor, k: torch.Tensor, params, heads, block_m: int, block_n: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(count (B, Hg, NQB), block starts (B, Hg, NQB, top_k)) int32: the pooled scores by a
     matmul per chunk of query blocks, the top-k by one Triton program per row (``_triton_bs``);
@@ -118,7 +128,9 @@ def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int
     from . import _triton_bs   # imports triton: only where its kernel launches
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
-    kk = _top_k(N, p, block_n)
+    kks = head_top_k(N, params, block_n)
+    kk = max(kks)
+    head_kk = device_index(kks, q.device, torch.int32)
     nqb, nkb = num_q_blocks(N, block_m), cdiv(N, block_n)
     pq = hm.select_q(_pool(q, block_m))                                      # (B, Hg, NQB, D)
     pk = hm.select_kv(_pool(k, block_n))                                     # (B, U, NKB, D)
@@ -127,7 +139,7 @@ def _build_triton(q: torch.Tensor, k: torch.Tensor, p: dict, heads, block_m: int
     cnt = torch.empty(B * Hg, nqb, dtype=torch.int32, device=q.device)
     for a, b in row_chunks(nqb, B * Hg * nkb * 4):
         s = hm.scores(pq[:, :, a:b].to(pk.dtype), pk)                        # (B, Hg, c, NKB)
-        _triton_bs.select(s.view(B * Hg, b - a, nkb), out, cnt, a, kk, N, block_m, block_n)
+        _triton_bs.select(s.view(B * Hg, b - a, nkb), out, cnt, a, head_kk, N, block_m, block_n)
     return cnt.view(B, Hg, nqb), out.view(B, Hg, nqb, kk)
 
 
@@ -140,7 +152,7 @@ def _use_kernel(device, nkb: int) -> bool:
     return _triton_bs.max_row(nkb)
 
 
-def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     """The block-sparse index of ``heads``. On CUDA (``use_triton``) the top-k, forcing, causal
     cut and ascending order are one Triton program per query block (``_triton_bs.py``: an exact
@@ -148,7 +160,7 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads
     ``topk`` + ``sort`` + masks over the score tensor; elsewhere torch ops
     (:func:`select_blocks`). Same selection."""
     if _use_kernel(q.device, cdiv(q.shape[2], block_n)):
-        count, offs = _build_triton(q, k, validate(params), heads, block_m, block_n)
+        count, offs = _build_triton(q, k, params, heads, block_m, block_n)
     else:
         count, ids = select_blocks(q, k, params, heads=heads, block_m=block_m, block_n=block_n)
         offs = torch.where(ids < INT32_BIG, ids * block_n, 0).to(torch.int32)
@@ -193,5 +205,5 @@ def demo(path: str = "block_sparse.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#2ca02c",
-                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
+                                   dynamic=True, mixed_budgets=True, defaults=DEFAULTS, budgets=BUDGETS,
                                    param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

@@ -60,6 +60,10 @@ class Pattern:
     # (``block_sparse`` -> ``bs``); a colour keeps a pattern recognisable across every plot
     short: str = ""
     colour: str = "#8c564b"
+    # whether ``build`` also takes ``params`` as a list with one dict per head of ``heads``,
+    # dicts that differ only in their ``budgets``: then a layer's heads of this pattern are
+    # built in one call (one set of launches) however many budgets the plan gives them
+    mixed_budgets: bool = False
     doc: str = ""
 
     def __post_init__(self) -> None:

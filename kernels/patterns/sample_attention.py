@@ -172,7 +172,7 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
     Hg = len(hm.heads)
     R = rows_t.shape[0]
     qs = hm.select_q(q.index_select(2, rows_t)).contiguous()                 # (B, Hg, R, D)
-    kvh = device_index([h // hm.group for h in hm.heads], q.device).to(torch.int32)
+    kvh = device_index([h // hm.group for h in hm.heads], q.device, torch.int32)
     if k.stride(-1) != 1:
         k = k.contiguous()
     rpos = rows_t.to(torch.int32).contiguous()

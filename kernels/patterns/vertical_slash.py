@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, num_q_blocks
-from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, planted_qk,
+from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, device_index, planted_qk,
                       plot_selection, q_blocks, resolve_budget, row_chunks, use_triton, with_budgets)
 from .registry import Pattern, register_or_demo
 
@@ -47,6 +47,15 @@ def budgets(n: int, params: dict | None) -> tuple[int, int]:
     kv = min(n, max(resolve_budget(p["vertical_size"], n), MIN_VERTICAL))
     ks = min(n, max(resolve_budget(p["slash_size"], n), MIN_SLASH))
     return kv, ks
+
+
+def head_budgets(n: int, params) -> tuple[int | list[int], int | list[int]]:
+    """:func:`budgets` of a group: ``params`` one dict for every head (two counts) or a list
+    with one per head (a count where all heads agree, else a list of counts)."""
+    if not isinstance(params, list):
+        return budgets(n, params)
+    kv, ks = zip(*(budgets(n, p) for p in params))
+    return tuple(c[0] if len(set(c)) == 1 else list(c) for c in (kv, ks))
 
 
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
@@ -132,22 +141,36 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     return vertical, slash
 
 
-def select(vertical: torch.Tensor, slash: torch.Tensor, kv: int, ks: int, *,
+def select(vertical: torch.Tensor, slash: torch.Tensor, kv, ks, *,
            sort_dists: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced entries + top-k: (columns ascending (B, H, kv), distances descending (B, H, ks)),
     int64 (the distances in no particular order when ``sort_dists`` is False).
 
     The first ``FORCED_COLUMNS`` columns and the ``FORCED_DIAGONALS`` diagonals ``d = 0..99``
-    are always kept (``_FORCE``); then the top ``kv`` columns and ``ks`` diagonals."""
+    are always kept (``_FORCE``); then the top ``kv`` columns and ``ks`` diagonals. ``kv`` and
+    ``ks`` are counts, or lists of one count per head (dim 1): then every head takes the top
+    ``max`` and the entries past its own count become a column no row reaches (``INT32_BIG``,
+    sorted last) and the main diagonal ``d = 0`` (selected by every head, so a repeat adds
+    nothing), which keeps the shapes, and so the launches, those of one shared budget."""
     v = vertical.clone()
     v[..., :FORCED_COLUMNS] += _FORCE
     s = slash.clone()
     s[..., :FORCED_DIAGONALS] += _FORCE
-    cols = torch.topk(v, kv, -1).indices.sort(-1).values
-    dists = torch.topk(s, ks, -1, sorted=False).indices
+    cols = _top_per_head(v, kv, INT32_BIG, sorted_by_score=True).sort(-1).values
+    dists = _top_per_head(s, ks, 0, sorted_by_score=False)
     if sort_dists:
         dists = dists.sort(-1, descending=True).values
     return cols, dists
+
+
+def _top_per_head(x: torch.Tensor, k, fill: int, sorted_by_score: bool) -> torch.Tensor:
+    """Indices of the top ``k`` of ``x`` (B, H, N) along the last dim; ``k`` a count or one per
+    head, the entries past a head's count then replaced by ``fill``."""
+    if isinstance(k, int):
+        return torch.topk(x, k, -1, sorted=sorted_by_score).indices
+    top = torch.topk(x, max(k), -1).indices                              # by score, descending
+    rank = torch.arange(max(k), device=x.device)
+    return torch.where(rank < device_index(k, x.device).view(1, -1, 1), top, fill)
 
 
 # --- the index from a selection -------------------------------------------------------------------
@@ -226,14 +249,14 @@ def index_from_selection(cols: torch.Tensor, dists: torch.Tensor, n: int, block_
 def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
               scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(columns ascending, distances descending) the builder selects, int64 (B, Hg, .)."""
-    kv, ks = budgets(q.shape[2], params)
+    kv, ks = head_budgets(q.shape[2], params)
     vertical, slash = scores(q, k, heads, scale)
     return select(vertical, slash, kv, ks)
 
 
-def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
-    kv, ks = budgets(q.shape[2], params)
+    kv, ks = head_budgets(q.shape[2], params)
     vertical, slash = scores(q, k, heads, scale)
     # the Triton index kernels take the distances in any order
     cols, dists = select(vertical, slash, kv, ks, sort_dists=not use_triton(q.device))
@@ -350,4 +373,4 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#ff7f0e",
-                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
+                                   dynamic=True, mixed_budgets=True, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
