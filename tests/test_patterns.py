@@ -410,13 +410,19 @@ def test_build_layer_index_mixed(monkeypatch):
             calls.append((_n, tuple(kw["heads"])))
             return _b(*a, **kw)
         monkeypatch.setitem(P.PATTERNS, name, dataclasses.replace(pat, build=counted))
+    monkeypatch.setattr(P, "_static_indexes", C.StaticCache())
+    monkeypatch.setattr(P, "_static_layers", C.StaticCache())
     plan = LayerPlan(tuple(MIXED))
     ix = P.build_layer_index(q, k, plan)
     _check(ix, n, 2, 8)
     # one batched call per (pattern, params) group, never per head
-    assert sorted(calls) == sorted([("vertical_slash", (0, 6)), ("dense", (1,)), ("a_shape", (2, 7)),
-                                    ("block_sparse", (3,)), ("sample_attention", (4,)),
-                                    ("sliding_window", (5,))])
+    online = [("vertical_slash", (0, 6)), ("block_sparse", (3,)), ("sample_attention", (4,))]
+    assert sorted(calls) == sorted(online + [("dense", (1,)), ("a_shape", (2, 7)), ("sliding_window", (5,))])
+    # the static heads' part is kept: a second call builds the online groups only
+    calls.clear()
+    again = P.build_layer_index(q, k, plan)
+    assert sorted(calls) == sorted(online)
+    assert torch.equal(_mask(again, n), _mask(ix, n))
     assert (ix.max_blocks, ix.max_columns) == P.layer_sizes(n, plan)
     m = _mask(ix, n)
     for h, hp in enumerate(MIXED):

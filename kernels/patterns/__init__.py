@@ -9,21 +9,20 @@ and one import line below.
 :func:`build_layer_index` builds one index over all query heads of a layer from its
 :class:`~mcompile.plan.LayerPlan`: heads sharing pattern and parameters are built together
 in one batched call (a Python loop over groups, never over heads), and so are the heads of a
-pattern whose budgets may differ per head (``Pattern.mixed_budgets``); the static heads' part
+pattern whose budgets may differ per head (``Pattern.per_head``); the static heads' part
 is built once per shape and kept; each part is padded to the common widths and written into
 the layer's index.
 """
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 
 import torch
 
 from ..index import SparseIndex
 
 NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
-from ._common import Law, device_index, index_cost, resolve_budget
+from ._common import Law, StaticCache, device_index, index_cost, resolve_budget
 from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregister_pattern, validate_params
 
 # built-in patterns register themselves on import
@@ -41,12 +40,11 @@ def _plan_heads(layer_plan):
 
 def _groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
     """(pattern, params, heads) per group of heads built in one call, in first-head order:
-    heads that share pattern and parameters, and for a pattern with ``mixed_budgets`` heads
-    whose parameters differ only in their budgets (``params`` then one dict per head)."""
+    heads that share pattern and parameters, apart from those the pattern takes per head
+    (``Pattern.per_head``; ``params`` then one dict per head where they differ)."""
     groups: dict = {}
     for i, hp in enumerate(_plan_heads(layer_plan)):
-        found = get_pattern(hp.pattern)
-        shared = {k: v for k, v in hp.params.items() if k not in found.budgets} if found.mixed_budgets else hp.params
+        shared = {k: v for k, v in hp.params.items() if k not in get_pattern(hp.pattern).per_head}
         group = groups.setdefault((hp.pattern, tuple(sorted(shared.items()))), (hp.pattern, [], []))
         group[1].append(dict(hp.params))
         group[2].append(i)
@@ -54,47 +52,20 @@ def _groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
             for name, params, heads in groups.values()]
 
 
-STATIC_CACHE_ENTRIES = 64
 STATIC_LAYER_BYTES = 64 << 20    # a layer's static heads' index is kept up to this size
-_static_indexes: OrderedDict = OrderedDict()   # static pattern and shape -> its (broadcast) index
-_static_layers: OrderedDict = OrderedDict()    # (plan id, shape) -> (plan, heads, index of the plan's static heads)
-_read_by_graphs: dict = {}                      # entries a captured CUDA graph reads: never evicted
-
-
-def _capturing(q: torch.Tensor) -> bool:
-    return q.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-def _cached(cache: OrderedDict, key, capturing: bool):
-    """The entry under ``key`` or None, most recently used last. One read while a CUDA graph
-    captures is moved where nothing evicts it: the graph reads its memory on every replay."""
-    found = _read_by_graphs.get((id(cache), key))
-    if found is not None:
-        return found
-    found = cache.get(key)
-    if found is not None:
-        cache.move_to_end(key)
-        if capturing:
-            _read_by_graphs[id(cache), key] = cache.pop(key)
-    return found
-
-
-def _keep(cache: OrderedDict, key, value, entries: int = STATIC_CACHE_ENTRIES) -> None:
-    cache[key] = value
-    while len(cache) > entries:
-        cache.popitem(last=False)
+_static_indexes = StaticCache()   # static pattern and shape -> its (broadcast) index
+_static_layers = StaticCache()    # (plan id, shape) -> (plan, index of the plan's static heads)
 
 
 def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dict | list | None,
                      heads=None, block_m: int = 64, block_n: int = 64,
                      scale: float | None = None) -> SparseIndex:
     """The index of one group of query heads: (B, len(heads), ...). ``params`` one dict for
-    every head, or (a pattern with ``mixed_budgets``) one per head.
+    every head, or one per head where they differ in the pattern's ``per_head`` parameters.
 
     A static pattern's index depends on the length and its parameters alone, so it is built
-    once per shape and device and kept (the most recent ``STATIC_CACHE_ENTRIES``): later calls
-    cost no launches and no host work. Its tensors are broadcast views, which cannot be written
-    in place. Nothing is kept while a CUDA graph captures (its memory belongs to the graph)."""
+    once per shape and device and kept (``_common.StaticCache``): later calls cost no launches
+    and no host work. Its tensors are broadcast views, which cannot be written in place."""
     found = get_pattern(pattern)
     build = functools.partial(found.build, q, k, params or {}, heads=heads, block_m=block_m,
                               block_n=block_n, scale=scale)
@@ -103,12 +74,7 @@ def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dic
     B, Hq, N, _ = q.shape
     key = (pattern, repr(sorted((params or {}).items())), B, Hq if heads is None else len(heads), N,
            block_m, block_n, str(q.device))
-    index = _cached(_static_indexes, key, _capturing(q))
-    if index is None:
-        index = build()
-        if not _capturing(q):
-            _keep(_static_indexes, key, index)
-    return index
+    return _static_indexes.get(key, build, q.device)
 
 
 def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
@@ -167,17 +133,18 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[
         name, params, heads = static[0]
         return heads, build_head_group(q, k, name, params, heads, block_m, block_n)
     heads = sorted(h for _, _, hs in static for h in hs)
-    key = (id(layer_plan), *q.shape[:3], block_m, block_n, str(q.device))
-    capturing = _capturing(q)
-    hit = _cached(_static_layers, key, capturing)
-    if hit is not None and hit[0] is layer_plan:
-        return hit[1], hit[2]
     local = {h: i for i, h in enumerate(heads)}
-    parts = [([local[h] for h in hs], build_head_group(q, k, name, params, hs, block_m, block_n))
-             for name, params, hs in static]
-    index = _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
-    if not capturing and index_bytes(index) <= STATIC_LAYER_BYTES:
-        _keep(_static_layers, key, (layer_plan, heads, index))   # holding the plan keeps its id unique
+
+    def make():
+        parts = [([local[h] for h in hs], build_head_group(q, k, name, params, hs, block_m, block_n))
+                 for name, params, hs in static]
+        return layer_plan, _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
+
+    # the entry holds the plan, so its id is not reused while the entry lives
+    key = (id(layer_plan), *q.shape[:3], block_m, block_n, str(q.device))
+    plan, index = _static_layers.get(key, make, q.device, keep=lambda v: index_bytes(v[1]) <= STATIC_LAYER_BYTES)
+    if plan is not layer_plan:
+        _, index = make()
     return heads, index
 
 

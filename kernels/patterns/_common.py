@@ -1,6 +1,6 @@
 """Shared pieces of the pattern index builders: budget resolution, query-block geometry,
-range tiling, stable compaction, GQA score matmuls without ``repeat_kv``, and the slow
-helpers the references and demos use.
+range tiling, stable compaction, GQA score matmuls without ``repeat_kv``, the cache of what
+depends on the length alone, and the slow helpers the references and demos use.
 
 Everything on the build path is torch ops whose sizes follow from ``N`` and the parameters
 alone (no ``.item()``, ``.tolist()``, ``nonzero`` or boolean indexing), so nothing waits on
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -253,6 +254,38 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
     mx = min(cdiv(window - 1 + block_m, block_n), cdiv(n, block_n))
     count, offs = tile_ranges(w0.unsqueeze(-1), (last + 1).unsqueeze(-1), [mx], block_n)
     return count, offs, w0
+
+
+class StaticCache:
+    """Values that depend on the length and parameters alone (static indexes, sampled rows,
+    window blocks), kept per key: later calls cost no launches. The most recent ``entries``
+    are kept; nothing is stored while a CUDA graph captures (its memory belongs to the graph),
+    and an entry read while one captures is kept for good (the graph reads its memory on
+    every replay)."""
+
+    def __init__(self, entries: int = 64):
+        self.entries = entries
+        self.recent: OrderedDict = OrderedDict()
+        self.read_by_graphs: dict = {}
+
+    def get(self, key, make: Callable[[], Any], device, keep: Callable[[Any], bool] = lambda value: True):
+        """The value under ``key``, made by ``make()`` and kept (where ``keep(value)``) if absent."""
+        capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+        value = self.read_by_graphs.get(key)
+        if value is not None:
+            return value
+        value = self.recent.get(key)
+        if value is not None:
+            self.recent.move_to_end(key)
+            if capturing:
+                self.read_by_graphs[key] = self.recent.pop(key)
+            return value
+        value = make()
+        if not capturing and keep(value):
+            self.recent[key] = value
+            while len(self.recent) > self.entries:
+                self.recent.popitem(last=False)
+        return value
 
 
 _IDX_CACHE: dict = {}

@@ -205,5 +205,5 @@ def demo(path: str = "block_sparse.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#2ca02c",
-                                   dynamic=True, mixed_budgets=True, defaults=DEFAULTS, budgets=BUDGETS,
+                                   dynamic=True, per_head=tuple(BUDGETS), defaults=DEFAULTS, budgets=BUDGETS,
                                    param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

@@ -60,14 +60,15 @@ class Pattern:
     # (``block_sparse`` -> ``bs``); a colour keeps a pattern recognisable across every plot
     short: str = ""
     colour: str = "#8c564b"
-    # whether ``build`` also takes ``params`` as a list with one dict per head of ``heads``,
-    # dicts that differ only in their ``budgets``: then a layer's heads of this pattern are
-    # built in one call (one set of launches) however many budgets the plan gives them
-    mixed_budgets: bool = False
+    # the parameters that may differ between the heads of one ``build`` call, which then takes
+    # ``params`` as a list with one dict per head of ``heads``: a layer's heads of this pattern
+    # whose other parameters agree are built in one call (one set of launches), however many
+    # budgets the plan gives them
+    per_head: tuple[str, ...] = ()
     doc: str = ""
 
     def __post_init__(self) -> None:
-        unknown = sorted((set(self.budgets) | set(self.optional) | set(self.param_schema))
+        unknown = sorted((set(self.budgets) | set(self.optional) | set(self.param_schema) | set(self.per_head))
                          - set(self.defaults))
         if unknown:
             raise ValueError(f"pattern {self.name!r}: {unknown} declared but not in its defaults "

@@ -373,4 +373,4 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#ff7f0e",
-                                   dynamic=True, mixed_budgets=True, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
+                                   dynamic=True, per_head=tuple(BUDGETS), defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
