@@ -77,7 +77,9 @@ def per_layer_profile(fn, device: str) -> dict:
     it launched; ``index_ms_per_layer``: per call that ran sparse, the part of its GPU time not
     spent in the sparse kernel ``_sparse_attn_fwd`` (estimation and index building; the dense
     tail runs that kernel and counts as attention); ``kernel_ms``: the GPU kernels of the whole
-    profiled call that took longest, by name.
+    profiled call that took longest, by name; ``gpu_kernels``: the GPU kernels the whole call
+    ran (inside CUDA graphs too), whose excess over dense's, per layer, is what the sparse path
+    launches per layer.
     """
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
@@ -92,7 +94,8 @@ def per_layer_profile(fn, device: str) -> dict:
         for kernel in e.kernels:
             top[kernel.name[:80]] += kernel.duration / 1e3
     whole = {"kernel_ms": {name: round(ms, 3) for name, ms in top.most_common(TOP_KERNELS)},
-             "graph_launches": sum(1 for e in events if e.name == "cudaGraphLaunch")}
+             "graph_launches": sum(1 for e in events if e.name == "cudaGraphLaunch"),
+             "gpu_kernels": sum(len(e.kernels) for e in events)}
     calls = [e for e in events if e.name == ATTENTION_OP and not any(
         p.name == ATTENTION_OP for p in _ancestors(e))]
     if not calls:

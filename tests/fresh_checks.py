@@ -190,7 +190,10 @@ def mixed_budgets_interpreted():
     from mcompile.plan import HeadPlan, LayerPlan
     mixed = {"vertical_slash": [{"vertical_size": 30, "slash_size": 100}, {"vertical_size": 90, "slash_size": 0.5},
                                 {"vertical_size": C.Law(2.0, 0.5), "slash_size": 150}, {"vertical_size": 0.2}],
-             "block_sparse": [{"top_k": 2}, {"top_k": 5}, {"top_k": 0.5}, {"top_k": C.Law(1.0, 0.5)}]}
+             "block_sparse": [{"top_k": 2}, {"top_k": 5}, {"top_k": 0.5}, {"top_k": C.Law(1.0, 0.5)}],
+             "sample_attention": [{"alpha": 0.9, "window_frac": 0.05}, {"alpha": 0.97, "window_frac": 0.125},
+                                  {"alpha": 0.8, "window_frac": 0.3, "max_columns": 20},
+                                  {"alpha": 0.95, "window_frac": 0.08, "max_columns": 0}]}
     for n in (300, 777):
         q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, n // 3], diagonals=[40, 170],
                             local=3.0, seed=n)

@@ -1,7 +1,8 @@
-"""Heads of one online pattern with different budgets are built in one call, and a layer's
-static heads once per shape: the index equals each head built alone with its own budget, and
-the work per call follows the patterns of the layer, not the number of budgets in it. CPU (the
-torch paths, and the Triton paths under the interpreter in a fresh process)."""
+"""Heads of one online pattern with different budgets (and SampleAttention thresholds and
+windows) are built in one call, and a layer's static heads once per shape: the index equals
+each head built alone with its own parameters, and the work per call follows the patterns of
+the layer, not the number of budgets in it. CPU (the torch paths, and the Triton paths under
+the interpreter in a fresh process)."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,9 @@ MIXED = {
     "vertical_slash": [{"vertical_size": 30, "slash_size": 100}, {"vertical_size": 90, "slash_size": 0.5},
                        {"vertical_size": C.Law(2.0, 0.5), "slash_size": 150}, {"vertical_size": 0.2, "slash_size": 100}],
     "block_sparse": [{"top_k": 2}, {"top_k": 5}, {"top_k": 0.5}, {"top_k": C.Law(1.0, 0.5)}],
+    "sample_attention": [{"alpha": 0.9, "window_frac": 0.05}, {"alpha": 0.97, "window_frac": 0.125, "max_columns": 0.05},
+                         {"alpha": 0.8, "window_frac": 0.3, "max_columns": 20}, {"alpha": 0.95, "window_frac": 0.08,
+                                                                               "max_columns": 0}],
 }
 
 
@@ -128,3 +132,26 @@ def test_mixed_budgets_on_the_triton_paths_interpreted():
     kernel, per-head vertical and slash counts around the vertical-slash kernels)."""
     run_fresh("mixed_budgets_interpreted", env=dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1"),
               timeout=900)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_shipped_database_layers_equal_their_heads_alone_on_gpu():
+    """Every searched layer of the shipped SmolLM2 database, built on the GPU's Triton paths in
+    bf16 (one call per online pattern), lists what each head built alone lists."""
+    from mcompile.pattern_db import ModelIdentity, resolve_model_plan
+    n = 2048
+    plans = resolve_model_plan("smollm2-135m", ModelIdentity(num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64),
+                               force=True)
+    q, k = C.planted_qk(n, heads=9, kv_heads=3, d=64, hot_columns=[3, 700], diagonals=[40, 170], local=3.0,
+                        dtype=torch.bfloat16)
+    q, k = q.cuda(), k.cuda()
+    for layer in range(30):
+        plan = plans.layer_plan(layer)
+        if plan.is_dense:
+            continue
+        index = P.build_layer_index(q, k, plan)
+        check_index(index, n, 1, 9)
+        want = torch.cat([index_to_mask(P.build_head_group(q, k, h.pattern, h.params, [i]), n)
+                          for i, h in enumerate(plan.heads)], 1)
+        assert torch.equal(index_to_mask(index, n), want), layer

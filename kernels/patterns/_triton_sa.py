@@ -16,11 +16,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FOUT,
-                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                      stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn, stride_w0h,
                       Hg, R, N, qk_scale,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
         """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
-        on keys before its window start."""
+        on keys before its window start (W0: per head, or shared when stride_w0h is 0)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
@@ -29,7 +29,7 @@ if HAS_TRITON:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mmask = offs_m < R
         rpos = tl.load(RPOS + offs_m, mask=mmask, other=0)
-        w0 = tl.load(W0 + offs_m, mask=mmask, other=0)
+        w0 = tl.load(W0 + h * stride_w0h + offs_m, mask=mmask, other=0)
         offs_d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qr
                     + offs_d[None, :], mask=mmask[:, None], other=0.0)
@@ -84,10 +84,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _sa_col_sums(Q, K, RPOS, W0, KVH, LSE, COL,
-                     stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
+                     stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn, stride_w0h,
                      Hg, R, N, qk_scale,
                      NUM_STRIDED, SAMPLE_STRIDE, TAIL_START,
-                     WINDOW, INDEX_BLOCK_M,                    # window tokens; rows per query block
+                     HEAD_WINDOW, INDEX_BLOCK_M,               # window tokens per head; rows per query block
                      COUNT_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      HEAD_DIM: tl.constexpr):
         """Per key tile: the sum over sampled rows of softmax probabilities (outside each
@@ -98,6 +98,8 @@ if HAS_TRITON:
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
         kvh = tl.load(KVH + h).to(tl.int64)
+        WINDOW = tl.load(HEAD_WINDOW + h)
+        w0base = W0 + h * stride_w0h
         j0 = pid_n * BLOCK_N
         offs_n = j0 + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -133,9 +135,9 @@ if HAS_TRITON:
             s = tl.dot(q, kt) * qk_scale
             acc += tl.sum(tl.math.exp2(s - lse[:, None]), 0)
         for start_m in range(t0, t1, BLOCK_M):
-            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+            acc += _sa_col_masked(qbase, RPOS, w0base, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
                                   qk_scale, COUNT_WINDOW, BLOCK_M)
         for start_m in range(t2, R, BLOCK_M):
-            acc += _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
+            acc += _sa_col_masked(qbase, RPOS, w0base, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
                                   qk_scale, COUNT_WINDOW, BLOCK_M)
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)

@@ -20,7 +20,7 @@ import torch
 
 from ..index import SparseIndex
 from ..sparse_attention import launch_shrinking
-from ._common import (INT32_BIG, HeadMap, block_union_mask, check_budget,
+from ._common import (INT32_BIG, HeadMap, StaticCache, block_union_mask, check_budget,
                       check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
 from .registry import FRACTION_SCHEMA, Pattern, register_or_demo
@@ -88,11 +88,43 @@ def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 6
     return int(count.sum()), int(torch.clamp(w0, max=cap).sum())
 
 
-def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def head_params(params) -> list[dict]:
+    """A group's parameters, validated, one dict per head (``params`` one dict for every head,
+    or a list of one per head that agree on ``sample_frac`` and ``count_window``)."""
+    ps = [validate(p) for p in (params if isinstance(params, list) else [params])]
+    for name in ("sample_frac", "count_window"):
+        if len({p[name] for p in ps}) > 1:
+            raise ValueError(f"sample_attention: the heads of one build must share {name!r}, got "
+                             f"{[p[name] for p in ps]}")
+    return ps
+
+
+_sampled = StaticCache()     # (N, parameters) -> sampled rows and their window starts
+
+
+def _sampling(n: int, ps: list[dict], block_m: int, device):
+    """(rows int64 (R,), window start of each row's query block int64 (1 | H, R), the same
+    two as int32, windows int32 (H,)), kept per length and parameters."""
+    windows = tuple(_window(n, p) for p in ps)
+
+    def make():
+        L = min(LAST_Q, n)
+        stride = max(1, round(1.0 / ps[0]["sample_frac"]))
+        rows = torch.cat([torch.arange(0, n - L, stride, device=device), torch.arange(n - L, n, device=device)])
+        start = (rows // block_m) * block_m
+        per_row = torch.tensor(windows[:1] if len(set(windows)) == 1 else windows, device=device)
+        w0 = torch.clamp(start.view(1, -1) - (per_row.view(-1, 1) - 1), min=0)
+        return (rows, w0, rows.to(torch.int32), w0.to(torch.int32),
+                torch.tensor(windows, dtype=torch.int32, device=device))
+    return _sampled.get((n, windows, ps[0]["sample_frac"], block_m, str(torch.device(device))), make, device)
+
+
+def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
                   block_m: int = 64, scale: float | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stage 1. Returns (scores (B, Hg, N) float32: sampled mass per key outside each sampled
     row's window (or all mass when count_window is False), window_mass (B, Hg), total (B, Hg)).
+    ``params`` one dict, or one per head (each head its own window).
 
     On CUDA two fused Triton kernels (row log-sum-exp and outside-window fraction, then column
     sums; nothing of size rows x N is stored); elsewhere torch ops chunked over sampled rows.
@@ -101,20 +133,17 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     ``softmax(q_r k^T * scale)`` in float32; column scores = the sum over sampled rows. Cost:
     about ``2 * sample_frac`` of dense causal attention's QK^T work, inherent to the method's
     sampling (see ``_triton_sa``)."""
-    p = validate(params)
+    ps = head_params(params)
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
     scale = D ** -0.5 if scale is None else scale
     dev = q.device
     L = min(LAST_Q, N)
-    stride = max(1, round(1.0 / p["sample_frac"]))
-    rows_t = torch.cat([torch.arange(0, N - L, stride, device=dev), torch.arange(N - L, N, device=dev)])
-    start, _ = q_blocks(N, block_m, dev)
-    w0_blk = torch.clamp(start - (_window(N, p) - 1), min=0)
-    w0_rows = w0_blk[rows_t // block_m]
+    stride = max(1, round(1.0 / ps[0]["sample_frac"]))
+    count_window = ps[0]["count_window"]
+    rows_t, w0_rows, rpos, w0, windows = _sampling(N, ps, block_m, dev)
     if use_triton(dev) and D in (16, 32, 64, 128, 256):
-        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"], stride,
-                                     N - L, _window(N, p), block_m)
+        return _column_scores_triton(q, k, hm, rpos, w0, windows, scale, count_window, stride, N - L, block_m)
     ku = hm.select_kv(k)
     Hg = len(hm.heads)
     keys = torch.arange(N, device=dev)
@@ -128,8 +157,8 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
         s = s.masked_fill(keys.view(1, -1) > r.view(-1, 1), float("-inf"))
         pr = torch.softmax(s, -1)
         tot += pr.sum((2, 3))
-        if p["count_window"]:
-            in_win = keys.view(1, -1) >= w0_rows[a:b].view(-1, 1)              # (c, N)
+        if count_window:
+            in_win = keys.view(1, 1, -1) >= w0_rows[:, a:b].unsqueeze(-1)     # (1 | Hg, c, N)
             win += (pr * in_win).sum((2, 3))
             col += (pr * ~in_win).sum(2)
         else:
@@ -137,8 +166,6 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     return col, win, tot
 
 
-# launch configurations (BLOCK_M sampled rows x BLOCK_N keys per tile; the best of a small
-# sweep on an H100 at 128K, LLaMA-3-8B shape)
 CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
           "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
@@ -163,20 +190,22 @@ def _launch_shrinking(kernel, grid, config: dict, *args, **kwargs):
     return launch_shrinking(lambda c: kernel[grid(c)](*args, **kwargs, **c), _shrinking(config))
 
 
-def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_window, stride, tail0,
-                          window: int, block_m: int):
+def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_window, stride, tail0,
+                          block_m: int):
+    """``rpos`` int32 (R,) the sampled rows; ``w0`` int32 (1 | Hg, R) their window starts, shared
+    or per head; ``windows`` int32 (Hg | 1,) each head's window."""
     import triton
 
     from ._triton_sa import _sa_col_sums, _sa_row_stats   # imports triton: only where they launch
     B, Hq, N, D = q.shape
     Hg = len(hm.heads)
-    R = rows_t.shape[0]
-    qs = hm.select_q(q.index_select(2, rows_t)).contiguous()                 # (B, Hg, R, D)
+    R = rpos.shape[0]
+    qs = hm.select_q(q.index_select(2, rpos)).contiguous()                   # (B, Hg, R, D)
     kvh = device_index([h // hm.group for h in hm.heads], q.device, torch.int32)
     if k.stride(-1) != 1:
         k = k.contiguous()
-    rpos = rows_t.to(torch.int32).contiguous()
-    w0 = w0_rows.to(torch.int32).contiguous()
+    stride_w0h = R if w0.shape[0] > 1 else 0
+    head_window = windows if windows.shape[0] == Hg else windows.expand(Hg).contiguous()
     lse = torch.empty(B, Hg, R, dtype=torch.float32, device=q.device)
     fout = torch.empty_like(lse)
     col = torch.empty(B, Hg, N, dtype=torch.float32, device=q.device)
@@ -187,21 +216,23 @@ def _column_scores_triton(q, k, hm: HeadMap, rows_t, w0_rows, scale, count_windo
         c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
     _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
                       qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, HEAD_DIM=D)
+                      k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, HEAD_DIM=D)
     nstr = len(range(0, tail0, stride))
     _launch_shrinking(_sa_col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
                       qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2), Hg, R, N, qk_scale, nstr, stride, tail0,
-                      window, block_m, COUNT_WINDOW=bool(count_window), HEAD_DIM=D)
+                      k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, nstr, stride, tail0,
+                      head_window, block_m, COUNT_WINDOW=bool(count_window), HEAD_DIM=D)
     tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
     win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot
 
 
-def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alpha: float,
-                   cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alpha, cap
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2. (count int32 (B, Hg), columns ascending int32 (B, Hg, cap); past the count
     INT32_BIG): the fewest top-scored columns with window + column mass >= alpha * total.
+    ``alpha`` and ``cap`` a value for every head or a list of one per head (the columns then
+    as wide as the largest cap).
 
     Columns are sorted by score and the fewest whose cumulative sampled mass reaches ``alpha``
     are kept, at most ``cap`` (when alpha needs more, the recall is below alpha).
@@ -212,35 +243,56 @@ def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alph
     keys just before each sampled row, which its window already covers. ``count_window=False``
     selects the literal reading (columns alone reach alpha of the sampled mass)."""
     B, Hg, N = col.shape
-    if cap == 0:
+    widest = max(cap) if isinstance(cap, list) else cap
+    if widest == 0:
         return (torch.zeros(B, Hg, dtype=torch.int32, device=col.device),
                 torch.zeros(B, Hg, 0, dtype=torch.int32, device=col.device))
-    top = torch.topk(col, cap, -1)
+    if isinstance(alpha, list):
+        alpha = _sampled.get(("alpha", tuple(alpha), str(col.device)),
+                             lambda: torch.tensor(alpha, dtype=col.dtype, device=col.device), col.device)
+    if isinstance(cap, list):
+        cap = device_index(cap, col.device)
+    top = torch.topk(col, widest, -1)
     need = alpha * tot - win                                                  # (B, Hg)
     cum = torch.cumsum(top.values.double(), -1)
-    # the fewest j with cum[j-1] >= need: number of prefixes still short, plus one
     short = (cum < need.double().unsqueeze(-1)).sum(-1)
     count = torch.where(need > 0, torch.clamp(short + 1, max=cap), torch.zeros_like(short))
-    ok = torch.arange(cap, device=col.device) < count.unsqueeze(-1)
+    ok = torch.arange(widest, device=col.device) < count.unsqueeze(-1)
     cols = torch.where(ok, top.indices, INT32_BIG).sort(-1).values.to(torch.int32)
     return count.to(torch.int32), cols
 
 
-def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def selection(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
               block_m: int = 64, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    p = validate(params)
-    col, win, tot = column_scores(q, k, p, heads=heads, block_m=block_m, scale=scale)
-    return filter_columns(col, win, tot, p["alpha"], column_cap(q.shape[2], p))
+    ps = head_params(params)
+    col, win, tot = column_scores(q, k, ps if len(ps) > 1 else ps[0], heads=heads, block_m=block_m, scale=scale)
+    alpha, cap = [p["alpha"] for p in ps], [column_cap(q.shape[2], p) for p in ps]
+    return filter_columns(col, win, tot, *(x[0] if len(set(x)) == 1 else x for x in (alpha, cap)))
 
 
-def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
+def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
-    p = validate(params)
-    count, cols = selection(q, k, p, heads=heads, block_m=block_m, scale=scale)
-    return index_from_selection(count, cols, q.shape[2], p, block_m, block_n)
+    count, cols = selection(q, k, params, heads=heads, block_m=block_m, scale=scale)
+    return index_from_selection(count, cols, q.shape[2], params, block_m, block_n)
 
 
-def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params: dict | None = None,
+def _window_blocks(n: int, ps: list[dict], block_m: int, block_n: int, device):
+    """(count (1 | H, NQB), offsets (1 | H, NQB, MAX), first window key (1 | H, NQB)) of each
+    head's window (one row where they agree), kept per length and windows."""
+    windows = tuple(_window(n, p) for p in ps)
+    if len(set(windows)) == 1:
+        windows = windows[:1]
+
+    def make():
+        parts = [window_blocks(n, w, block_m, block_n, device) for w in windows]
+        width = max(offs.shape[-1] for _, offs, _ in parts)
+        return (torch.stack([c for c, _, _ in parts]),
+                torch.stack([torch.nn.functional.pad(offs, (0, width - offs.shape[-1])) for _, offs, _ in parts]),
+                torch.stack([w0 for _, _, w0 in parts]))
+    return _sampled.get(("window", n, windows, block_m, block_n, str(torch.device(device))), make, device)
+
+
+def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params: dict | list | None = None,
                          block_m: int = 64, block_n: int = 64) -> SparseIndex:
     """The index of a selection (``filter_columns``' count and columns): each query block's
     window blocks plus the selected columns before its window.
@@ -255,21 +307,17 @@ def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params
     (stride 0), the counts doing the causal cut. Later versions of the paper's kernel work on
     blocks of keys ("chunked sampling"); this is the column-granular version the index
     expresses directly."""
-    p = validate(params)
     B, Hg = count.shape
-    bcount, boffs, w0 = window_blocks(n, _window(n, p), block_m, block_n, cols.device)
-    nqb = bcount.shape[0]
-    # columns before each block's window: a prefix of the sorted list (entries past the head's
-    # count are INT32_BIG, so they never count)
-    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, 1, nqb).expand(B, Hg, nqb).contiguous())
-    return SparseIndex(bcount.view(1, 1, nqb).expand(B, Hg, nqb),
-                       boffs.view(1, 1, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
+    bcount, boffs, w0 = _window_blocks(n, head_params(params), block_m, block_n, cols.device)
+    H, nqb = bcount.shape
+    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, H, nqb).expand(B, Hg, nqb).contiguous())
+    return SparseIndex(bcount.view(1, H, nqb).expand(B, Hg, nqb),
+                       boffs.view(1, H, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
                        cc.to(torch.int32),
                        cols.view(B, Hg, 1, -1).expand(B, Hg, nqb, cols.shape[-1]),
                        block_m, block_n)
 
 
-# --- the slow reference -----------------------------------------------------------------------
 def reference_selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *,
                         heads=None, block_m: int = 64, scale: float | None = None
                         ) -> tuple[list, torch.Tensor, torch.Tensor]:
@@ -340,5 +388,5 @@ def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#d62728",
-                                   dynamic=True, defaults=DEFAULTS, budgets=BUDGETS,
-                                   optional=OPTIONAL, param_schema=PARAM_SCHEMA, doc=__doc__), __name__)
+                                   dynamic=True, per_head=("alpha", "window_frac", "max_columns"),
+                                   defaults=DEFAULTS, budgets=BUDGETS, optional=OPTIONAL, param_schema=PARAM_SCHEMA, doc=__doc__), __name__)
