@@ -151,9 +151,13 @@ def triton_builders_interpreted():
         a, b = _both(lambda: VS.build(q, k, params, heads=heads))
         C.index_cost(a)
         _same_index(a, b)
-    # vertical-slash: the index of random selections (distances in any order)
+    # vertical-slash: the index of random selections (distances in any order), the verticals
+    # in one chunk per program and in several
+    from mcompile.kernels.patterns import _triton_vs
     g = torch.Generator().manual_seed(3)
-    for n, ks, kv in [(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)]:
+    for (n, ks, kv), chunk in zip([(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)],
+                                  [1024, 16, 1024, 16, 32]):
+        _triton_vs.COLUMNS_CHUNK = chunk
         c, d = random_selection(g, 2, 3, n, ks, kv, forced_diagonal=False)
         a = VS.index_from_selection(c, d, n)
         os.environ["MCOMPILE_PATTERNS_TRITON"] = "0"
@@ -194,7 +198,9 @@ def mixed_budgets_interpreted():
              "sample_attention": [{"alpha": 0.9, "window_frac": 0.05}, {"alpha": 0.97, "window_frac": 0.125},
                                   {"alpha": 0.8, "window_frac": 0.3, "max_columns": 20},
                                   {"alpha": 0.95, "window_frac": 0.08, "max_columns": 0}]}
-    for n in (300, 777):
+    from mcompile.kernels.patterns import _triton_vs
+    for n, chunk in ((300, 1024), (777, 16)):     # 16: the verticals in several chunks per program
+        _triton_vs.COLUMNS_CHUNK = chunk
         q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, n // 3], diagonals=[40, 170],
                             local=3.0, seed=n)
         for pattern, params in mixed.items():

@@ -143,7 +143,7 @@ def test_shipped_database_layers_equal_their_heads_alone_on_gpu():
     n = 2048
     plans = resolve_model_plan("smollm2-135m", ModelIdentity(num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64),
                                force=True)
-    q, k = C.planted_qk(n, heads=9, kv_heads=3, d=64, hot_columns=[3, 700], diagonals=[40, 170], local=3.0,
+    q, k = C.planted_qk(n, heads=9, kv_heads=3, d=128, hot_columns=[3, 700], diagonals=[40, 170], local=3.0,
                         dtype=torch.bfloat16)
     q, k = q.cuda(), k.cuda()
     for layer in range(30):

@@ -131,30 +131,48 @@ if HAS_TRITON:
     def _vs_columns(COLS, STARTS, BCNT, CIDX, CCNT, KV, N,
                     stride_vb, stride_sb, stride_sq, stride_bc, stride_ib, stride_iq, stride_cc,
                     INDEX_BLOCK_M: tl.constexpr, INDEX_BLOCK_N: tl.constexpr,
-                    COLUMNS_PAD: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+                    COLUMNS_CHUNK: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+        """Per (head, query block): the verticals at or before the block's last row that no
+        listed block covers, compact. The verticals are ascending, so the program takes them
+        ``COLUMNS_CHUNK`` at a time and stops at the first past the last row: its work follows
+        the columns this query block can use (about half of them, causally), not the widest
+        head's budget (past a head's own count the verticals are INT32_BIG)."""
         bh = tl.program_id(0).to(tl.int64)
         m = tl.program_id(1)
-        offs = tl.arange(0, COLUMNS_PAD)
-        cm = offs < KV
-        c = tl.load(COLS + bh * stride_vb + offs, mask=cm, other=0)
         last = tl.minimum((m + 1) * INDEX_BLOCK_M, N) - 1
         cnt = tl.load(BCNT + bh * stride_bc + m)
         srow = STARTS + bh * stride_sb + m.to(tl.int64) * stride_sq
-        lo = tl.zeros([COLUMNS_PAD], tl.int32)
-        hi = tl.zeros([COLUMNS_PAD], tl.int32) + cnt
-        for _ in tl.static_range(SEARCH_STEPS):
-            act = lo < hi
-            mid = (lo + hi) // 2
-            v = tl.load(srow + mid, mask=act, other=0)
-            go = act & (v <= c)
-            lo = tl.where(go, mid + 1, lo)
-            hi = tl.where(act & (v > c), mid, hi)
-        prev = tl.load(srow + tl.maximum(lo - 1, 0), mask=lo > 0, other=-(1 << 30))
-        covered = (lo > 0) & (c < prev + INDEX_BLOCK_N)
-        keep = cm & (c <= last) & (covered == 0)
-        pos = tl.cumsum(keep.to(tl.int32), 0) - 1
-        tl.store(CIDX + bh * stride_ib + m.to(tl.int64) * stride_iq + pos, c, mask=keep)
-        tl.store(CCNT + bh * stride_cc + m, tl.sum(keep.to(tl.int32), 0))
+        crow = COLS + bh * stride_vb
+        orow = CIDX + bh * stride_ib + m.to(tl.int64) * stride_iq
+        kept = tl.zeros([], tl.int32)
+        c0 = tl.zeros([], tl.int32)
+        more = tl.load(crow) <= last
+        while more:
+            offs = c0 + tl.arange(0, COLUMNS_CHUNK)
+            cm = offs < KV
+            c = tl.load(crow + offs, mask=cm, other=2147483647)
+            # the last listed block starting at or before each vertical, by binary search
+            lo = tl.zeros([COLUMNS_CHUNK], tl.int32)
+            hi = tl.zeros([COLUMNS_CHUNK], tl.int32) + cnt
+            for _ in tl.static_range(SEARCH_STEPS):
+                act = lo < hi
+                mid = (lo + hi) // 2
+                v = tl.load(srow + mid, mask=act, other=0)
+                go = act & (v <= c)
+                lo = tl.where(go, mid + 1, lo)
+                hi = tl.where(act & (v > c), mid, hi)
+            prev = tl.load(srow + tl.maximum(lo - 1, 0), mask=lo > 0, other=-(1 << 30))
+            covered = (lo > 0) & (c < prev + INDEX_BLOCK_N)
+            keep = cm & (c <= last) & (covered == 0)
+            pos = kept + tl.cumsum(keep.to(tl.int32), 0) - 1
+            tl.store(orow + pos, c, mask=keep)
+            kept += tl.sum(keep.to(tl.int32), 0)
+            c0 += COLUMNS_CHUNK
+            more = (c0 < KV) & (tl.load(crow + c0, mask=c0 < KV, other=2147483647) <= last)
+        tl.store(CCNT + bh * stride_cc + m, kept)
+
+
+COLUMNS_CHUNK = 1024     # verticals one program of _vs_columns holds at a time
 
 
 def supported_head_dim(d: int) -> bool:
@@ -254,12 +272,12 @@ def index(cols: torch.Tensor, dists: torch.Tensor, n: int, bm: int, width: int
     cidx = torch.empty(BH, nqb, kv, dtype=torch.int32, device=dev)
     ccount = torch.empty(BH, nqb, dtype=torch.int32, device=dev)
     if kv:
-        kvp = max(16, triton.next_power_of_2(kv))
+        chunk = min(COLUMNS_CHUNK, max(16, triton.next_power_of_2(kv)))
         _vs_columns[(BH, nqb)](c, boffs, bcount, cidx, ccount, kv, n, c.stride(0), boffs.stride(0),
                                boffs.stride(1), bcount.stride(0), cidx.stride(0), cidx.stride(1),
                                ccount.stride(0), INDEX_BLOCK_M=bm, INDEX_BLOCK_N=bm,
-                               COLUMNS_PAD=kvp, SEARCH_STEPS=max(1, int(width).bit_length()),
-                               num_warps=4 if kvp <= 1024 else 8)
+                               COLUMNS_CHUNK=chunk, SEARCH_STEPS=max(1, int(width).bit_length()),
+                               num_warps=4)
     else:
         ccount.zero_()
     return (bcount.view(B, H, nqb), boffs[..., :width].view(B, H, nqb, width),
