@@ -246,3 +246,33 @@ def test_cuda_graph_warm_up_settles_and_times_the_route_before_capture(monkeypat
     dense = runtime.dense_attention(cfg, *args)
     torch.testing.assert_close(runtime.run_site(cfg, *args), dense)   # the settled route, not timed again
     assert timed == [1]
+
+
+def test_cuda_graph_calls_time_even_a_confident_prediction(monkeypatch):
+    """A static plan predicted far below dense settles untimed when calls run eagerly, but is
+    timed once before a CUDA graph would replay it: there the faster path measured (here dense)
+    is kept."""
+    from mcompile import cost_gate, runtime
+
+    model = synthetic()
+    monkeypatch.setattr(runtime, "cost_model_for", lambda cfg, q: model)
+    timed = []
+
+    def fake_time_both(sparse, dense):
+        timed.append(1)
+        return 2.0, 1.0
+    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+    n, heads = 4096, 4
+    plan = LayerPlan.uniform("a_shape", heads, n_init=64, n_local=256)
+    blocks, columns = cost_gate.worst_case(cost_gate.site_cost(plan, PATTERNS), plan, n, PATTERNS)
+    ratio = predict(model, n, 64, heads, [], blocks, columns, replayed=True)
+    assert ratio.sparse_us / ratio.dense_us < cost_gate.CONFIDENT          # a confident prediction
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, h, n, 64, generator=g) for h in (heads, 1, 1))
+    args = (q, k, v, None, 0, 0, True, 0, None)
+    eager = runtime.SiteConfig(key="eager", layer=0, plan=plan, min_len=64, dense_tail=0)
+    runtime.run_site(eager, *args)
+    assert timed == [] and next(iter(eager._routes.values()))[0] == "sparse"
+    graphs = runtime.SiteConfig(key="graphs", layer=0, plan=plan, min_len=64, dense_tail=0, cuda_graphs=True)
+    torch.testing.assert_close(runtime.run_site(graphs, *args), runtime.dense_attention(graphs, *args))
+    assert timed == [1] and next(iter(graphs._routes.values())) == ("dense", "dense: measured 2.00 > 1.00 ms")
