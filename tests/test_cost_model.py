@@ -209,6 +209,18 @@ def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeyp
             torch.testing.assert_close(out, ref if expected.startswith("dense") else sparse_ref, rtol=1e-4, atol=1e-4)
 
 
+def _timing_says(monkeypatch, sparse_ms: float, dense_ms: float) -> list:
+    """Replace the GPU timing by these times; the list returned grows by one per timing."""
+    from mcompile import cost_gate
+    timed = []
+
+    def fake_time_both(sparse, dense):
+        timed.append(1)
+        return sparse_ms, dense_ms
+    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+    return timed
+
+
 def test_cuda_graph_warm_up_settles_and_times_the_route_before_capture(monkeypatch):
     """Under CUDA graphs the call that records may not time, so the eager call before it, once
     its index's measurement has landed, settles the route there: a close prediction is timed
@@ -223,12 +235,7 @@ def test_cuda_graph_warm_up_settles_and_times_the_route_before_capture(monkeypat
     def landed(sc, n, heads, counts, wait=False):          # the copy of the counts has landed
         sc.observed.append(cost_gate.Observation(n, measured))
     monkeypatch.setattr(cost_gate, "measure", landed)
-    timed = []
-
-    def fake_time_both(sparse, dense):
-        timed.append(1)
-        return 2.0, 1.0
-    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+    timed = _timing_says(monkeypatch, sparse_ms=2.0, dense_ms=1.0)
 
     n, heads = 4096, 4
     plan = LayerPlan.uniform("vertical_slash", heads, vertical_size=64, slash_size=256)
@@ -256,12 +263,7 @@ def test_cuda_graph_calls_time_even_a_confident_prediction(monkeypatch):
 
     model = synthetic()
     monkeypatch.setattr(runtime, "cost_model_for", lambda cfg, q: model)
-    timed = []
-
-    def fake_time_both(sparse, dense):
-        timed.append(1)
-        return 2.0, 1.0
-    monkeypatch.setattr(cost_gate, "time_both", fake_time_both)
+    timed = _timing_says(monkeypatch, sparse_ms=2.0, dense_ms=1.0)
     n, heads = 4096, 4
     plan = LayerPlan.uniform("a_shape", heads, n_init=64, n_local=256)
     blocks, columns = cost_gate.worst_case(cost_gate.site_cost(plan, PATTERNS), plan, n, PATTERNS)
