@@ -1,6 +1,8 @@
 """The backend's sparse path on the GPU: Triton index builders and the Triton kernel, end to end."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -73,7 +75,11 @@ def _smollm2_layer_call(n=32768, with_padding=True):
 
     model_plan = resolve_model_plan("smollm2-135m", ModelIdentity(num_layers=30, num_heads=9, num_kv_heads=3,
                                                                    head_dim=64), force=True)
-    layer = max(range(30), key=lambda i: len(model_plan.layer_plan(i).groups()))
+    from mcompile.kernels import patterns as P
+    # the layer whose build has the most online parts (each online pattern is one build call,
+    # the static heads are kept per shape), then the most heads built per call
+    layer = max(range(30), key=lambda i: (sum(P.get_pattern(g[0]).dynamic for g in P._groups(model_plan.layer_plan(i))),
+                                          sum(P.get_pattern(h.pattern).dynamic for h in model_plan.layer_plan(i).heads)))
     key = f"gpu-sync#{layer}"
     register_site(SiteConfig(key, layer, model_plan.layer_plan(layer), min_len=1024, mask_recognised=True,
                              cost_model=False))
@@ -106,8 +112,8 @@ def test_sparse_layer_call_does_not_synchronise_the_host():
 
 def test_sparse_layer_call_kernel_launches():
     """Kernel launches of one sparse call of the database's most mixed layer (printed for the
-    record; the bound is what the eager index builders reach today, not the 20 we aim for)."""
-    call, _ = _smollm2_layer_call()
+    record; the bound guards what the builders reach today, not the 20 we aim for)."""
+    call, key = _smollm2_layer_call()
     call()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -115,11 +121,13 @@ def test_sparse_layer_call_kernel_launches():
         call()
         torch.cuda.synchronize()
     launches = sum(1 for e in prof.events() if "LaunchKernel" in e.name)
-    print(f"kernel launches in one sparse layer call: {launches}")
+    kernels = Counter(k.name[:60] for e in prof.events() for k in e.kernels)
+    print(f"GPU kernels of that call: {sum(kernels.values())}, most launched: {kernels.most_common(12)}")
+    print(f"kernel launches in one sparse layer call: {launches} (layer {key})")
     assert 0 < launches <= LAUNCH_BOUND, launches
 
 
-LAUNCH_BOUND = 150
+LAUNCH_BOUND = 250
 
 
 def test_sparse_layer_call_replays_as_a_cuda_graph():
