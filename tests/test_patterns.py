@@ -522,3 +522,14 @@ def test_static_index_is_built_once_per_shape():
     # online patterns are built every call
     dyn = [build_head_group(q, q[:, :2], "block_sparse", {"top_k": 2}) for _ in range(2)]
     assert dyn[0] is not dyn[1]
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 777, 4096, 32768])
+@pytest.mark.parametrize("block_m", [32, 64])
+def test_sample_attention_sizes_are_the_window_blocks_widths(n, block_m):
+    """``sizes`` computes the width the runtime asks for every call without building the
+    blocks: it must be the width ``window_blocks`` gives them."""
+    for window_frac in (0.001, 0.05, 0.3, 1.0):
+        p = SA.validate({"window_frac": window_frac})
+        _, offsets, _ = C.window_blocks(n, SA._window(n, p), block_m, 64, "cpu")
+        assert SA.sizes(n, p, block_m, 64)[0] == offsets.shape[-1], (n, window_frac)

@@ -20,7 +20,7 @@ import torch
 
 from ..index import SparseIndex
 from ..sparse_attention import launch_shrinking
-from ._common import (INT32_BIG, HeadMap, StaticCache, block_union_mask, check_budget,
+from ._common import (INT32_BIG, HeadMap, StaticCache, block_union_mask, cdiv, check_budget,
                       check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
 from .registry import FRACTION_SCHEMA, Pattern, register_or_demo
@@ -75,9 +75,10 @@ def sample_rows(n: int, sample_frac: float) -> list[int]:
 
 
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    """The widths :func:`window_blocks` gives the window's blocks (arithmetic: the runtime asks
+    every call) and the column cap."""
     p = validate(params)
-    _, offs, _ = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
-    return offs.shape[-1], column_cap(n, p)
+    return min(cdiv(_window(n, p) - 1 + block_m, block_n), cdiv(n, block_n)), column_cap(n, p)
 
 
 def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
