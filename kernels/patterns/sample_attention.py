@@ -105,21 +105,58 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
     scale = D ** -0.5 if scale is None else scale
+    rows_t = _sampled_rows(N, p["sample_frac"], q.device)
+    w0_rows = _window_starts(N, _window(N, p), rows_t, block_m)
+    if use_triton(q.device) and D in (16, 32, 64, 128, 256):
+        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"],
+                                     max(1, round(1.0 / p["sample_frac"])), N - min(LAST_Q, N),
+                                     _window(N, p), block_m)
+    return _column_scores_torch(q, k, hm, rows_t, [w0_rows], scale, p["count_window"])[0]
+
+
+def column_scores_by_window(q: torch.Tensor, k: torch.Tensor, params: dict | None, window_fracs, *,
+                            heads=None, block_m: int = 64, scale: float | None = None
+                            ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`column_scores` for each of ``window_fracs`` (the other parameters from ``params``),
+    each equal to its own call. Off the GPU the sampled softmax, the costly part and the same for
+    every window, is computed once for all (the search scores candidates that differ only in
+    the window); the Triton kernels compute the window's share on the fly, so there each window
+    is one call."""
+    p = validate(params)
+    B, Hq, N, D = q.shape
+    if use_triton(q.device) and D in (16, 32, 64, 128, 256):
+        return [column_scores(q, k, {**p, "window_frac": f}, heads=heads, block_m=block_m, scale=scale)
+                for f in window_fracs]
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    scale = D ** -0.5 if scale is None else scale
+    rows_t = _sampled_rows(N, p["sample_frac"], q.device)
+    w0s = [_window_starts(N, _window(N, {**p, "window_frac": f}), rows_t, block_m) for f in window_fracs]
+    return _column_scores_torch(q, k, hm, rows_t, w0s, scale, p["count_window"])
+
+
+def _sampled_rows(n: int, sample_frac: float, device) -> torch.Tensor:
+    """:func:`sample_rows` made on ``device`` (no copy from the host)."""
+    L = min(LAST_Q, n)
+    stride = max(1, round(1.0 / sample_frac))
+    return torch.cat([torch.arange(0, n - L, stride, device=device), torch.arange(n - L, n, device=device)])
+
+
+def _window_starts(n: int, window: int, rows_t: torch.Tensor, block_m: int) -> torch.Tensor:
+    """The first key of each sampled row's window: its query block's (blocks of ``block_m``)."""
+    start, _ = q_blocks(n, block_m, rows_t.device)
+    return torch.clamp(start - (window - 1), min=0)[rows_t // block_m]
+
+
+def _column_scores_torch(q, k, hm: HeadMap, rows_t, w0s, scale, count_window):
+    """:func:`column_scores` in torch ops, chunked over the sampled rows, for each window's row
+    starts in ``w0s`` (one softmax per chunk serves them all)."""
+    B, _, N, _ = q.shape
     dev = q.device
-    L = min(LAST_Q, N)
-    stride = max(1, round(1.0 / p["sample_frac"]))
-    rows_t = torch.cat([torch.arange(0, N - L, stride, device=dev), torch.arange(N - L, N, device=dev)])
-    start, _ = q_blocks(N, block_m, dev)
-    w0_blk = torch.clamp(start - (_window(N, p) - 1), min=0)
-    w0_rows = w0_blk[rows_t // block_m]
-    if use_triton(dev) and D in (16, 32, 64, 128, 256):
-        return _column_scores_triton(q, k, hm, rows_t, w0_rows, scale, p["count_window"], stride,
-                                     N - L, _window(N, p), block_m)
     ku = hm.select_kv(k)
     Hg = len(hm.heads)
     keys = torch.arange(N, device=dev)
-    col = torch.zeros(B, Hg, N, dtype=torch.float32, device=dev)
-    win = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
+    cols = [torch.zeros(B, Hg, N, dtype=torch.float32, device=dev) for _ in w0s]
+    wins = [torch.zeros(B, Hg, dtype=torch.float32, device=dev) for _ in w0s]
     tot = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
     for a, b in row_chunks(rows_t.shape[0], B * Hg * N * 4 * 3):
         r = rows_t[a:b]
@@ -128,13 +165,14 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, 
         s = s.masked_fill(keys.view(1, -1) > r.view(-1, 1), float("-inf"))
         pr = torch.softmax(s, -1)
         tot += pr.sum((2, 3))
-        if p["count_window"]:
-            in_win = keys.view(1, -1) >= w0_rows[a:b].view(-1, 1)              # (c, N)
-            win += (pr * in_win).sum((2, 3))
-            col += (pr * ~in_win).sum(2)
-        else:
-            col += pr.sum(2)
-    return col, win, tot
+        for w0_rows, col, win in zip(w0s, cols, wins):
+            if count_window:
+                in_win = keys.view(1, -1) >= w0_rows[a:b].view(-1, 1)          # (c, N)
+                win += (pr * in_win).sum((2, 3))
+                col += (pr * ~in_win).sum(2)
+            else:
+                col += pr.sum(2)
+    return [(col, win, tot.clone()) for col, win in zip(cols, wins)]
 
 
 # launch configurations (BLOCK_M sampled rows x BLOCK_N keys per tile; the best of a small
