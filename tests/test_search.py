@@ -87,6 +87,24 @@ def test_score_layer_matches_the_reference_kernel():
     assert torch.all(got.cost[cands.index(next(c for c in cands if c.pattern == "dense"))] == 1)
 
 
+@pytest.mark.parametrize("block_n", [32, 64, 100])
+def test_score_layer_whole_blocks_agree_with_the_masked_product(block_n):
+    """The default scoring (products of whole 64-key blocks shared by the candidates, the other
+    keys gathered) against the plain masked product: key blocks of other widths straddle the
+    64-key blocks in every way; sampled query blocks, a cut last block and small chunks."""
+    torch.manual_seed(1)
+    n = 700
+    q, k, v = torch.randn(1, 6, n, 32) * 1.5, torch.randn(1, 2, n, 32) * 1.5, torch.randn(1, 2, n, 32)
+    cands = [c for c in make_candidates(n) if block_n == 64 or c.pattern != "vertical_slash"]  # vs: 64 only
+    idx = [build_head_group(q, k, c.pattern, c.params, block_n=block_n) for c in cands]
+    blocks = [0, 3, 4, 9, 10]
+    got = score_layer(q, k, v, idx, query_blocks=blocks, chunk_bytes=1 << 19)
+    masked = score_layer(q, k, v, idx, query_blocks=blocks, method="mask")
+    assert got.rows == masked.rows == 4 * 64 + n - 640
+    torch.testing.assert_close(got.recall, masked.recall, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.error, masked.error, atol=1e-6, rtol=0)
+
+
 def test_build_indexes_equals_the_pattern_builders():
     q, k = planted_qk(1024, heads=4, kv_heads=2, d=64, hot_columns=[3, 400], diagonals=[200], seed=4)
     cands = make_candidates(1024)
