@@ -54,11 +54,11 @@ def scored_query_blocks(n: int, max_query_blocks: int | None = None) -> list[int
 
 # --- a candidate's keys as whole aligned blocks and the rest -------------------------------------------------
 def _listed_intervals(index: SparseIndex, qb_t: torch.Tensor, limit: torch.Tensor) -> tuple[Intervals, Intervals]:
-    """The keys each of the query blocks ``qb_t`` lists, as intervals: its
-    blocks (Hq, nq, blocks) and its columns (Hq, nq, columns), each list cut to the most that
-    one of these query blocks uses; an unused entry is empty (end = start). Ends are cut at
-    ``limit`` (nq,), the query block's last row + 1: keys after it have zero probability in
-    all its rows. SparseIndex's invariants make the intervals of a query block disjoint."""
+    """The keys each of the query blocks ``qb_t`` lists, as intervals: its blocks (Hq, nq,
+    blocks) and its columns (Hq, nq, columns), each list cut to the most that one of these
+    query blocks uses; an unused entry is empty (end = start). Ends are cut at ``limit`` (nq,),
+    the query block's last row + 1: keys after it have zero probability in all its rows.
+    SparseIndex's invariants make the intervals of a query block disjoint."""
     bc, bo, cc, ci = (t.index_select(2, qb_t).flatten(0, 1) for t in index.tensors())
     lim = limit.view(1, -1, 1)
 
@@ -146,6 +146,14 @@ def _block_products(p: torch.Tensor, v1k: torch.Tensor, Hkv: int) -> torch.Tenso
     return out
 
 
+# A matrix product's rounding can depend on its shape (with MKL, past about 128 terms per sum,
+# on their count and on the other rows). Every sum of a candidate's products below is taken
+# over slices of at most SLICE terms, added in order (pads add exact zeros), so that a head's
+# scores depend only on its own keys: candidates that list the same keys for a head score it
+# exactly alike and tie there, as in exact arithmetic (the allocation keeps the first).
+SLICE = 64
+
+
 def _whole_block_outputs(products: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     """(C, Hq, nq, 64, D + 1): for each of C candidates, ``P @ [v, 1]`` over its whole blocks
     (``whole``: (C, Hq, nq, nkb) bool), the sum of their block products: per KV head one
@@ -157,23 +165,34 @@ def _whole_block_outputs(products: torch.Tensor, whole: torch.Tensor) -> torch.T
     out = torch.empty(Hkv, G * nq, C, BLOCK * D1, device=products.device)
     for h in range(Hkv):
         choice = whole[:, h * G:(h + 1) * G].reshape(C, G * nq, nkb).transpose(0, 1).to(products.dtype)
-        torch.bmm(choice, products[h].view(nkb, G * nq, BLOCK * D1).transpose(0, 1), out=out[h])
+        blocks = products[h].view(nkb, G * nq, BLOCK * D1).transpose(0, 1)
+        torch.bmm(choice[..., :SLICE], blocks[:, :SLICE], out=out[h])
+        for s in range(SLICE, nkb, SLICE):
+            out[h].baddbmm_(choice[..., s:s + SLICE], blocks[:, s:s + SLICE])
     return out.view(Hkv, G, nq, C, BLOCK, D1).permute(3, 0, 1, 2, 4, 5).reshape(C, Hq, nq, BLOCK, D1)
 
 
-def _outside_output(pt: torch.Tensor, v_flat: torch.Tensor, keys: torch.Tensor, G: int) -> torch.Tensor:
-    """(Hq, nq, 64, D + 1): ``P @ [v, 1]`` over the keys outside whole blocks (``keys`` from
-    :func:`_keys_outside`), gathered key by key from ``pt`` (each query block's probabilities
-    transposed, (Hq * nq * Kp, 64)) and from ``v_flat`` (``[v, 1]`` as (Hkv * Kp + 1, D + 1),
-    its last row zero: what a pad gathers): gathering rows of 64 is far faster than gathering
-    single probabilities."""
+def _add_outside_output(om: torch.Tensor, pt: torch.Tensor, v_flat: torch.Tensor, keys: torch.Tensor,
+                        G: int) -> None:
+    """Add to ``om`` (Hq, nq, 64, D + 1) ``P @ [v, 1]`` over the keys outside whole blocks
+    (``keys`` from :func:`_keys_outside`), gathered key by key from ``pt`` (each query block's
+    probabilities transposed, (Hq * nq * Kp, 64)) and from ``v_flat`` (``[v, 1]`` as
+    (Hkv * Kp + 1, D + 1), its last row zero: what a pad gathers): gathering rows of 64 is far
+    faster than gathering single probabilities."""
     Hq, nq, W = keys.shape
+    slices = -(-W // SLICE)
+    if not slices:
+        return
+    keys = torch.nn.functional.pad(keys, (0, slices * SLICE - W), value=-1)
     Kp = pt.shape[0] // (Hq * nq)
     first = (torch.arange(Hq * nq, device=keys.device) * Kp).view(Hq, nq, 1)
-    pg = pt.index_select(0, (first + keys.clamp_min(0)).flatten()).view(Hq, nq, W, BLOCK)
+    pg = pt.index_select(0, (first + keys.clamp_min(0)).flatten()).view(Hq, nq, slices, SLICE, BLOCK)
     kv = (torch.arange(Hq, device=keys.device) // G).view(Hq, 1, 1)
     rows = torch.where(keys >= 0, kv * Kp + keys, v_flat.shape[0] - 1)
-    return torch.matmul(pg.transpose(-1, -2), v_flat.index_select(0, rows.flatten()).view(Hq, nq, W, -1))
+    vg = v_flat.index_select(0, rows.flatten()).view(Hq, nq, slices, SLICE, v_flat.shape[1])
+    parts = torch.matmul(pg.transpose(-1, -2), vg)                                 # (Hq, nq, slices, 64, D + 1)
+    for s in range(slices):
+        om += parts[:, :, s]
 
 
 def _candidate_outputs(p: torch.Tensor, vk: torch.Tensor, indexes: Sequence[SparseIndex], qb_t: torch.Tensor,
@@ -202,9 +221,7 @@ def _candidate_outputs(p: torch.Tensor, vk: torch.Tensor, indexes: Sequence[Spar
         whole = torch.stack([_whole_blocks(*lists, limit, nkb, ix.block_n) for ix, lists in zip(chosen, listed)])
         om = _whole_block_outputs(products, whole)
         for c, (ix, lists) in enumerate(zip(chosen, listed)):
-            keys = _keys_outside(*lists, ix.block_n, whole[c])
-            if keys.shape[-1]:
-                om[c] += _outside_output(pt, v_flat, keys, Hq // Hkv)
+            _add_outside_output(om[c], pt, v_flat, _keys_outside(*lists, ix.block_n, whole[c]), Hq // Hkv)
         yield first, om.reshape(len(chosen), Hq, R, D1)
 
 
