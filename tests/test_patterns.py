@@ -367,6 +367,17 @@ def test_sample_attention_planted():
     assert int(c2.max()) <= 8
 
 
+@pytest.mark.parametrize("count_window", [True, False])
+def test_sample_attention_column_scores_by_window_equal_one_call_each(count_window):
+    q, k = _random_qk(777)
+    params = {"sample_frac": 0.1, "count_window": count_window}
+    fracs = [0.01, 0.1, 0.35]
+    for frac, got in zip(fracs, SA.column_scores_by_window(q, k, params, fracs, heads=[1, 3])):
+        want = SA.column_scores(q, k, {**params, "window_frac": frac}, heads=[1, 3])
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
 # --- everything selected = dense causal --------------------------------------------------------------
 FULL = [("dense", {}), ("sliding_window", {"window": 1.0}), ("a_shape", {"n_init": 0, "n_local": 1.0}),
         ("vertical_slash", {"vertical_size": 1.0, "slash_size": 1.0}), ("block_sparse", {"top_k": 1.0}),

@@ -15,7 +15,7 @@ import torch
 
 from mcompile.eval.evaluate import layer_plans
 from mcompile.eval.text import prompt_windows
-from mcompile.kernels.index import dense_causal_index
+from mcompile.kernels.index import SparseIndex, dense_causal_index
 from mcompile.kernels.patterns import PATTERNS, build_head_group
 from mcompile.kernels.patterns._common import planted_qk
 from mcompile.kernels.reference import sparse_attention_reference
@@ -85,6 +85,48 @@ def test_score_layer_matches_the_reference_kernel():
         torch.testing.assert_close(got.recall[c], recall.double(), atol=1e-5, rtol=0)
         torch.testing.assert_close(got.error[c], err.double(), atol=1e-5, rtol=0)
     assert torch.all(got.cost[cands.index(next(c for c in cands if c.pattern == "dense"))] == 1)
+
+
+@pytest.mark.parametrize("block_n", [32, 64, 100])
+def test_score_layer_whole_blocks_agree_with_the_masked_product(block_n):
+    """The default scoring (products of whole 64-key blocks shared by the candidates, the other
+    keys gathered) against the plain masked product: key blocks of other widths straddle the
+    64-key blocks in every way; sampled query blocks, a cut last block and small chunks."""
+    torch.manual_seed(1)
+    n = 700
+    q, k, v = torch.randn(1, 6, n, 32) * 1.5, torch.randn(1, 2, n, 32) * 1.5, torch.randn(1, 2, n, 32)
+    cands = [c for c in make_candidates(n) if block_n == 64 or c.pattern != "vertical_slash"]  # vs: 64 only
+    idx = [build_head_group(q, k, c.pattern, c.params, block_n=block_n) for c in cands]
+    blocks = [0, 3, 4, 9, 10]
+    got = score_layer(q, k, v, idx, query_blocks=blocks, chunk_bytes=1 << 19)
+    masked = score_layer(q, k, v, idx, query_blocks=blocks, method="mask")
+    assert got.rows == masked.rows == 4 * 64 + n - 640
+    torch.testing.assert_close(got.recall, masked.recall, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.error, masked.error, atol=1e-6, rtol=0)
+
+
+def _with_first_head(a: SparseIndex, b: SparseIndex) -> SparseIndex:
+    """``b`` with head 0 taken from ``a`` (the lists padded to the wider)."""
+    def merge(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            width = max(x.shape[-1], y.shape[-1])
+            x, y = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (x, y))
+        return torch.cat([x[:, :1], y[:, 1:]], 1)
+    return SparseIndex(*(merge(x, y) for x, y in zip(a.tensors(), b.tensors())))
+
+
+def test_score_layer_scores_a_head_alike_whatever_the_other_heads_list():
+    """Two candidates that list the same keys for head 0, and far more keys than one another
+    for the other heads (a matrix product's rounding changes with its width), score head 0
+    exactly alike: an exact tie stays a tie, broken by candidate order as in exact arithmetic."""
+    n = 1024
+    q, k = planted_qk(n, heads=4, kv_heads=2, d=64, hot_columns=[3, 400], diagonals=[200], seed=4)
+    v = torch.randn(1, 2, n, 64, generator=torch.Generator().manual_seed(0))
+    cands = [c for c in make_candidates(n) if c.pattern == "vertical_slash"]
+    small, big = build_indexes(q, k, [cands[1], cands[-2]], None)
+    ls = score_layer(q, k, v, [small, _with_first_head(small, big)])
+    assert torch.equal(ls.error[0, 0], ls.error[1, 0]) and torch.equal(ls.recall[0, 0], ls.recall[1, 0])
+    assert not torch.equal(ls.error[0, 1:], ls.error[1, 1:])
 
 
 def test_build_indexes_equals_the_pattern_builders():

@@ -145,11 +145,39 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | list | None =
     rows_t, w0_rows, rpos, w0, windows = _sampling(N, ps, block_m, dev)
     if use_triton(dev) and D in (16, 32, 64, 128, 256):
         return _column_scores_triton(q, k, hm, rpos, w0, windows, scale, count_window, stride, N - L, block_m)
+    return _column_scores_torch(q, k, hm, rows_t, [w0_rows], scale, count_window)[0]
+
+
+def column_scores_by_window(q: torch.Tensor, k: torch.Tensor, params: dict | None, window_fracs, *,
+                            heads=None, block_m: int = 64, scale: float | None = None
+                            ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`column_scores` for each of ``window_fracs`` (the other parameters from ``params``),
+    each equal to its own call. Off the GPU the sampled softmax, the costly part and the same for
+    every window, is computed once for all (the search scores candidates that differ only in
+    the window); the Triton kernels compute the window's share on the fly, so there each window
+    is one call."""
+    p = validate(params)
+    B, Hq, N, D = q.shape
+    if use_triton(q.device) and D in (16, 32, 64, 128, 256):
+        return [column_scores(q, k, {**p, "window_frac": f}, heads=heads, block_m=block_m, scale=scale)
+                for f in window_fracs]
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    scale = D ** -0.5 if scale is None else scale
+    sampled = [_sampling(N, [validate({**p, "window_frac": f})], block_m, q.device) for f in window_fracs]
+    return _column_scores_torch(q, k, hm, sampled[0][0], [w0_rows for _, w0_rows, *_ in sampled], scale,
+                                p["count_window"])
+
+
+def _column_scores_torch(q, k, hm: HeadMap, rows_t, w0s, scale, count_window):
+    """:func:`column_scores` in torch ops, chunked over the sampled rows, for each of ``w0s``
+    (the window starts of the sampled rows, (1 | Hg, R)): one softmax per chunk serves them all."""
+    B, _, N, _ = q.shape
+    dev = q.device
     ku = hm.select_kv(k)
     Hg = len(hm.heads)
     keys = torch.arange(N, device=dev)
-    col = torch.zeros(B, Hg, N, dtype=torch.float32, device=dev)
-    win = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
+    cols = [torch.zeros(B, Hg, N, dtype=torch.float32, device=dev) for _ in w0s]
+    wins = [torch.zeros(B, Hg, dtype=torch.float32, device=dev) for _ in w0s]
     tot = torch.zeros(B, Hg, dtype=torch.float32, device=dev)
     for a, b in row_chunks(rows_t.shape[0], B * Hg * N * 4 * 3):
         r = rows_t[a:b]
@@ -158,13 +186,14 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | list | None =
         s = s.masked_fill(keys.view(1, -1) > r.view(-1, 1), float("-inf"))
         pr = torch.softmax(s, -1)
         tot += pr.sum((2, 3))
-        if count_window:
-            in_win = keys.view(1, 1, -1) >= w0_rows[:, a:b].unsqueeze(-1)     # (1 | Hg, c, N)
-            win += (pr * in_win).sum((2, 3))
-            col += (pr * ~in_win).sum(2)
-        else:
-            col += pr.sum(2)
-    return col, win, tot
+        for w0_rows, col, win in zip(w0s, cols, wins):
+            if count_window:
+                in_win = keys.view(1, 1, -1) >= w0_rows[:, a:b].unsqueeze(-1)     # (1 | Hg, c, N)
+                win += (pr * in_win).sum((2, 3))
+                col += (pr * ~in_win).sum(2)
+            else:
+                col += pr.sum(2)
+    return [(col, win, tot.clone()) for col, win in zip(cols, wins)]
 
 
 CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},

@@ -188,10 +188,12 @@ def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candida
 
     vertical_slash candidates share one scoring pass (its ``scores`` depend on q/k only, not on
     the budgets), then each one's ``select`` + ``index_from_selection``: the same steps as its
-    ``build``, without recomputing the last-64-query softmax per candidate."""
+    ``build``, without recomputing the last-64-query softmax per candidate. sample_attention
+    candidates likewise share stage 1 (:func:`_sample_attention_scores`)."""
     out = []
     vs_scores = None
-    sa_scores: dict = {}
+    sa_scores = _sample_attention_scores(q, k, [c.params for c in candidates if c.pattern == "sample_attention"],
+                                         scale)
     n = q.shape[2]
     for c in candidates:
         if c.pattern == "vertical_slash":
@@ -201,22 +203,31 @@ def build_indexes(q: torch.Tensor, k: torch.Tensor, candidates: Sequence[Candida
             cols, dists = vs.select(*vs_scores, kv, ks)
             out.append(vs.index_from_selection(cols, dists, n))
         elif c.pattern == "sample_attention":
-            out.append(_sample_attention_index(q, k, c.params, scale, sa_scores))
+            p = sa.validate(dict(c.params))
+            count, cols = sa.filter_columns(*sa_scores[_sa_key(p, "alpha")], p["alpha"], sa.column_cap(n, p))
+            out.append(sa.index_from_selection(count, cols, n, p, BLOCK_SIZE, BLOCK_SIZE))
         else:
             out.append(build_head_group(q, k, c.pattern, c.params, scale=scale))
     return out
 
 
-def _sample_attention_index(q, k, params, scale, cache: dict):
-    """sample_attention's ``build``, with stage 1 (the sampled softmax, which does not depend
-    on ``alpha``) shared by candidates that differ only in ``alpha``."""
-    p = sa.validate(dict(params))
-    n = q.shape[2]
-    key = tuple((name, repr(v)) for name, v in sorted(p.items()) if name != "alpha")
-    if key not in cache:
-        cache[key] = sa.column_scores(q, k, p, scale=scale)
-    count, cols = sa.filter_columns(*cache[key], p["alpha"], sa.column_cap(n, p))
-    return sa.index_from_selection(count, cols, n, p, BLOCK_SIZE, BLOCK_SIZE)
+def _sa_key(p: dict, *ignored: str) -> tuple:
+    return tuple((name, repr(v)) for name, v in sorted(p.items()) if name not in ignored)
+
+
+def _sample_attention_scores(q, k, params: Sequence[dict], scale) -> dict:
+    """sample_attention's stage 1 (``column_scores``) for each of ``params``, keyed by its
+    parameters but ``alpha``, on which it does not depend. Parameters that differ only in the
+    window share one sampled softmax (``column_scores_by_window``)."""
+    windows: dict = {}
+    for p in (sa.validate(dict(x)) for x in params):
+        windows.setdefault(_sa_key(p, "alpha", "window_frac"), {})[p["window_frac"]] = p
+    out = {}
+    for same in windows.values():
+        first = next(iter(same.values()))
+        for p, scores in zip(same.values(), sa.column_scores_by_window(q, k, first, list(same), scale=scale)):
+            out[_sa_key(p, "alpha")] = scores
+    return out
 
 
 def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
