@@ -21,7 +21,7 @@ import torch
 from ..index import SparseIndex
 from ..sparse_attention import launch_shrinking
 from ._common import (INT32_BIG, HeadMap, StaticCache, block_union_mask, cdiv, check_budget,
-                      check_fraction, dense_probs, device_index, planted_qk, plot_selection, q_blocks,
+                      check_fraction, dense_probs, device_index, planted_qk, plot_selection,
                       resolve_budget, row_chunks, use_triton, window_blocks, with_defaults)
 from .registry import FRACTION_SCHEMA, Pattern, register_or_demo
 
