@@ -142,14 +142,10 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[
 
     # the entry holds the plan, so its id is not reused while the entry lives
     key = (id(layer_plan), *q.shape[:3], block_m, block_n, str(q.device))
-    plan, index = _static_layers.get(key, make, q.device, keep=lambda v: index_bytes(v[1]) <= STATIC_LAYER_BYTES)
+    plan, index = _static_layers.get(key, make, q.device, keep=lambda v: v[1].memory_bytes() <= STATIC_LAYER_BYTES)
     if plan is not layer_plan:
         _, index = make()
     return heads, index
-
-
-def index_bytes(index: SparseIndex) -> int:
-    return sum(t.numel() * t.element_size() for t in index.tensors())
 
 
 def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> SparseIndex:
