@@ -100,7 +100,7 @@ def head_params(params) -> list[dict]:
     return ps
 
 
-_sampled = StaticCache()     # what depends on N and the parameters alone: sampled rows, window starts and blocks, thresholds
+_sampled = StaticCache()     # what depends on N and the parameters alone (rows, windows, thresholds)
 
 
 def _sampling(n: int, ps: list[dict], block_m: int, device):
