@@ -7,6 +7,7 @@ Only the standard library is imported at the top: a check's imports are part of 
 checks (``entry_point_loads_mcompile`` asserts that nothing imported mcompile before it)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -92,6 +93,23 @@ def _same_index(a, b):
         assert torch.equal(torch.where(ok, x, 0), torch.where(ok, y, 0))
 
 
+@contextlib.contextmanager
+def _poisoned_empty():
+    """torch.empty fills what it returns (NaN, or -7), so an entry a kernel should write and
+    does not shows."""
+    import torch
+    real = torch.empty
+
+    def poisoned(*size, **kw):
+        t = real(*size, **kw)
+        return t.fill_(float("nan") if t.is_floating_point() else -7)
+    torch.empty = poisoned
+    try:
+        yield
+    finally:
+        torch.empty = real
+
+
 def random_selection(gen, B, H, n, ks, kv, forced_diagonal=True):
     """Random vertical-slash selections: (columns (B, H, kv) ascending, distances (B, H, ks));
     with ``forced_diagonal`` the distances hold 0 (the main diagonal) and descend, otherwise
@@ -151,6 +169,21 @@ def triton_builders_interpreted():
         a, b = _both(lambda: VS.build(q, k, params, heads=heads))
         C.index_cost(a)
         _same_index(a, b)
+    # vertical-slash: the fused selection (both top-k's in one kernel, outputs poisoned) takes
+    # what torch's stable top-k takes from the same scores, ties included: all-equal inputs
+    # tie almost every score
+    g = torch.Generator().manual_seed(2)
+    with _poisoned_empty():
+        for q, k, params, heads in [
+                (*C.planted_qk(500, heads=4, kv_heads=2, batch=1, d=128, hot_columns=[3, 30], diagonals=[20, 90]),
+                 {"vertical_size": 60, "slash_size": 150}, None),
+                (torch.ones(2, 4, 1000, 64), torch.ones(2, 2, 1000, 64),
+                 [{"vertical_size": 30, "slash_size": 100}, {"vertical_size": 300, "slash_size": 400}], [0, 3]),
+                (torch.randn(1, 3, 2000, 32, generator=g), torch.randn(1, 1, 2000, 32, generator=g),
+                 {"vertical_size": 100, "slash_size": 500}, None)]:
+            kv, ks = VS.head_budgets(q.shape[2], params)
+            cols, dists = VS.select(*VS.scores(q, k, heads), kv, ks)
+            _same_index(VS.build(q, k, params, heads=heads), VS.index_from_selection(cols, dists, q.shape[2]))
     # vertical-slash: the index of random selections (distances in any order), the verticals
     # in one chunk per program and in several
     from mcompile.kernels.patterns import _triton_vs

@@ -154,10 +154,11 @@ def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> S
     mb = max(ix.max_blocks for _, ix in parts)
     mc = max(ix.max_columns for _, ix in parts)
     nqb = parts[0][1].num_q_blocks
-    bc = torch.zeros(B, H, nqb, dtype=torch.int32, device=dev)
-    cc = torch.zeros(B, H, nqb, dtype=torch.int32, device=dev)
-    bo = torch.zeros(B, H, nqb, mb, dtype=torch.int32, device=dev)
-    ci = torch.zeros(B, H, nqb, mc, dtype=torch.int32, device=dev)
+    # every head's counts are written below, and entries past the counts are never read
+    bc = torch.empty(B, H, nqb, dtype=torch.int32, device=dev)
+    cc = torch.empty(B, H, nqb, dtype=torch.int32, device=dev)
+    bo = torch.empty(B, H, nqb, mb, dtype=torch.int32, device=dev)
+    ci = torch.empty(B, H, nqb, mc, dtype=torch.int32, device=dev)
     for heads, ix in parts:
         h = device_index(heads, dev)
         bc[:, h] = ix.block_count

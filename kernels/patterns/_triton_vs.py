@@ -4,6 +4,9 @@ for the tests). Not a pattern: :mod:`.vertical_slash` calls these when ``use_tri
 * :func:`scores`: the vertical (column) and slash (diagonal) sums of the causal softmax of the
   last ``L <= 64`` queries, in two fused passes over the keys, so no ``L x N`` score tensor
   is stored;
+* :func:`build`: the scores, then both top-k's in one kernel (a radix select per head: the
+  columns ascending, the diagonals as the table the range merge reads), then the index: six
+  launches for a group of heads whatever their budgets;
 * :func:`index`: MInference's greedy range merge per query block, one lane per query block,
   in ``O(blocks)`` steps instead of ``O(slash_size)``, then the verticals, written compact
   (no ``N``-wide temporaries).
@@ -62,6 +65,22 @@ if HAS_TRITON:
         tl.store(LOUT + out, l_i)
 
     @triton.jit
+    def _vs_lse(MOUT, LOUT, LSE, NSPLIT, BLOCK_M: tl.constexpr):
+        """Per last-query row, log2 of the sum of exp2 over all keys, from the splits' running
+        (max, sum) pairs."""
+        bh = tl.program_id(0).to(tl.int64)
+        offs_i = tl.arange(0, BLOCK_M)
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for sp in range(NSPLIT):
+            m = tl.maximum(m, tl.load(MOUT + (bh * NSPLIT + sp) * BLOCK_M + offs_i))
+        m = tl.where(m == float("-inf"), 0.0, m)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        for sp in range(NSPLIT):
+            o = (bh * NSPLIT + sp) * BLOCK_M + offs_i
+            l_i += tl.load(LOUT + o) * tl.math.exp2(tl.load(MOUT + o) - m)
+        tl.store(LSE + bh * BLOCK_M + offs_i, m + tl.math.log2(l_i))
+
+    @triton.jit
     def _vs_sums(Q, K, KVH, LSE, VERT, PART,
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                  Hg, N, L, qk_scale, T,
@@ -100,6 +119,100 @@ if HAS_TRITON:
         skew = tl.gather(p, tl.where(ok, t, 0), 1)
         part = tl.sum(tl.where(ok, skew, 0.0), 0)
         tl.store(PART + (pid_bh.to(tl.int64) * T + pid_t) * (2 * BLOCK_N) + offs_u, part)
+
+    @triton.jit
+    def _max(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
+                    FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Order-preserving keys in [0, 2^32) of the scores at ``offs`` (columns, or distances
+        when ``is_slash``), the forced ones raised by FORCE as the torch path raises them."""
+        valid = offs < N
+        if is_slash:
+            # the slash score of distance d sits at w = d + SLASH_AT of the tiles' diagonal
+            # partials laid out by w = (T - 1 - t) * BLOCK_N + u: the low half of one tile plus
+            # the high half of the tile after it (the order of the torch path's two adds)
+            w = offs + SLASH_AT
+            t = w // BLOCK_N
+            u = w % BLOCK_N
+            base = PART + bh * T * (2 * BLOCK_N)
+            lo = tl.load(base + (T - 1 - t).to(tl.int64) * (2 * BLOCK_N) + u, mask=valid & (t < T), other=0.0)
+            hi = tl.load(base + (T - t).to(tl.int64) * (2 * BLOCK_N) + BLOCK_N + u,
+                         mask=valid & (t >= 1), other=0.0)
+            s = lo + hi
+            s = tl.where(offs < FORCED_DIAGONALS, s + FORCE, s)
+        else:
+            s = tl.load(VERT + bh * N + offs, mask=valid, other=0.0)
+            s = tl.where(offs < FORCED_COLUMNS, s + FORCE, s)
+        bits = s.to(tl.int32, bitcast=True)
+        return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
+
+    @triton.jit
+    def _vs_select(VERT, PART, COLS, PRED, HEAD_KV, HEAD_KS, HEADS, N, T, SLASH_AT, KV_WIDTH, FORCE,
+                   stride_cols, stride_pred,
+                   FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CHUNK: tl.constexpr):
+        """Program (row, 0): the row's top verticals as ascending columns, INT32_BIG past its
+        count; program (row, 1): its top diagonals as the table ``pred[t]`` = the largest
+        selected distance below t (-1: none), which is what the range merge reads. Each is an
+        exact top-k over the N scores (ties: the lowest positions), by a radix select of
+        the k-th largest key 8 bits a pass, then one pass writing what is above it."""
+        bh = tl.program_id(0).to(tl.int64)
+        is_slash = tl.program_id(1) == 1
+        h = bh % HEADS
+        if is_slash:
+            k = tl.load(HEAD_KS + h)
+        else:
+            k = tl.load(HEAD_KV + h)
+        k = tl.minimum(k, N)
+        bins = tl.arange(0, 256)
+        # the k-th largest key, its bits fixed from the top, 8 a pass: count the keys that
+        # share the bits fixed so far by their next 8 bits, keep the digit where the k-th falls
+        prefix = tl.zeros([], tl.int64)
+        rem = k                                   # keys still to take among those with the prefix
+        for p in tl.static_range(4):
+            shift = 24 - 8 * p
+            hist = tl.zeros([256], tl.int32)
+            for c0 in range(0, N, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
+                                  FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+                match = (offs < N) & ((key >> (shift + 8)) == prefix)
+                hist += tl.histogram(tl.where(match, (key >> shift) & 255, 0).to(tl.int32), 256)
+                # the unmatched keys were counted as digit 0
+                hist -= tl.where(bins == 0, CHUNK - tl.sum(match.to(tl.int32), 0), 0)
+            at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist    # keys with digit >= bin
+            digit = tl.max(tl.where(at_least >= rem, bins, 0), 0)
+            rem -= tl.sum(tl.where(bins == digit, at_least - hist, 0), 0)
+            prefix = prefix * 256 + digit
+        # the keys above the k-th largest, and the first `rem` equal to it
+        kept = tl.zeros([], tl.int32)
+        ties = tl.zeros([], tl.int32)
+        below = tl.full([], -1, tl.int32)         # the largest distance selected so far
+        for c0 in range(0, N, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
+                              FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+            valid = offs < N
+            eq = valid & (key == prefix)
+            take = valid & ((key > prefix) | (eq & (ties + tl.cumsum(eq.to(tl.int32), 0) <= rem)))
+            ties += tl.sum(eq.to(tl.int32), 0)
+            if is_slash:
+                run = tl.maximum(tl.associative_scan(tl.where(take, offs, -1), 0, _max), below)
+                tl.store(PRED + bh * stride_pred + offs + 1, run, mask=valid)
+                below = tl.max(run, 0)
+            else:
+                pos = kept + tl.cumsum(take.to(tl.int32), 0) - 1
+                tl.store(COLS + bh * stride_cols + pos, offs, mask=take)
+                kept += tl.sum(take.to(tl.int32), 0)
+        if is_slash:
+            tl.store(PRED + bh * stride_pred, -1)
+        else:
+            for c0 in range(kept, KV_WIDTH, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                tl.store(COLS + bh * stride_cols + offs, 2147483647, mask=offs < KV_WIDTH)
 
     @triton.jit
     def _vs_blocks(PRED, OUT, CNT, NQB, N, WIDTH, stride_p, stride_ob, stride_oq, stride_c,
@@ -179,16 +292,10 @@ def supported_head_dim(d: int) -> bool:
     return d in (16, 32, 64, 128, 256)
 
 
-def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
-           block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """qg (B, Hg, L, D) the last L query rows of the group's heads, k (B, Hkv, N, D),
-    ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
-    as :func:`.vertical_slash.scores`.
-
-    Two fused passes over the keys: per key split, the rows' running max and sum; per key
-    tile, probabilities, their column sums, and their diagonal sums through an in-register
-    skew. The scores are rounded to the input dtype before scaling when it is 16-bit, as the
-    torch path's matmul in the input dtype does; float32 inputs use IEEE float32 dots (no TF32)."""
+def _score_passes(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
+                  block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The two fused passes over the keys: (vertical (B, Hg, N), the key tiles' diagonal
+    partials (B * Hg, T, 2 * block_n), the offset of distance 0 in their layout)."""
     B, Hg, L, D = qg.shape
     N = k.shape[2]
     dev = qg.device
@@ -213,9 +320,8 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
                                 k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, split,
                                 nsplit, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
                                 ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
-    mx = mout.amax(1, keepdim=True)
-    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-    lse = (mx.squeeze(1) + torch.log2((lout * torch.exp2(mout - mx)).sum(1))).contiguous()  # (BH, block_m)
+    lse = torch.empty(BH, block_m, dtype=torch.float32, device=dev)
+    _vs_lse[(BH,)](mout, lout, lse, nsplit, BLOCK_M=block_m)
     T = triton.cdiv(N, block_n)
     vert = torch.empty(B, Hg, N, dtype=torch.float32, device=dev)
     part = torch.empty(BH, T, 2 * block_n, dtype=torch.float32, device=dev)
@@ -223,15 +329,55 @@ def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
                       k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, T,
                       BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, ROUND_SCORES=rnd,
                       DOT_IEEE=ieee, num_warps=warps)
-    # tile t contributes at distance N - L - t * BN - BN + 1 + u; lay tiles out by
-    # w = (T - 1 - t) * BN + u, then slash[d] = buf[d + T * BN - N + L - 1]
+    # tile t contributes at distance N - L - t * BN - BN + 1 + u; laid out by
+    # w = (T - 1 - t) * BN + u, distance d sits at w = d + T * BN - N + L - 1
+    return vert, part, T * block_n - N + L - 1
+
+
+def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
+           block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """qg (B, Hg, L, D) the last L query rows of the group's heads, k (B, Hkv, N, D),
+    ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
+    as :func:`.vertical_slash.scores`.
+
+    Two fused passes over the keys: per key split, the rows' running max and sum; per key
+    tile, probabilities, their column sums, and their diagonal sums through an in-register
+    skew. The scores are rounded to the input dtype before scaling when it is 16-bit, as the
+    torch path's matmul in the input dtype does; float32 inputs use IEEE float32 dots (no TF32)."""
+    B, Hg = qg.shape[:2]
+    N = k.shape[2]
+    vert, part, o = _score_passes(qg, k, kv_heads, scale, block_n, split)
+    BH, T = part.shape[:2]
     a = part.flip(1)
-    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=dev)
+    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=qg.device)
     buf[:, :T] += a[..., :block_n]
     buf[:, 1:] += a[..., block_n:]
-    o = T * block_n - N + L - 1
     slash = buf.view(BH, -1)[:, o:o + N].reshape(B, Hg, N)
     return vert, slash
+
+
+SELECT_CHUNK = 2048      # scores one program of _vs_select holds at a time
+
+
+def build(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float, head_kv: torch.Tensor,
+          head_ks: torch.Tensor, kv_width: int, ks_width: int, bm: int, *, force: float,
+          forced_columns: int, forced_diagonals: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole vertical-slash index of a group in six launches: the two score passes (and the
+    rows' log-sum-exp between them), the selection (:func:`_vs_select`: both top-k's, the
+    columns sorted and the diagonals as the merge's ``pred`` table), the range merge and the
+    verticals. ``head_kv`` / ``head_ks`` int32 (Hg,) or (1,): each head's counts; ``kv_width``
+    / ``ks_width`` their largest. Returns what :func:`index` returns."""
+    B, Hg = qg.shape[:2]
+    n = k.shape[2]
+    vert, part, o = _score_passes(qg, k, kv_heads, scale, bm)
+    BH, T = part.shape[:2]
+    cols = torch.empty(BH, max(kv_width, 1), dtype=torch.int32, device=qg.device)
+    pred = torch.empty(BH, n + 1, dtype=torch.int32, device=qg.device)
+    _vs_select[(BH, 2)](vert, part, cols, pred, head_kv, head_ks, head_kv.numel(), n, T, o, kv_width,
+                        force, cols.stride(0), pred.stride(0), FORCED_COLUMNS=forced_columns,
+                        FORCED_DIAGONALS=forced_diagonals, BLOCK_N=bm, CHUNK=SELECT_CHUNK, num_warps=8)
+    return _index_from_pred(cols[:, :kv_width].view(B, Hg, kv_width), pred, n, bm, min(ks_width, triton.cdiv(n, bm)))
 
 
 def pred_table(dists: torch.Tensor, n: int) -> torch.Tensor:
@@ -251,24 +397,29 @@ def index(cols: torch.Tensor, dists: torch.Tensor, n: int, bm: int, width: int
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The vertical-slash index of a selection: ``cols`` (B, H, kv) ascending, ``dists``
     (B, H, ks) distinct distances in any order. Returns (block_count, block_offset,
-    column_count, column_index) as :func:`.vertical_slash.index_from_selection`.
+    column_count, column_index) as :func:`.vertical_slash.index_from_selection`."""
+    return _index_from_pred(cols, pred_table(dists, n), n, bm, width)
 
-    With ``pred[t]`` = the largest selected distance ``< t`` (a cumulative max over the diagonal
-    bitmap, :func:`pred_table`), the next diagonal that grows a range ending at key ``E`` in
-    query block ``[e - 64, e)`` is ``pred[e - E]``; then the verticals, per query block, by a
-    vectorised binary search over the block starts just written and a stable compaction."""
+
+def _index_from_pred(cols: torch.Tensor, pred: torch.Tensor, n: int, bm: int, width: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With ``pred[t]`` = the largest selected distance ``< t`` (:func:`pred_table`), the next
+    diagonal that grows a range ending at key ``E`` in query block ``[e - 64, e)`` is
+    ``pred[e - E]``; then the verticals, per query block, by a vectorised binary search over
+    the block starts just written and a stable compaction."""
     B, H, kv = cols.shape
     BH = B * H
     dev = cols.device
     nqb = triton.cdiv(n, bm)
-    pred = pred_table(dists, n)
     boffs = torch.empty(BH, nqb, max(width, 1), dtype=torch.int32, device=dev)
     bcount = torch.empty(BH, nqb, dtype=torch.int32, device=dev)
     rows = 128 if nqb >= 128 else max(16, triton.next_power_of_2(nqb))
     _vs_blocks[(BH, triton.cdiv(nqb, rows))](pred, boffs, bcount, nqb, n, width, pred.stride(0),
                                              boffs.stride(0), boffs.stride(1), bcount.stride(0),
                                              INDEX_BLOCK_M=bm, Q_BLOCKS_PER_PROGRAM=rows)
-    c = cols.to(torch.int32).reshape(BH, kv).contiguous()
+    c = cols.reshape(BH, kv)
+    if c.dtype != torch.int32 or c.stride(-1) != 1:
+        c = c.to(torch.int32).contiguous()
     cidx = torch.empty(BH, nqb, kv, dtype=torch.int32, device=dev)
     ccount = torch.empty(BH, nqb, dtype=torch.int32, device=dev)
     if kv:

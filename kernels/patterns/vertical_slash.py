@@ -6,10 +6,11 @@ kernel): :func:`build` scores (:func:`scores`), selects (:func:`select`) and tur
 into a :class:`SparseIndex` (:func:`index_from_selection`), each step as MInference does it;
 the functions' docstrings say where and why this deviates. Parameters: ``vertical_size``
 (columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``).
-On CUDA (``use_triton``) the scores and the range merge are Triton kernels around
-``torch.topk`` (``_triton_vs.py`` describes them); elsewhere the merge is a scan over the
-sorted diagonals in torch ops, looping over the ``slash_size`` diagonals in Python (fine at
-test sizes, slow at long lengths). Both give the same index.
+On CUDA (``use_triton``) the whole build is six Triton launches (scores, the two top-k's, the
+range merge, the verticals; ``_triton_vs.py`` describes them); elsewhere the selection is
+``torch.topk`` and the merge a scan over the sorted diagonals in torch ops, looping over the
+``slash_size`` diagonals in Python (fine at test sizes, slow at long lengths). Both give the
+same index (up to ties in the scores: the kernel takes the lowest positions).
 """
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def _diag_sums(p: torch.Tensor) -> torch.Tensor:
     return v.sum(2)
 
 
+def _last_queries(q: torch.Tensor, k: torch.Tensor, heads, scale: float | None):
+    """(HeadMap of the group, its heads' last ``min(64, N)`` query rows (B, Hg, L, D), scale)."""
+    B, Hq, N, D = q.shape
+    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
+    return hm, hm.select_q(q[:, :, N - min(LAST_Q, N):]), D ** -0.5 if scale is None else scale
+
+
+def _triton_scores(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return use_triton(q.device) and q.dtype == k.dtype and q.shape[-1] in (16, 32, 64, 128, 256)
+
+
 def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(vertical, slash) float32 (B, Hg, N): column sums and diagonal sums (index = distance
@@ -103,15 +115,12 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     matmul, chunked over keys (two passes: log-sum-exp, then probabilities) when the float32
     score tensor would exceed ``SCORE_BUDGET_BYTES``."""
     B, Hq, N, D = q.shape
-    hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
-    scale = D ** -0.5 if scale is None else scale
-    L = min(LAST_Q, N)
+    hm, qg, scale = _last_queries(q, k, heads, scale)
+    L = qg.shape[2]
     dev = q.device
-    qg = hm.select_q(q[:, :, N - L:])                                         # (B, Hg, L, D)
-    if use_triton(dev) and q.dtype == k.dtype:
+    if _triton_scores(q, k):
         from . import _triton_vs   # imports triton: only where its kernels launch
-        if _triton_vs.supported_head_dim(D):
-            return _triton_vs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
+        return _triton_vs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
     Hg = qg.shape[1]
     row_pos = torch.arange(N - L, N, device=dev)
     chunks = row_chunks(N, B * Hg * L * 4 * 3, multiple=64)
@@ -156,20 +165,22 @@ def select(vertical: torch.Tensor, slash: torch.Tensor, kv, ks, *,
     v[..., :FORCED_COLUMNS] += _FORCE
     s = slash.clone()
     s[..., :FORCED_DIAGONALS] += _FORCE
-    cols = _top_per_head(v, kv, INT32_BIG, sorted_by_score=True).sort(-1).values
-    dists = _top_per_head(s, ks, 0, sorted_by_score=False)
+    cols = _top_per_head(v, kv, INT32_BIG).sort(-1).values
+    dists = _top_per_head(s, ks, 0)
     if sort_dists:
         dists = dists.sort(-1, descending=True).values
     return cols, dists
 
 
-def _top_per_head(x: torch.Tensor, k, fill: int, sorted_by_score: bool) -> torch.Tensor:
-    """Indices of the top ``k`` of ``x`` (B, H, N) along the last dim; ``k`` a count or one per
-    head, the entries past a head's count then replaced by ``fill``."""
+def _top_per_head(x: torch.Tensor, k, fill: int) -> torch.Tensor:
+    """Indices of the top ``k`` of ``x`` (B, H, N) along the last dim, by score, equal scores
+    by position (as the Triton selection takes them); ``k`` a count or one per head, the
+    entries past a head's count then replaced by ``fill``."""
+    widest = k if isinstance(k, int) else max(k)
+    top = torch.sort(x, stable=True, dim=-1, descending=True).indices[..., :widest]
     if isinstance(k, int):
-        return torch.topk(x, k, -1, sorted=sorted_by_score).indices
-    top = torch.topk(x, max(k), -1).indices                              # by score, descending
-    rank = torch.arange(max(k), device=x.device)
+        return top
+    rank = torch.arange(widest, device=x.device)
     return torch.where(rank < device_index(k, x.device).view(1, -1, 1), top, fill)
 
 
@@ -257,9 +268,17 @@ def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, h
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     kv, ks = head_budgets(q.shape[2], params)
+    if _triton_scores(q, k) and block_m == block_n:
+        # scores, both top-k's and the index in six launches, whatever the heads' budgets
+        from . import _triton_vs   # imports triton: only where its kernels launch
+        hm, qg, scale = _last_queries(q, k, heads, scale)
+        kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
+        return SparseIndex(*_triton_vs.build(
+            qg, k, [h // hm.group for h in hm.heads], scale, device_index(kvs, q.device, torch.int32),
+            device_index(kss, q.device, torch.int32), max(kvs), max(kss), block_m, force=_FORCE,
+            forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS), block_m, block_n)
     vertical, slash = scores(q, k, heads, scale)
-    # the Triton index kernels take the distances in any order
-    cols, dists = select(vertical, slash, kv, ks, sort_dists=not use_triton(q.device))
+    cols, dists = select(vertical, slash, kv, ks)
     return index_from_selection(cols, dists, q.shape[2], block_m, block_n)
 
 
