@@ -171,8 +171,10 @@ def triton_builders_interpreted():
         _same_index(a, b)
     # vertical-slash: the fused selection (both top-k's in one kernel, outputs poisoned) takes
     # what torch's stable top-k takes from the same scores, ties included: all-equal inputs
-    # tie almost every score
+    # tie almost every score; 256 scores a pass, so passes and ties span several chunks
+    from mcompile.kernels.patterns import _triton_vs
     g = torch.Generator().manual_seed(2)
+    _triton_vs.SELECT_CHUNK = 256
     with _poisoned_empty():
         for q, k, params, heads in [
                 (*C.planted_qk(500, heads=4, kv_heads=2, batch=1, d=128, hot_columns=[3, 30], diagonals=[20, 90]),
@@ -180,13 +182,15 @@ def triton_builders_interpreted():
                 (torch.ones(2, 4, 1000, 64), torch.ones(2, 2, 1000, 64),
                  [{"vertical_size": 30, "slash_size": 100}, {"vertical_size": 300, "slash_size": 400}], [0, 3]),
                 (torch.randn(1, 3, 2000, 32, generator=g), torch.randn(1, 1, 2000, 32, generator=g),
-                 {"vertical_size": 100, "slash_size": 500}, None)]:
+                 {"vertical_size": 100, "slash_size": 500}, None),
+                (torch.randn(1, 3, 900, 32, generator=g), torch.randn(1, 1, 900, 32, generator=g),  # one shared count
+                 [{"vertical_size": 100, "slash_size": 100}, {"vertical_size": 100, "slash_size": 600}], [2, 0])]:
             kv, ks = VS.head_budgets(q.shape[2], params)
             cols, dists = VS.select(*VS.scores(q, k, heads), kv, ks)
             _same_index(VS.build(q, k, params, heads=heads), VS.index_from_selection(cols, dists, q.shape[2]))
+    _triton_vs.SELECT_CHUNK = 8192
     # vertical-slash: the index of random selections (distances in any order), the verticals
     # in one chunk per program and in several
-    from mcompile.kernels.patterns import _triton_vs
     g = torch.Generator().manual_seed(3)
     for (n, ks, kv), chunk in zip([(150, 40, 30), (333, 333, 30), (64, 7, 5), (1, 1, 1), (700, 200, 100)],
                                   [1024, 16, 1024, 16, 32]):

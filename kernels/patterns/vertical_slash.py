@@ -273,6 +273,8 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *
         from . import _triton_vs   # imports triton: only where its kernels launch
         hm, qg, scale = _last_queries(q, k, heads, scale)
         kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
+        heads_n = max(len(kvs), len(kss))     # one count per head for both where either differs
+        kvs, kss = (c * heads_n if len(c) == 1 else c for c in (kvs, kss))
         return SparseIndex(*_triton_vs.build(
             qg, k, [h // hm.group for h in hm.heads], scale, device_index(kvs, q.device, torch.int32),
             device_index(kss, q.device, torch.int32), max(kvs), max(kss), block_m, force=_FORCE,
