@@ -16,6 +16,9 @@ import torch
 from ..sparse_attention import HAS_TRITON, tl, triton
 
 if HAS_TRITON:
+    from ._triton_select import order_keys
+
+if HAS_TRITON:
 
     @triton.jit
     def _bs_select(S, OUT, CNT, Q0, NKB, HEAD_KK, HEADS, N,
@@ -30,8 +33,7 @@ if HAS_TRITON:
         j = tl.arange(0, KEY_BLOCKS_PAD)
         elig = j <= diag
         s = tl.load(S + bh * stride_sb + r.to(tl.int64) * stride_sr + j, mask=elig, other=0.0)
-        bits = s.to(tl.int32, bitcast=True)
-        key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648   # [0, 2^32), ordered
+        key = order_keys(s)                                                   # [0, 2^32), ordered
         key = tl.where((j == 0) | (j == diag), 4294967296, key)                  # forced: above all
         kk = tl.minimum(tl.load(HEAD_KK + bh % HEADS), diag + 1)      # this head's top_k
         # the kk-th largest key among the eligible ones: the largest thr with

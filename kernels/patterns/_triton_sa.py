@@ -1,5 +1,7 @@
-"""Triton kernels of ``sample_attention``'s stage 1 (CUDA; on CPU through ``TRITON_INTERPRET=1``
+"""Triton kernels of ``sample_attention``'s two stages (CUDA; on CPU through ``TRITON_INTERPRET=1``
 for the tests). Not a pattern: :mod:`.sample_attention` launches them when ``use_triton`` says so.
+Stage 2 is one kernel, :func:`_sa_select` (its docstring says how); the rest of this note is
+stage 1.
 
 Two fused kernels: per sampled row, the log-sum-exp of its causal scores and the mass outside
 its window; per key tile, the column sums. No rows x N score tensor is stored, and both are
@@ -11,6 +13,9 @@ and the rows a key tile cannot score (before it, or whose window already covers 
 from __future__ import annotations
 
 from ..sparse_attention import HAS_TRITON, tl, triton
+
+if HAS_TRITON:
+    from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
 if HAS_TRITON:
 
@@ -141,3 +146,107 @@ if HAS_TRITON:
             acc += _sa_col_masked(qbase, RPOS, w0base, lbase, kt, offs_n, offs_d, start_m, R, stride_qr,
                                   qk_scale, COUNT_WINDOW, BLOCK_M)
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
+
+    @triton.jit
+    def _sa_select(COL, WIN, TOT, HEAD_ALPHA, HEAD_CAP, HEADS, COLS, VALS, COUNT, N, WIDTH,
+                   stride_cols, stride_vals, CHUNK: tl.constexpr):
+        """Stage 2 for one row of column scores: the fewest top-scored columns whose mass with
+        the window's reaches ``alpha`` of the total, at most the head's cap, ascending, then
+        INT32_BIG; their number in COUNT. Equal scores count by position, lowest first."""
+        bh = tl.program_id(0).to(tl.int64)
+        h = bh % HEADS
+        cap = tl.minimum(tl.load(HEAD_CAP + h), N)
+        need = (tl.load(HEAD_ALPHA + h) * tl.load(TOT + bh) - tl.load(WIN + bh)).to(tl.float64)
+        row = COL + bh * N
+        # the cap-th largest score (_triton_select's radix select)
+        prefix = tl.zeros([], tl.int64)
+        rem = cap
+        for p in tl.static_range(4):
+            counts = tl.zeros([256], tl.int32)
+            for c0 in range(0, N, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                key = order_keys(tl.load(row + offs, mask=offs < N, other=0.0))
+                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
+            digit, rem = next_digit(counts, rem)
+            prefix = prefix * 256 + digit
+        # the cap candidates, ascending, with their scores
+        cols = COLS + bh * stride_cols
+        vals = VALS + bh * stride_vals
+        ncand = tl.zeros([], tl.int32)
+        ties = tl.zeros([], tl.int32)
+        mass = tl.zeros([], tl.float64)
+        for c0 in range(0, N, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            s = tl.load(row + offs, mask=offs < N, other=0.0)
+            take, chunk_ties = take_top(order_keys(s), offs < N, prefix, ties, rem)
+            ties += chunk_ties
+            pos = ncand + tl.cumsum(take.to(tl.int32), 0) - 1
+            tl.store(cols + pos, offs, mask=take)
+            tl.store(vals + pos, s, mask=take)
+            ncand += tl.sum(take.to(tl.int32), 0)
+            mass += tl.sum(tl.where(take, s.to(tl.float64), 0.0), 0)
+        tl.debug_barrier()          # the candidates are read back by other threads below
+        # the fewest of them by score reaching `need`: the largest key t with mass(key >= t)
+        # >= need, one bit a pass, then as many of the scores equal to t as `need` still takes
+        t = tl.zeros([], tl.int64)
+        for b in tl.static_range(32):
+            cand = t + (1 << (31 - b))
+            above = tl.zeros([], tl.float64)
+            for c0 in range(0, ncand, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                s = tl.load(vals + offs, mask=offs < ncand, other=0.0)
+                above += tl.sum(tl.where((offs < ncand) & (order_keys(s) >= cand), s.to(tl.float64), 0.0), 0)
+            t = tl.where(above >= need, cand, t)
+        mass_gt = tl.zeros([], tl.float64)
+        n_eq = tl.zeros([], tl.int32)
+        v_t = tl.zeros([], tl.float64)
+        for c0 in range(0, ncand, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            s = tl.load(vals + offs, mask=offs < ncand, other=0.0)
+            key = order_keys(s)
+            ok = offs < ncand
+            mass_gt += tl.sum(tl.where(ok & (key > t), s.to(tl.float64), 0.0), 0)
+            n_eq += tl.sum((ok & (key == t)).to(tl.int32), 0)
+            v_t = tl.maximum(v_t, tl.max(tl.where(ok & (key == t), s.to(tl.float64), 0.0), 0))
+        short = tl.where(v_t > 0.0, (need - mass_gt) / v_t, 1.0)
+        j = tl.minimum(tl.maximum(tl.math.ceil(short), 1.0), n_eq.to(tl.float64))
+        # need <= 0: nothing; all candidates short of need: all of them
+        t = tl.where(need <= 0.0, 1 << 40, tl.where(mass < need, -1, t))
+        j = tl.where((need <= 0.0) | (mass < need), 0, j.to(tl.int32))
+        # keep those, compacted in place (each chunk read whole before any of it is written)
+        kept = tl.zeros([], tl.int32)
+        ties = tl.zeros([], tl.int32)
+        for c0 in range(0, ncand, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            ok = offs < ncand
+            s = tl.load(vals + offs, mask=ok, other=0.0)
+            c = tl.load(cols + offs, mask=ok, other=0)
+            tl.debug_barrier()
+            keep, chunk_ties = take_top(order_keys(s), ok, t, ties, j)
+            ties += chunk_ties
+            tl.store(cols + kept + tl.cumsum(keep.to(tl.int32), 0) - 1, c, mask=keep)
+            kept += tl.sum(keep.to(tl.int32), 0)
+        tl.debug_barrier()
+        for c0 in range(kept, WIDTH, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            tl.store(cols + offs, 2147483647, mask=offs < WIDTH)
+        tl.store(COUNT + bh, kept)
+
+
+SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time (as _triton_vs)
+SELECT_WARPS = 16
+
+
+def filter_columns(col, win, tot, head_alpha, head_cap, widest: int):
+    """Stage 2 in one kernel (:func:`_sa_select`): ``col`` (B, Hg, N) float32, ``win`` /
+    ``tot`` (B, Hg), ``head_alpha`` float32 / ``head_cap`` int32 (Hg,) or (1,). Returns
+    (count int32 (B, Hg), columns ascending int32 (B, Hg, widest), INT32_BIG past the count)."""
+    import torch
+    B, Hg, N = col.shape
+    cols = torch.empty(B, Hg, widest, dtype=torch.int32, device=col.device)
+    vals = torch.empty(B, Hg, widest, dtype=torch.float32, device=col.device)
+    count = torch.empty(B, Hg, dtype=torch.int32, device=col.device)
+    col = col.contiguous()
+    _sa_select[(B * Hg,)](col, win.contiguous(), tot.contiguous(), head_alpha, head_cap, head_cap.numel(), cols,
+                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS)
+    return count, cols

@@ -20,6 +20,9 @@ import torch
 from ..sparse_attention import HAS_TRITON, tl, triton
 
 if HAS_TRITON:
+    from ._triton_select import digit_counts, next_digit, order_keys, take_top
+
+if HAS_TRITON:
 
     @triton.jit
     def _vs_row_stats(Q, K, KVH, MOUT, LOUT,
@@ -146,8 +149,7 @@ if HAS_TRITON:
         else:
             s = tl.load(VERT + bh * N + offs, mask=valid, other=0.0)
             s = tl.where(offs < FORCED_COLUMNS, s + FORCE, s)
-        bits = s.to(tl.int32, bitcast=True)
-        return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
+        return order_keys(s)
 
     @triton.jit
     def _vs_select(VERT, PART, COLS, PRED, HEAD_KV, HEAD_KS, HEADS, N, T, SLASH_AT, KV_WIDTH, FORCE,
@@ -157,8 +159,8 @@ if HAS_TRITON:
         """Program (row, 0): the row's top verticals as ascending columns, INT32_BIG past its
         count; program (row, 1): its top diagonals as the table ``pred[t]`` = the largest
         selected distance below t (-1: none), which is what the range merge reads. Each is an
-        exact top-k over the N scores (ties: the lowest positions), by a radix select of
-        the k-th largest key 8 bits a pass, then one pass writing what is above it."""
+        exact top-k over the N scores (``_triton_select``: ties to the lowest positions), a
+        radix select of the k-th largest key, then one pass writing what is above it."""
         bh = tl.program_id(0).to(tl.int64)
         is_slash = tl.program_id(1) == 1
         h = bh % HEADS
@@ -167,25 +169,17 @@ if HAS_TRITON:
         else:
             k = tl.load(HEAD_KV + h)
         k = tl.minimum(k, N)
-        bins = tl.arange(0, 256)
-        # the k-th largest key, its bits fixed from the top, 8 a pass: count the keys that
-        # share the bits fixed so far by their next 8 bits, keep the digit where the k-th falls
+        # the k-th largest key, 8 bits a pass from the top
         prefix = tl.zeros([], tl.int64)
         rem = k                                   # keys still to take among those with the prefix
         for p in tl.static_range(4):
-            shift = 24 - 8 * p
-            hist = tl.zeros([256], tl.int32)
+            counts = tl.zeros([256], tl.int32)
             for c0 in range(0, N, CHUNK):
                 offs = c0 + tl.arange(0, CHUNK)
                 key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
                                   FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
-                match = (offs < N) & ((key >> (shift + 8)) == prefix)
-                hist += tl.histogram(tl.where(match, (key >> shift) & 255, 0).to(tl.int32), 256)
-                # the unmatched keys were counted as digit 0
-                hist -= tl.where(bins == 0, CHUNK - tl.sum(match.to(tl.int32), 0), 0)
-            at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist    # keys with digit >= bin
-            digit = tl.max(tl.where(at_least >= rem, bins, 0), 0)
-            rem -= tl.sum(tl.where(bins == digit, at_least - hist, 0), 0)
+                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
+            digit, rem = next_digit(counts, rem)
             prefix = prefix * 256 + digit
         # the keys above the k-th largest, and the first `rem` equal to it
         kept = tl.zeros([], tl.int32)
@@ -196,9 +190,8 @@ if HAS_TRITON:
             key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
                               FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
             valid = offs < N
-            eq = valid & (key == prefix)
-            take = valid & ((key > prefix) | (eq & (ties + tl.cumsum(eq.to(tl.int32), 0) <= rem)))
-            ties += tl.sum(eq.to(tl.int32), 0)
+            take, chunk_ties = take_top(key, valid, prefix, ties, rem)
+            ties += chunk_ties
             if is_slash:
                 run = tl.maximum(tl.associative_scan(tl.where(take, offs, -1), 0, _max), below)
                 tl.store(PRED + bh * stride_pred + offs + 1, run, mask=valid)

@@ -252,7 +252,8 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
                       qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
                       k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, nstr, stride, tail0,
                       head_window, block_m, COUNT_WINDOW=bool(count_window), HEAD_DIM=D)
-    tot = torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device)
+    tot = _sampled.get(("total", B, Hg, R, str(q.device)),   # read only, kept: no launch per call
+                       lambda: torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device), q.device)
     win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot
 
@@ -264,8 +265,10 @@ def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alph
     ``alpha`` and ``cap`` a value for every head or a list of one per head (the columns then
     as wide as the largest cap).
 
-    Columns are sorted by score and the fewest whose cumulative sampled mass reaches ``alpha``
-    are kept, at most ``cap`` (when alpha needs more, the recall is below alpha).
+    Columns are sorted by score (equal scores by position) and the fewest whose cumulative
+    sampled mass reaches ``alpha`` are kept, at most ``cap`` (when alpha needs more, the recall
+    is below alpha). On CUDA one kernel per call (``_triton_sa._sa_select``: a radix select of
+    the cap best, then the alpha cut among them, no sort); elsewhere a sort and a cumulative sum.
 
     What "reaches alpha" counts (the paper defines CRA on the final mask): the mass each sampled
     row already gets from its own window counts towards alpha, and only mass outside a row's
@@ -277,18 +280,23 @@ def filter_columns(col: torch.Tensor, win: torch.Tensor, tot: torch.Tensor, alph
     if widest == 0:
         return (torch.zeros(B, Hg, dtype=torch.int32, device=col.device),
                 torch.zeros(B, Hg, 0, dtype=torch.int32, device=col.device))
-    if isinstance(alpha, list):
-        alpha = _sampled.get(("alpha", tuple(alpha), str(col.device)),
-                             lambda: torch.tensor(alpha, dtype=col.dtype, device=col.device), col.device)
-    if isinstance(cap, list):
-        cap = device_index(cap, col.device)
-    top = torch.topk(col, widest, -1)
-    need = alpha * tot - win                                                  # (B, Hg)
-    cum = torch.cumsum(top.values.double(), -1)
+    alphas, caps = ([x] if not isinstance(x, list) else x for x in (alpha, cap))
+    head_alpha = _sampled.get(("alpha", tuple(alphas), str(col.device)),
+                              lambda: torch.tensor(alphas, dtype=torch.float32, device=col.device), col.device)
+    if use_triton(col.device):
+        from . import _triton_sa   # imports triton: only where its kernels launch
+        return _triton_sa.filter_columns(col, win, tot, head_alpha, device_index(caps, col.device, torch.int32),
+                                         widest)
+    # by score, equal scores by position (as the kernel takes them)
+    top = torch.sort(col, stable=True, dim=-1, descending=True)
+    values, indices = top.values[..., :widest], top.indices[..., :widest]
+    need = head_alpha * tot - win                                             # (B, Hg)
+    cum = torch.cumsum(values.double(), -1)
     short = (cum < need.double().unsqueeze(-1)).sum(-1)
+    cap = device_index(caps, col.device)
     count = torch.where(need > 0, torch.clamp(short + 1, max=cap), torch.zeros_like(short))
     ok = torch.arange(widest, device=col.device) < count.unsqueeze(-1)
-    cols = torch.where(ok, top.indices, INT32_BIG).sort(-1).values.to(torch.int32)
+    cols = torch.where(ok, indices, INT32_BIG).sort(-1).values.to(torch.int32)
     return count.to(torch.int32), cols
 
 
@@ -338,12 +346,16 @@ def index_from_selection(count: torch.Tensor, cols: torch.Tensor, n: int, params
     blocks of keys ("chunked sampling"); this is the column-granular version the index
     expresses directly."""
     B, Hg = count.shape
-    bcount, boffs, w0 = _window_blocks(n, head_params(params), block_m, block_n, cols.device)
+    ps = head_params(params)
+    bcount, boffs, w0 = _window_blocks(n, ps, block_m, block_n, cols.device)
     H, nqb = bcount.shape
-    cc = torch.searchsorted(cols, w0.to(torch.int32).view(1, H, nqb).expand(B, Hg, nqb).contiguous())
+    # each query block's window start, laid out as the columns are (searchsorted's contract), kept
+    starts = _sampled.get(("starts", n, tuple(_window(n, p) for p in ps), block_m, block_n, B, Hg, str(cols.device)),
+                          lambda: w0.to(torch.int32).view(1, H, nqb).expand(B, Hg, nqb).contiguous(), cols.device)
+    cc = torch.searchsorted(cols, starts, out_int32=True)
     return SparseIndex(bcount.view(1, H, nqb).expand(B, Hg, nqb),
                        boffs.view(1, H, nqb, -1).expand(B, Hg, nqb, boffs.shape[-1]),
-                       cc.to(torch.int32),
+                       cc,
                        cols.view(B, Hg, 1, -1).expand(B, Hg, nqb, cols.shape[-1]),
                        block_m, block_n)
 
