@@ -127,7 +127,7 @@ def test_sparse_layer_call_kernel_launches():
     assert 0 < launches <= LAUNCH_BOUND, launches
 
 
-LAUNCH_BOUND = 100   # 80 measured on an H100 (2026-12-06): SampleAttention's stage 2 and the assembly are torch ops
+LAUNCH_BOUND = 50   # 36 measured on an H100 (2026-12-06): the layer index's assembly and the dense tail are torch ops
 
 
 def test_vertical_slash_build_is_six_kernels_whatever_the_budgets():

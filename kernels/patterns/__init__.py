@@ -38,10 +38,30 @@ def _plan_heads(layer_plan):
     return list(heads)
 
 
+_PER_PLAN: dict = {}      # (id(plan), what) -> (plan, value): host work done once per plan
+
+
+def _per_plan(layer_plan, what: tuple, make):
+    """``make()``, kept per plan object (plans are immutable and live as long as their sites;
+    the entry holds the plan, so its id is not reused while the entry lives)."""
+    key = (id(layer_plan), *what)
+    hit = _PER_PLAN.get(key)
+    if hit is None or hit[0] is not layer_plan:
+        if len(_PER_PLAN) > 4096:
+            _PER_PLAN.clear()
+        hit = _PER_PLAN[key] = (layer_plan, make())
+    return hit[1]
+
+
 def _groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
     """(pattern, params, heads) per group of heads built in one call, in first-head order:
     heads that share pattern and parameters, apart from those the pattern takes per head
-    (``Pattern.per_head``; ``params`` then one dict per head where they differ)."""
+    (``Pattern.per_head``; ``params`` then one dict per head where they differ). Kept per
+    plan: the caller must not change what it returns."""
+    return _per_plan(layer_plan, ("groups",), lambda: _make_groups(layer_plan))
+
+
+def _make_groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
     groups: dict = {}
     for i, hp in enumerate(_plan_heads(layer_plan)):
         shared = {k: v for k, v in hp.params.items() if k not in get_pattern(hp.pattern).per_head}
@@ -78,13 +98,16 @@ def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dic
 
 
 def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
-    """(MAX_BLOCKS, MAX_COLUMNS) of :func:`build_layer_index`'s result at length n."""
-    mb = mc = 0
-    for name, params, _ in _groups(layer_plan):
-        for p in params if isinstance(params, list) else [params]:
-            b, c = get_pattern(name).sizes(n, p, block_m, block_n)
-            mb, mc = max(mb, b), max(mc, c)
-    return mb, mc
+    """(MAX_BLOCKS, MAX_COLUMNS) of :func:`build_layer_index`'s result at length n (kept per
+    plan and length: the runtime asks every call)."""
+    def make():
+        mb = mc = 0
+        for name, params, _ in _groups(layer_plan):
+            for p in params if isinstance(params, list) else [params]:
+                b, c = get_pattern(name).sizes(n, p, block_m, block_n)
+                mb, mc = max(mb, b), max(mc, c)
+        return mb, mc
+    return _per_plan(layer_plan, ("sizes", n, block_m, block_n), make)
 
 
 def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int = 64,

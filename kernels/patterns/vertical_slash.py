@@ -7,10 +7,11 @@ into a :class:`SparseIndex` (:func:`index_from_selection`), each step as MInfere
 the functions' docstrings say where and why this deviates. Parameters: ``vertical_size``
 (columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``).
 On CUDA (``use_triton``) the whole build is six Triton launches (scores, the two top-k's, the
-range merge, the verticals; ``_triton_vs.py`` describes them); elsewhere the selection is
-``torch.topk`` and the merge a scan over the sorted diagonals in torch ops, looping over the
+range merge, the verticals; ``_triton_vs.py`` describes them); elsewhere the selection is a
+stable sort and the merge a scan over the sorted diagonals in torch ops, looping over the
 ``slash_size`` diagonals in Python (fine at test sizes, slow at long lengths). Both give the
-same index (up to ties in the scores: the kernel takes the lowest positions).
+same index from the same scores (equal scores go to the lowest positions in both); the two
+paths' scores may differ in their last bits.
 """
 from __future__ import annotations
 
