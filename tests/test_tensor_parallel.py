@@ -2,7 +2,10 @@
 its own heads' plans, and the sharded model computes what the unsharded one does."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -165,3 +168,32 @@ def test_bad_tensor_parallel_options_name_the_option(option):
         with torch.no_grad():
             model(tiny_inputs(1, 32)[0], use_cache=False)
     assert mcompile.OptionError
+
+
+def _run_tp_benchmark(nproc: int, out, *extra: str) -> dict:
+    from test_prefill_bench import ROOT
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                    str(ROOT / "benchmarks" / "prefill_tp.py"), "--device", "cpu", "--shape", "tiny", "--layers", "2",
+                    "--lengths", "512", "--min-len", "256", "--repeats", "1", "--out", str(out), *extra],
+                   check=True, env=env, timeout=600)
+    return json.loads(out.read_text())
+
+
+def test_prefill_tp_benchmark_runs_sharded_on_cpu_processes(tmp_path):
+    """benchmarks/prefill_tp.py under torchrun (gloo): one process, then two whose rows hold
+    both ranks' times, the sparse decisions of rank 0's half of the heads, and the speedup
+    against the one-process run."""
+    one = _run_tp_benchmark(1, tmp_path / "one.json")
+    two = _run_tp_benchmark(2, tmp_path / "two.json", "--baseline", str(tmp_path / "one.json"))
+    assert [(r["variant"], r["n"], r["world"]) for r in one["rows"]] == [("dense", 512, 1), ("default", 512, 1)]
+    assert [(r["variant"], r["n"], r["world"]) for r in two["rows"]] == [("dense", 512, 2), ("default", 512, 2)]
+    for row in one["rows"] + two["rows"]:
+        assert row["finite"] and not row["oom"] and row["ms"] > 0
+        assert row["ms_extrapolated"] == pytest.approx(row["ms"] * 32 / 2)
+    dense, sparse = two["rows"]
+    assert len(sparse["ms_per_rank"]) == 2 and sparse["ms"] == max(sparse["times_ms"])
+    assert set(dense["decisions"]) == {"dense: plan: dense"} and set(sparse["decisions"]) == {"sparse"}
+    assert sparse["shard"] == "rank 0/2: heads 0-1" and one["rows"][1]["shard"] in (None, "")
+    assert sparse["speedup_vs_baseline"] == pytest.approx(one["rows"][1]["ms"] / sparse["ms"])
