@@ -18,8 +18,6 @@ from ..sparse_attention import HAS_TRITON, tl, triton
 if HAS_TRITON:
     from ._triton_select import order_keys
 
-if HAS_TRITON:
-
     @triton.jit
     def _bs_select(S, OUT, CNT, Q0, NKB, HEAD_KK, HEADS, N,
                    stride_sb, stride_sr, stride_ob, stride_oq, stride_cb,

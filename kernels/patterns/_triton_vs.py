@@ -22,8 +22,6 @@ from ..sparse_attention import HAS_TRITON, tl, triton
 if HAS_TRITON:
     from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
-if HAS_TRITON:
-
     @triton.jit
     def _vs_row_stats(Q, K, KVH, MOUT, LOUT,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
