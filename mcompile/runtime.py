@@ -302,7 +302,7 @@ def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, windo
 def _timed_route(cfg: SiteConfig, signature, route, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
     """The route after timing a sparse route the cost model only narrowly prefers: dense when
     sparse measured slower. Settles the signature's route either way."""
-    from .cost_gate import time_both
+    from .cost_gate import TIMING_MARGIN, time_both
     _, plan, decision, tail_rows, _, _ = route
     timed_key = (q.shape, window)
     if timed_key not in cfg._timed:
@@ -313,8 +313,9 @@ def _timed_route(cfg: SiteConfig, signature, route, q, k, v, padding, q_offset, 
             lambda: dense_attention(cfg, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale))
         log.debug("%s at n=%d: sparse %.3f ms, dense %.3f ms", cfg.key, q.shape[2], *cfg._timed[timed_key])
     sparse_ms, dense_ms = cfg._timed[timed_key]
-    if sparse_ms > dense_ms:
-        route = ("dense", f"dense: measured {sparse_ms:.2f} > {dense_ms:.2f} ms")
+    if sparse_ms > dense_ms * (1 - TIMING_MARGIN):
+        than = ">" if sparse_ms > dense_ms else f"within {TIMING_MARGIN:.0%} of"
+        route = ("dense", f"dense: measured {sparse_ms:.2f} {than} {dense_ms:.2f} ms")
     else:
         route = (*route[:5], False)
     if padding is None:

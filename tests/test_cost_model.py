@@ -171,7 +171,8 @@ def test_backend_runs_dense_where_the_cost_model_says_sparse_is_slower(monkeypat
 def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeypatch):
     """A window the cost model prefers only narrowly (predicted at 0.64 of dense) is timed both
     ways once per site and length: measured slower it runs dense (equal to eager), measured
-    faster it runs sparse (equal to the same plan without the cost model, which drops keys)."""
+    faster it runs sparse (equal to the same plan without the cost model, which drops keys),
+    measured faster by less than the timing's noise margin it runs dense."""
     import mcompile
     from mcompile import cost_gate, reporting, runtime
     from tiny_models import tiny_inputs, tiny_model
@@ -195,7 +196,8 @@ def test_backend_times_a_close_prediction_once_and_keeps_the_faster_path(monkeyp
         sparse_ref = ungated(ids, attention_mask=mask, use_cache=False).logits
     assert not torch.allclose(sparse_ref, ref, atol=1e-3)
     layers = model.config.num_hidden_layers
-    for verdict, expected in (((2.0, 1.0), "dense: measured 2.00 > 1.00 ms"), ((0.5, 1.0), "sparse")):
+    for verdict, expected in (((2.0, 1.0), "dense: measured 2.00 > 1.00 ms"), ((0.5, 1.0), "sparse"),
+                              ((0.97, 1.0), "dense: measured 0.97 within 5% of 1.00 ms")):
         torch._dynamo.reset()
         reporting.reset()
         timed.clear()
