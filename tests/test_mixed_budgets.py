@@ -155,3 +155,43 @@ def test_shipped_database_layers_equal_their_heads_alone_on_gpu():
         want = torch.cat([index_to_mask(P.build_head_group(q, k, h.pattern, h.params, [i]), n)
                           for i, h in enumerate(plan.heads)], 1)
         assert torch.equal(index_to_mask(index, n), want), layer
+
+
+def _same_listing(a, b) -> None:
+    """Two indexes with the same counts and the same entries up to the counts."""
+    assert torch.equal(a.block_count, b.block_count) and torch.equal(a.column_count, b.column_count)
+    for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset), (a.column_count, a.column_index, b.column_index)):
+        listed = torch.arange(x.shape[-1], device=x.device) < cnt.unsqueeze(-1)
+        assert torch.equal(torch.where(listed, x, 0), torch.where(listed, y, 0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_selection_kernels_equal_torch_selection_on_gpu(monkeypatch):
+    """At 32K in bf16 on planted and random inputs, the fused selections take what torch's stable
+    selections take from the same scores: the vertical-slash index with nine per-head budgets,
+    and SampleAttention's stage 2 with per-head alpha and caps."""
+    from mcompile.kernels.patterns import sample_attention as SA
+    from mcompile.kernels.patterns import vertical_slash as VS
+    n = 32768
+    g = torch.Generator().manual_seed(7)
+    planted = C.planted_qk(n, heads=9, kv_heads=3, d=128, hot_columns=[3, 700, 20000], diagonals=[40, 170, 5000],
+                           local=3.0, dtype=torch.bfloat16)
+    rand = (torch.randn(1, 9, n, 64, generator=g).bfloat16(), torch.randn(1, 3, n, 64, generator=g).bfloat16())
+    vs_params = [{"vertical_size": 30 + 200 * i, "slash_size": 100 + 700 * i} for i in range(9)]
+    sa_params = [{"alpha": a, "window_frac": 0.05, "max_columns": c} for a, c in
+                 zip((0.8, 0.9, 0.95, 0.99, 0.5, 0.97, 0.9, 0.85, 0.999), (50, 500, 0.05, 3000, 10, 0.1, 200, 1000, 0.2))]
+    for q, k in (planted, rand):
+        q, k = q.cuda(), k.cuda()
+        kv, ks = VS.head_budgets(n, vs_params)
+        cols, dists = VS.select(*VS.scores(q, k), kv, ks)
+        _same_listing(VS.build(q, k, vs_params), VS.index_from_selection(cols, dists, n))
+        ps = SA.head_params(sa_params)
+        col, win, tot = SA.column_scores(q, k, ps)
+        alpha, cap = [p["alpha"] for p in ps], [SA.column_cap(n, p) for p in ps]
+        count, chosen = SA.filter_columns(col, win, tot, alpha, cap)
+        monkeypatch.setenv("MCOMPILE_PATTERNS_TRITON", "0")
+        want_count, want = SA.filter_columns(col, win, tot, alpha, cap)
+        monkeypatch.delenv("MCOMPILE_PATTERNS_TRITON")
+        assert torch.equal(count, want_count) and torch.equal(chosen, want)
+        assert int(count.min()) > 0

@@ -246,5 +246,6 @@ def filter_columns(col, win, tot, head_alpha, head_cap, widest: int):
     count = torch.empty(B, Hg, dtype=torch.int32, device=col.device)
     col = col.contiguous()
     _sa_select[(B * Hg,)](col, win.contiguous(), tot.contiguous(), head_alpha, head_cap, head_cap.numel(), cols,
-                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS)
+                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS,
+                          enable_fp_fusion=False)   # alpha * total - window rounded as torch rounds it: no FMA
     return count, cols
