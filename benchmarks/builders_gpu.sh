@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The index builders on one GPU, end to end: re-measure the cost model the runtime's gate reads,
+# check the GPU tests, then time SmolLM2's whole prefill and each builder against the kernel.
+# Results land in $R (JSON and printed tables).
+#
+#   steps (STEPS="..." picks and orders them):
+#     cost_model  benchmarks/cost_model.py -> kernels/cost_model.json (what the gate reads, so
+#                 the steps after it use it), copied to $R/cost_model_<gpu>.json
+#     tests       every GPU-marked test, the launch counts printed
+#     ttft        SmolLM2 at 8K, 32K, 128K under CUDA graphs, and eagerly at 32K (host time):
+#                 dense, the shipped database, the default plan
+#     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
+#
+# SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
+# the rest as benchmarks/gpu_env.sh says.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${R:-benchmarks/results}
+WORK=${WORK:-$HOME/work}
+CHUNKS=${CHUNKS:-$HOME/carry}
+STEPS=${STEPS:-"cost_model tests ttft patterns"}
+mkdir -p "$R" "$WORK"
+. benchmarks/gpu_env.sh
+join_gguf "$CHUNKS/s" "$WORK/smollm2.gguf" && [ -f "$WORK/smollm2.gguf" ] \
+  && export MCOMPILE_GGUF_SMOLLM2=$WORK/smollm2.gguf
+GPU=$($PYTHON -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
+
+step_cost_model() {
+  $PYTHON benchmarks/cost_model.py
+  cp kernels/cost_model.json "$R/cost_model_$GPU.json"
+}
+
+step_tests() {
+  $PYTHON -m pytest -q -m gpu -s -p no:cacheprovider tests 2>&1 | grep -E "kernels of|launches in|passed|failed|Error"
+}
+
+step_ttft() {
+  $PYTHON benchmarks/ttft.py --model smollm2 --lengths 8K,32K,128K --variants dense,database,default \
+    --cuda-graphs on --out "$R/ttft_smollm2_$GPU.json"
+  $PYTHON benchmarks/ttft.py --model smollm2 --lengths 32K --variants dense,database,default \
+    --cuda-graphs off --out "$R/ttft_smollm2_${GPU}_eager.json"
+}
+
+step_patterns() {
+  $PYTHON benchmarks/patterns.py --lengths 32768,131072 --out "$R/patterns_$GPU.json"
+  $PYTHON benchmarks/patterns.py --patterns vertical_slash,block_sparse,sample_attention --heads 9 --kv-heads 3 \
+    --head-dim 64 --lengths 32768,131072 --out "$R/patterns_smollm2_shape_$GPU.json"
+}
+
+for step in $STEPS; do
+  start=$SECONDS
+  echo "=== $step ==="
+  "step_$step"
+  echo "=== $step: $((SECONDS - start)) s ==="
+done
