@@ -169,3 +169,25 @@ def test_plan_cost_prices_a_dense_plan_as_dense():
         pytest.skip("no measured cost model installed")
     rows = plan_cost(law_db({}, "dense"), [8192, 131072])
     assert [(r.density, r.time_vs_dense) for r in rows] == [(1.0, 1.0), (1.0, 1.0)]
+
+
+def test_candidates_whose_loss_rises_with_the_length_can_be_refused():
+    """A family whose loss at the same fractions rises from 2K to 4K (its need outgrows the
+    length, as vertical-slash's column-heavy family does on SmolLM2) is marked; with the marks
+    refused the choice takes the best family whose loss falls, though the rising one is better
+    at 4K; families that hold steady, and patterns without budgets, are never marked."""
+    from mcompile.pattern_db.search.laws import rising_loss
+    from mcompile.pattern_db.search.pipeline import choose
+    bs = [Candidate("block_sparse", {"top_k": Frac(f)}, f) for f in (0.1, 0.2, 0.4)]
+    sw = [Candidate("sliding_window", {"window": Frac(f)}, f) for f in (0.1, 0.2, 0.4)]
+    flat = [Candidate("a_shape", {"n_init": 64, "n_local": Frac(f)}, f) for f in (0.1, 0.2, 0.4)]
+    dense = [Candidate("dense", {}, 1.0)]
+    cands = bs + sw + flat + dense
+    short = scores_at(2048, cands, [0.05, 0.02, 0.01, 0.3, 0.2, 0.1, 0.2, 0.15, 0.12, 0.0])
+    long = scores_at(4096, cands, [0.1, 0.05, 0.02, 0.2, 0.1, 0.05, 0.2, 0.15, 0.12, 0.0])
+    marked = rising_loss(long, [short], "output")
+    assert marked.shape == (1, len(cands)) and marked[0].tolist() == [True] * 3 + [False] * 7
+    assert not rising_loss(long, [], "output").any()
+    long.cost[0, -1, 0] = 1.0                                      # dense costs what it is: out of budget
+    assert choose(long, 0.1, "output")[0, 0] == 2                  # the rising family's best
+    assert choose(long, 0.1, "output", refused=marked)[0, 0] == 5  # the falling family's best

@@ -12,6 +12,10 @@ database can show, and extrapolates without going negative or past the length.
 
 SampleAttention keeps its parameters as chosen: its window is a fraction by definition
 (``window_frac``) and its columns are chosen by mass (``alpha``), not by a budget.
+
+A candidate whose loss rises with the length at the same fraction of the keys needs more than
+any power law up to ``b = 1`` gives it (:func:`rising_loss`); ``--refuse-rising-loss`` keeps the
+choice off such candidates.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from ..schema import Frac, budget_params
 
 BLOCK = 64
 LAW_PATTERNS = ("a_shape", "vertical_slash", "block_sparse", "sliding_window")
+# a loss above its shorter-length value by this factor, plus RISING_FLOOR, at the same fraction
+RISING_FACTOR = 1.05
+RISING_FLOOR = 1e-3
 
 
 def items(n: int, param: str) -> int:
@@ -105,3 +112,37 @@ def fit_laws(longest, choice: np.ndarray, shorter: Sequence, scoring: str) -> li
             row.append(params)
         out.append(row)
     return out
+
+
+def fractions(candidate, n: int) -> dict[str, float]:
+    """The candidate's budgets at length n as fractions of what they count."""
+    return {k: v / items(n, k) for k, v in budget_counts(candidate, n).items()}
+
+
+def rising_loss(longest, shorter: Sequence, scoring: str) -> np.ndarray:
+    """(L * H, C) bool: for each searched head, the law-pattern candidates whose loss at the
+    longest length exceeds, by ``RISING_FACTOR`` plus ``RISING_FLOOR``, the loss of the same
+    family's member nearest in budget fractions at the next shorter length. Their need grows
+    faster than the length, which no law extrapolates (measured on SmolLM2, 2K+4K laws checked
+    at 8K: vertical-slash's column-heavy family, whose 100 forced diagonals do not grow with N,
+    lost 0.046 / 0.053 / 0.077 at 2K / 4K / 8K at a fixed fraction of columns, and its laws gave
+    a median 0.34 of the columns 8K needed)."""
+    L, H, C = len(longest.layers), longest.num_heads, len(longest.candidates)
+    rising = np.zeros((L * H, C), dtype=bool)
+    if not shorter:
+        return rising
+    short = max(shorter, key=lambda s: s.length)
+    loss_long, loss_short = longest.loss(scoring), short.loss(scoring)
+    short_families = [family(c, short.length) for c in short.candidates]
+    for j, c in enumerate(longest.candidates):
+        if c.pattern not in LAW_PATTERNS or c.tag == "minference-default":
+            continue
+        target, frac = family(c, longest.length), fractions(c, longest.length)
+        members = [m for m, f in enumerate(short_families) if f == target]
+        if not members or not frac:
+            continue
+        nearest = min(members, key=lambda m: sum(abs(math.log(max(f, 1e-9) / max(frac[k], 1e-9)))
+                                                 for k, f in fractions(short.candidates[m], short.length).items()))
+        up = loss_long[:, j, :] > loss_short[:, nearest, :] * RISING_FACTOR + RISING_FLOOR      # (L, H)
+        rising[:, j] = up.reshape(-1)
+    return rising

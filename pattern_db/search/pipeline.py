@@ -67,6 +67,8 @@ class SearchConfig:
     # length): below about 16K the online builders' fixed cost outweighs attention itself, which
     # says nothing about the long prompts a plan is for
     price_length: int = DEFAULT_PRICE_LENGTH
+    # with several lengths: no head takes a candidate whose loss rises with N (laws.rising_loss)
+    refuse_rising_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.lengths:
@@ -307,10 +309,13 @@ def pattern_mask(scores: SearchScores, patterns: Sequence[str] | None) -> np.nda
 
 
 def choose(scores: SearchScores, budget: float, scoring: str = DEFAULT_SCORING,
-           patterns: Sequence[str] | None = None) -> np.ndarray:
+           patterns: Sequence[str] | None = None, refused: np.ndarray | None = None) -> np.ndarray:
     """(L, H) candidate index per searched head under the mean-cost budget (``allocation``),
-    scored by ``scoring`` ("output": relative output error, or "recall": 1 - recall)."""
+    scored by ``scoring`` ("output": relative output error, or "recall": 1 - recall);
+    ``refused`` (L * H, C) bool: candidates a head may not take."""
     allowed = pattern_mask(scores, patterns)
+    if refused is not None:
+        allowed = allowed[None, :] & ~refused
     ch = allocate(scores.flat(scores.cost), scores.flat(scores.loss(scoring)), budget, allowed)
     return ch.reshape(len(scores.layers), scores.num_heads)
 
@@ -470,9 +475,10 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
     chosen budget becomes a law of the length (``laws``). Cheap: a search's details file
     (``--details``) holds the scores, so another budget or scoring needs no model run
     (``mcompile search --from-details``)."""
-    from .laws import fit_laws
+    from .laws import fit_laws, rising_loss
     config.check()
-    choice = choose(scores, config.budget, config.scoring, config.patterns)
+    refused = rising_loss(scores, shorter, config.scoring) if shorter and config.refuse_rising_loss else None
+    choice = choose(scores, config.budget, config.scoring, config.patterns, refused)
     comp = comparisons(scores, config.budget, config.scoring, choice)
     params = fit_laws(scores, choice, shorter, config.scoring) if shorter else None
     calibration = {"data": config.text, "length": scores.length, "samples": config.samples}
@@ -497,8 +503,10 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
                         priced=f"GPU time of dense attention's at {config.price_length} tokens, from the measured "
                                "cost model (kernel and index building)" if config.cost == "time" else
                                "computed tiles plus the index builder's own score work",
-                        laws="; budgets are laws a*N^b through the chosen budget and the budgets of the same "
-                             "family reaching the same loss at the shorter lengths" if shorter else ""))
+                        laws=("; budgets are laws a*N^b through the chosen budget and the budgets of the same "
+                              "family reaching the same loss at the shorter lengths" if shorter else "")
+                        + ("; no head took a candidate whose loss rises with the length at the same fraction "
+                           "(refuse_rising_loss)" if refused is not None else "")))
     db = build_database(identity, scores, choice, provenance, params=params)
     return SearchResult(db=db, scores=scores, choice=choice, comparisons=comp, config=config,
                         offsets=list(offsets), timings=dict(timings or {}), shorter=list(shorter))
