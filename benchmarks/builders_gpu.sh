@@ -47,9 +47,4 @@ step_patterns() {
     --head-dim 64 --lengths 32768,131072 --out "$R/patterns_smollm2_shape_$GPU.json"
 }
 
-for step in $STEPS; do
-  start=$SECONDS
-  echo "=== $step ==="
-  "step_$step"
-  echo "=== $step: $((SECONDS - start)) s ==="
-done
+run_steps $STEPS

@@ -23,6 +23,16 @@ fi
 if command -v mcompile >/dev/null; then MCOMPILE=mcompile; SEARCH="mcompile search"
 else MCOMPILE="$PYTHON -m mcompile.cli"; SEARCH="$PYTHON -m mcompile.pattern_db.search.cli"; fi
 
+run_steps() {   # run_steps STEP ...: each a function step_STEP of the calling script, timed
+  local step start
+  for step in "$@"; do
+    start=$SECONDS
+    echo "=== $step ==="
+    "step_$step"
+    echo "=== $step: $((SECONDS - start)) s ==="
+  done
+}
+
 join_gguf() {   # join_gguf PREFIX OUT [SHA256]: the chunks PREFIX.NN into OUT, once, checked when a sum is given
   local prefix=$1 out=$2 sum=${3:-}
   [ -f "$out" ] && return 0

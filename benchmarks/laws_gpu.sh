@@ -99,9 +99,4 @@ step_gemma_ttft() {
     --cuda-graphs on --out "$R/ttft_gemma3-270m_h200.json"
 }
 
-for step in $STEPS; do
-  start=$SECONDS
-  echo "=== $step ==="
-  "step_$step"
-  echo "=== $step: $((SECONDS - start)) s ==="
-done
+run_steps $STEPS
