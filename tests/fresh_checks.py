@@ -265,6 +265,25 @@ def mixed_budgets_interpreted():
                                for h, p in enumerate(params)], 1)
             assert torch.equal(index_to_mask(a, n), alone), (pattern, n)
             assert torch.equal(index_to_mask(b, n), alone), (pattern, n)
+    # a layer of several patterns: each group's index written into its heads (on the Triton
+    # path one launch a group), windows per head, outputs poisoned; the parts' lists up to
+    # their counts, the static heads' broadcast rows included
+    layer = [("vertical_slash", {"vertical_size": 30, "slash_size": 100}), ("sliding_window", {"window": 70}),
+             ("sample_attention", {"alpha": 0.9, "window_frac": 0.05}), ("block_sparse", {"top_k": 3}),
+             ("vertical_slash", {"vertical_size": 90, "slash_size": 0.5}), ("a_shape", {"n_init": 64, "n_local": 128}),
+             ("dense", {}), ("sample_attention", {"alpha": 0.8, "window_frac": 0.2, "max_columns": 0})]
+    plan = LayerPlan(tuple(HeadPlan(p, params) for p, params in layer))
+    for n in (300, 777):
+        q, k = C.planted_qk(n, heads=8, kv_heads=2, batch=2, d=128, hot_columns=[3, n // 3], diagonals=[40, 170],
+                            local=3.0, seed=n + 1)
+        with _poisoned_empty():
+            a, b = _both(lambda: P.build_layer_index(q, k, plan))
+        check_index(a, n, 2, 8)
+        _same_index(a, b)
+        assert torch.equal(a.window, b.window) and a.window.tolist() == [P.NO_WINDOW, 70] + [P.NO_WINDOW] * 6
+        alone = torch.cat([index_to_mask(P.build_head_group(q, k, p, params, [h]), n)
+                           for h, (p, params) in enumerate(layer)], 1)
+        assert torch.equal(index_to_mask(a, n), alone), n
 
 
 if __name__ == "__main__":

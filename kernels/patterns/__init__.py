@@ -22,7 +22,7 @@ import torch
 from ..index import SparseIndex
 
 NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
-from ._common import Law, StaticCache, device_index, index_cost, resolve_budget
+from ._common import Law, StaticCache, device_index, index_cost, resolve_budget, use_triton
 from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregister_pattern, validate_params
 
 # built-in patterns register themselves on import
@@ -173,7 +173,8 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[
 
 def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> SparseIndex:
     """The index over H heads from (heads, index over those heads) parts covering each head
-    once: materialised at the widest part's widths, each part written into its heads."""
+    once: materialised at the widest part's widths, each part written into its heads (on the
+    Triton path one launch a part, ``_triton_assemble``)."""
     mb = max(ix.max_blocks for _, ix in parts)
     mc = max(ix.max_columns for _, ix in parts)
     nqb = parts[0][1].num_q_blocks
@@ -182,6 +183,14 @@ def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> S
     cc = torch.empty(B, H, nqb, dtype=torch.int32, device=dev)
     bo = torch.empty(B, H, nqb, mb, dtype=torch.int32, device=dev)
     ci = torch.empty(B, H, nqb, mc, dtype=torch.int32, device=dev)
+    # per-head windows where any part has them (the others unbounded); every head is written
+    has_window = any(ix.window is not None for _, ix in parts)
+    window = torch.empty(H, dtype=torch.int32, device=dev) if has_window else None
+    if use_triton(dev):
+        from . import _triton_assemble   # imports triton: only where its kernels launch
+        for heads, ix in parts:
+            _triton_assemble.write_part(device_index(heads, dev), ix, bc, bo, cc, ci, window, NO_WINDOW)
+        return SparseIndex(bc, bo, cc, ci, block_m, block_n, window)
     for heads, ix in parts:
         h = device_index(heads, dev)
         bc[:, h] = ix.block_count
@@ -190,10 +199,6 @@ def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> S
             bo[:, h, :, :ix.max_blocks] = ix.block_offset
         if ix.max_columns:
             ci[:, h, :, :ix.max_columns] = ix.column_index
-    window = None
-    if any(ix.window is not None for _, ix in parts):   # per-head windows; others unbounded
-        window = torch.full((H,), NO_WINDOW, dtype=torch.int32, device=dev)
-        for heads, ix in parts:
-            if ix.window is not None:
-                window[device_index(heads, dev)] = ix.window
+        if has_window:
+            window[h] = NO_WINDOW if ix.window is None else ix.window
     return SparseIndex(bc, bo, cc, ci, block_m, block_n, window)
