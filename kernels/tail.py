@@ -7,15 +7,15 @@ one block holding the answer loses it there, and nowhere else is it cheaper to b
 the last ``rows`` rows cost ``rows * N`` of the ``N^2 / 2`` causal work (0.4% at 32K for one
 64-row block, 0.01% at 1M).
 
-CUDA (and the CPU interpreter when asked for): the one sparse kernel over the full causal
-index (one broadcast row of block starts, no copies), launched for the last query blocks
-only. CPU otherwise: plain torch over the tail rows.
+CUDA (and the CPU interpreter when asked for): two Triton launches that split the keys
+across programs (``_triton_tail.py``; one program per head walking every key alone is
+latency-bound). CPU otherwise: plain torch over the tail rows.
 """
 from __future__ import annotations
 
 import torch
 
-from .index import causal_blocks, dense_causal_index, num_q_blocks
+from .index import causal_blocks, num_q_blocks
 
 
 def tail_blocks(n: int, rows: int, block_m: int = 64) -> int:
@@ -60,6 +60,6 @@ def dense_tail_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
     if not use_kernel:
         _torch_tail(q, k, v, out, (num_q_blocks(n, block_m) - blocks) * block_m, scale)
         return out
-    from .sparse_attention import sparse_attention
-    index = dense_causal_index(B, Hq, n, block_m, block_n, device=q.device)
-    return sparse_attention(q, k, v, index, scale=scale, out=out, last_q_blocks=blocks)
+    from ._triton_tail import dense_tail   # imports triton: only where its kernels launch
+    dense_tail(q, k, v, out, (num_q_blocks(n, block_m) - blocks) * block_m, scale)
+    return out

@@ -1,5 +1,5 @@
 """The dense tail (kernels/tail.py): the last query rows of a sparse call recomputed over every
-causal key, in place, by the sparse kernel (CPU interpreter here, compiled on the GPU) or by
+causal key, in place, by its split-key Triton kernels (CPU interpreter here, compiled on the GPU) or by
 plain torch; and the runtime option ``dense_tail`` that applies it.
 
 Checked against ``F.scaled_dot_product_attention(is_causal=True)`` on fresh random inputs and
@@ -42,7 +42,8 @@ def test_tail_blocks_and_work():
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("n,rows,Hq,Hkv,D", [(256, 64, 4, 1, 64), (200, 64, 2, 2, 32), (130, 100, 6, 2, 64)])
+@pytest.mark.parametrize("n,rows,Hq,Hkv,D", [(256, 64, 4, 1, 64), (200, 64, 2, 2, 32), (130, 100, 6, 2, 64),
+                                          (3000, 64, 4, 2, 64), (1000, 300, 2, 1, 16)])
 def test_dense_tail_matches_sdpa_and_leaves_other_rows(backend, n, rows, Hq, Hkv, D):
     ops.set_cpu_backend(backend)
     try:

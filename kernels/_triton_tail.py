@@ -1,0 +1,121 @@
+"""Triton kernels of the dense tail (CUDA; on CPU through ``TRITON_INTERPRET=1`` for the tests).
+Not called directly: :func:`mcompile.kernels.tail.dense_tail_` uses them.
+
+The tail is a few query rows against every causal key: one program per (head, row block)
+would walk all N keys alone on one SM (9 programs for SmolLM2, 1.35 ms a layer at 128K on an
+H100, a tenth of the whole prefill). So the keys are split as flash-decoding splits them:
+
+* :func:`_tail_partial`, grid (heads x row blocks, splits): each program runs the online
+  softmax of its ``BLOCK_T`` rows over one range of keys and writes its running max, sum and
+  unnormalised output (float32);
+* :func:`_tail_combine`, grid (heads x row blocks,): rescales the splits to their common max,
+  sums them and writes the rows of ``out`` in place.
+"""
+from __future__ import annotations
+
+import torch
+
+from .sparse_attention import HAS_TRITON, tl, triton
+
+BLOCK_T = 64             # query rows a program
+BLOCK_N = 64             # keys a step
+TARGET_PROGRAMS = 512    # about four programs an SM on a 132-SM GPU: the splits follow from it
+
+if HAS_TRITON:
+    @triton.jit
+    def _tail_partial(Q, K, V, M, L, ACC,
+                      stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                      stride_vb, stride_vh, stride_vn,
+                      HQ, GROUP, ROW_BLOCKS, N, START, SPLIT, NSPLIT, qk_scale,
+                      BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        rb = pid % ROW_BLOCKS
+        bh = pid // ROW_BLOCKS
+        b = (bh // HQ).to(tl.int64)
+        h = (bh % HQ).to(tl.int64)
+        kvh = h // GROUP
+        rows = START + rb * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None].to(tl.int64) * stride_qn + offs_d[None, :],
+                    mask=rows[:, None] < N, other=0.0)
+        kbase = K + b * stride_kb + kvh * stride_kh
+        vbase = V + b * stride_vb + kvh * stride_vh
+        m_i = tl.full([BLOCK_T], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_T], tl.float32)
+        acc = tl.zeros([BLOCK_T, HEAD_DIM], tl.float32)
+        j0 = split * SPLIT
+        j1 = tl.minimum(j0 + SPLIT, N)
+        # stage 1: the online softmax over this split's keys (causal: key <= row)
+        for start_n in range(j0, j1, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            keys = offs_n < j1
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                         mask=keys[None, :], other=0.0)
+            s = tl.dot(q, kt) * qk_scale
+            s = tl.where((offs_n[None, :] <= rows[:, None]) & keys[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_safe)
+            p = tl.math.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(vbase + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                        mask=keys[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        # stage 2: the split's partial result (rows past N are written and never read)
+        o = (pid.to(tl.int64) * NSPLIT + split) * BLOCK_T + tl.arange(0, BLOCK_T)
+        tl.store(M + o, m_i)
+        tl.store(L + o, l_i)
+        tl.store(ACC + o[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+    @triton.jit
+    def _tail_combine(M, L, ACC, OUT, stride_ob, stride_oh, stride_on,
+                      HQ, ROW_BLOCKS, N, START, NSPLIT,
+                      BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr):
+        pid = tl.program_id(0)
+        rb = pid % ROW_BLOCKS
+        bh = pid // ROW_BLOCKS
+        b = (bh // HQ).to(tl.int64)
+        h = (bh % HQ).to(tl.int64)
+        offs_t = tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, HEAD_DIM)
+        base = pid.to(tl.int64) * NSPLIT * BLOCK_T
+        # stage 1: the rows' max over all splits
+        m = tl.full([BLOCK_T], float("-inf"), tl.float32)
+        for s in range(NSPLIT):
+            m = tl.maximum(m, tl.load(M + base + s * BLOCK_T + offs_t))
+        m = tl.where(m == float("-inf"), 0.0, m)
+        # stage 2: the splits rescaled to it and summed
+        l_i = tl.zeros([BLOCK_T], tl.float32)
+        acc = tl.zeros([BLOCK_T, HEAD_DIM], tl.float32)
+        for s in range(NSPLIT):
+            o = base + s * BLOCK_T + offs_t
+            w = tl.math.exp2(tl.load(M + o) - m)
+            l_i += w * tl.load(L + o)
+            acc += w[:, None] * tl.load(ACC + o[:, None] * HEAD_DIM + offs_d[None, :])
+        rows = START + rb * BLOCK_T + offs_t
+        out = acc / l_i[:, None]
+        tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None].to(tl.int64) * stride_on + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=rows[:, None] < N)
+
+
+def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, start: int,
+               scale: float) -> None:
+    """out[:, :, start:] = causal attention of those rows of q over k, v (GQA by head
+    groups), in two launches. The last dims of q, k, v and out must be contiguous."""
+    B, Hq, n, D = q.shape
+    row_blocks = triton.cdiv(n - start, BLOCK_T)
+    programs = B * Hq * row_blocks
+    nsplit = max(1, min(triton.cdiv(n, BLOCK_N), TARGET_PROGRAMS // programs))
+    split = triton.cdiv(triton.cdiv(n, nsplit), BLOCK_N) * BLOCK_N
+    nsplit = triton.cdiv(n, split)
+    m = torch.empty(programs * nsplit * BLOCK_T, dtype=torch.float32, device=q.device)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty(programs * nsplit * BLOCK_T, D, dtype=torch.float32, device=q.device)
+    _tail_partial[(programs, nsplit)](
+        q, k, v, m, l_sum, acc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        Hq, Hq // k.shape[1], row_blocks, n, start, split, nsplit, scale * 1.4426950408889634,
+        BLOCK_T=BLOCK_T, BLOCK_N=BLOCK_N, HEAD_DIM=D)
+    _tail_combine[(programs,)](
+        m, l_sum, acc, out, *out.stride()[:3], Hq, row_blocks, n, start, nsplit, BLOCK_T=BLOCK_T, HEAD_DIM=D)
