@@ -23,7 +23,7 @@ if HAS_TRITON:
     from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
     @triton.jit
-    def _vs_row_stats(Q, K, KVH, MOUT, LOUT,
+    def _vs_row_stats(Q, K, QH, KVH, MOUT, LOUT,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                       Hg, N, L, qk_scale, SPLIT, NSPLIT,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -32,12 +32,13 @@ if HAS_TRITON:
         pid_s = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
+        qh = tl.load(QH + h).to(tl.int64)
         kvh = tl.load(KVH + h).to(tl.int64)
         offs_i = tl.arange(0, BLOCK_M)
         imask = offs_i < L
         rpos = N - L + offs_i
         offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
+        q = tl.load(Q + b * stride_qb + qh * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
         kbase = K + b * stride_kb + kvh * stride_kh
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -82,7 +83,7 @@ if HAS_TRITON:
         tl.store(LSE + bh * BLOCK_M + offs_i, m + tl.math.log2(l_i))
 
     @triton.jit
-    def _vs_sums(Q, K, KVH, LSE, VERT, PART,
+    def _vs_sums(Q, K, QH, KVH, LSE, VERT, PART,
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                  Hg, N, L, qk_scale, T,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -91,12 +92,13 @@ if HAS_TRITON:
         pid_t = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
+        qh = tl.load(QH + h).to(tl.int64)
         kvh = tl.load(KVH + h).to(tl.int64)
         offs_i = tl.arange(0, BLOCK_M)
         imask = offs_i < L
         rpos = N - L + offs_i
         offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
+        q = tl.load(Q + b * stride_qb + qh * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
         lse = tl.load(LSE + pid_bh.to(tl.int64) * BLOCK_M + offs_i, mask=imask, other=0.0)
         j0 = pid_t * BLOCK_N
@@ -287,31 +289,36 @@ def supported_head_dim(d: int) -> bool:
     return d in (16, 32, 64, 128, 256)
 
 
-def _score_passes(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
+def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float,
                   block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The two fused passes over the keys: (vertical (B, Hg, N), the key tiles' diagonal
-    partials (B * Hg, T, 2 * block_n), the offset of distance 0 in their layout)."""
-    B, Hg, L, D = qg.shape
+    partials (B * Hg, T, 2 * block_n), the offset of distance 0 in their layout). ``ql``
+    (B, Hq, L, D) the last L query rows of every head (a view: the kernels read the group's
+    heads ``q_heads`` from it, so nothing is gathered)."""
+    B, L, D = ql.shape[0], ql.shape[2], ql.shape[3]
+    Hg = len(q_heads)
     N = k.shape[2]
-    dev = qg.device
+    dev = ql.device
     block_m = 64                    # one row tile holds the last L <= 64 query rows
     assert L <= block_m and block_n >= block_m
-    qg = qg.contiguous()
+    if ql.stride(-1) != 1:
+        ql = ql.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
     from ._common import device_index
+    qh = device_index(q_heads, dev, torch.int32)
     kvh = device_index(kv_heads, dev, torch.int32)
     LOG2E = 1.4426950408889634
     qk_scale = float(scale) * LOG2E
-    rnd = qg.dtype in (torch.bfloat16, torch.float16)
-    ieee = qg.dtype == torch.float32
+    rnd = ql.dtype in (torch.bfloat16, torch.float16)
+    ieee = ql.dtype == torch.float32
     BH = B * Hg
     split = max(block_n, min(split, triton.cdiv(N, block_n) * block_n))
     nsplit = triton.cdiv(N, split)
     mout = torch.empty(BH, nsplit, block_m, dtype=torch.float32, device=dev)
     lout = torch.empty_like(mout)
     warps = 4 if D <= 128 else 8
-    _vs_row_stats[(BH, nsplit)](qg, k, kvh, mout, lout, qg.stride(0), qg.stride(1), qg.stride(2),
+    _vs_row_stats[(BH, nsplit)](ql, k, qh, kvh, mout, lout, ql.stride(0), ql.stride(1), ql.stride(2),
                                 k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, split,
                                 nsplit, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
                                 ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
@@ -320,7 +327,7 @@ def _score_passes(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale:
     T = triton.cdiv(N, block_n)
     vert = torch.empty(B, Hg, N, dtype=torch.float32, device=dev)
     part = torch.empty(BH, T, 2 * block_n, dtype=torch.float32, device=dev)
-    _vs_sums[(BH, T)](qg, k, kvh, lse, vert, part, qg.stride(0), qg.stride(1), qg.stride(2),
+    _vs_sums[(BH, T)](ql, k, qh, kvh, lse, vert, part, ql.stride(0), ql.stride(1), ql.stride(2),
                       k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, T,
                       BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, ROUND_SCORES=rnd,
                       DOT_IEEE=ieee, num_warps=warps)
@@ -329,22 +336,22 @@ def _score_passes(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale:
     return vert, part, T * block_n - N + L - 1
 
 
-def scores(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float,
+def scores(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float,
            block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """qg (B, Hg, L, D) the last L query rows of the group's heads, k (B, Hkv, N, D),
-    ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
+    """ql (B, Hq, L, D) the last L query rows of every head (a view is fine), k (B, Hkv, N, D),
+    ``q_heads`` the group's query heads and ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
     as :func:`.vertical_slash.scores`.
 
     Two fused passes over the keys: per key split, the rows' running max and sum; per key
     tile, probabilities, their column sums, and their diagonal sums through an in-register
     skew. The scores are rounded to the input dtype before scaling when it is 16-bit, as the
     torch path's matmul in the input dtype does; float32 inputs use IEEE float32 dots (no TF32)."""
-    B, Hg = qg.shape[:2]
+    B, Hg = ql.shape[0], len(q_heads)
     N = k.shape[2]
-    vert, part, o = _score_passes(qg, k, kv_heads, scale, block_n, split)
+    vert, part, o = _score_passes(ql, k, q_heads, kv_heads, scale, block_n, split)
     BH, T = part.shape[:2]
     a = part.flip(1)
-    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=qg.device)
+    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=ql.device)
     buf[:, :T] += a[..., :block_n]
     buf[:, 1:] += a[..., block_n:]
     slash = buf.view(BH, -1)[:, o:o + N].reshape(B, Hg, N)
@@ -357,7 +364,7 @@ SELECT_CHUNK = 8192
 SELECT_WARPS = 16
 
 
-def build(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float, head_kv: torch.Tensor,
+def build(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float, head_kv: torch.Tensor,
           head_ks: torch.Tensor, kv_width: int, ks_width: int, bm: int, *, force: float,
           forced_columns: int, forced_diagonals: int
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -365,13 +372,14 @@ def build(qg: torch.Tensor, k: torch.Tensor, kv_heads: list[int], scale: float, 
     rows' log-sum-exp between them), the selection (:func:`_vs_select`: both top-k's, the
     columns sorted and the diagonals as the merge's ``pred`` table), the range merge and the
     verticals. ``head_kv`` / ``head_ks`` int32 (Hg,) or (1,): each head's counts; ``kv_width``
-    / ``ks_width`` their largest. Returns what :func:`index` returns."""
-    B, Hg = qg.shape[:2]
+    / ``ks_width`` their largest; ``ql``, ``q_heads`` and ``kv_heads`` as :func:`scores`.
+    Returns what :func:`index` returns."""
+    B, Hg = ql.shape[0], len(q_heads)
     n = k.shape[2]
-    vert, part, o = _score_passes(qg, k, kv_heads, scale, bm)
+    vert, part, o = _score_passes(ql, k, q_heads, kv_heads, scale, bm)
     BH, T = part.shape[:2]
-    cols = torch.empty(BH, max(kv_width, 1), dtype=torch.int32, device=qg.device)
-    pred = torch.empty(BH, n + 1, dtype=torch.int32, device=qg.device)
+    cols = torch.empty(BH, max(kv_width, 1), dtype=torch.int32, device=ql.device)
+    pred = torch.empty(BH, n + 1, dtype=torch.int32, device=ql.device)
     _vs_select[(BH, 2)](vert, part, cols, pred, head_kv, head_ks, head_kv.numel(), n, T, o, kv_width,
                         force, cols.stride(0), pred.stride(0), FORCED_COLUMNS=forced_columns,
                         FORCED_DIAGONALS=forced_diagonals, BLOCK_N=bm, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS)

@@ -93,10 +93,11 @@ def _diag_sums(p: torch.Tensor) -> torch.Tensor:
 
 
 def _last_queries(q: torch.Tensor, k: torch.Tensor, heads, scale: float | None):
-    """(HeadMap of the group, its heads' last ``min(64, N)`` query rows (B, Hg, L, D), scale)."""
+    """(HeadMap of the group, every head's last ``min(64, N)`` query rows (B, Hq, L, D), a
+    view, scale). The Triton kernels read the group's heads from the view; torch gathers them."""
     B, Hq, N, D = q.shape
     hm = HeadMap(range(Hq) if heads is None else heads, Hq, k.shape[1])
-    return hm, hm.select_q(q[:, :, N - min(LAST_Q, N):]), D ** -0.5 if scale is None else scale
+    return hm, q[:, :, N - min(LAST_Q, N):], D ** -0.5 if scale is None else scale
 
 
 def _triton_scores(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -116,12 +117,13 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     matmul, chunked over keys (two passes: log-sum-exp, then probabilities) when the float32
     score tensor would exceed ``SCORE_BUDGET_BYTES``."""
     B, Hq, N, D = q.shape
-    hm, qg, scale = _last_queries(q, k, heads, scale)
-    L = qg.shape[2]
+    hm, ql, scale = _last_queries(q, k, heads, scale)
+    L = ql.shape[2]
     dev = q.device
     if _triton_scores(q, k):
         from . import _triton_vs   # imports triton: only where its kernels launch
-        return _triton_vs.scores(qg, k, [h // hm.group for h in hm.heads], scale)
+        return _triton_vs.scores(ql, k, hm.heads, [h // hm.group for h in hm.heads], scale)
+    qg = hm.select_q(ql)
     Hg = qg.shape[1]
     row_pos = torch.arange(N - L, N, device=dev)
     chunks = row_chunks(N, B * Hg * L * 4 * 3, multiple=64)
@@ -272,12 +274,12 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *
     if _triton_scores(q, k) and block_m == block_n:
         # scores, both top-k's and the index in six launches, whatever the heads' budgets
         from . import _triton_vs   # imports triton: only where its kernels launch
-        hm, qg, scale = _last_queries(q, k, heads, scale)
+        hm, ql, scale = _last_queries(q, k, heads, scale)
         kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
         heads_n = max(len(kvs), len(kss))     # one count per head for both where either differs
         kvs, kss = (c * heads_n if len(c) == 1 else c for c in (kvs, kss))
         return SparseIndex(*_triton_vs.build(
-            qg, k, [h // hm.group for h in hm.heads], scale, device_index(kvs, q.device, torch.int32),
+            ql, k, hm.heads, [h // hm.group for h in hm.heads], scale, device_index(kvs, q.device, torch.int32),
             device_index(kss, q.device, torch.int32), max(kvs), max(kss), block_m, force=_FORCE,
             forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS), block_m, block_n)
     vertical, slash = scores(q, k, heads, scale)
