@@ -7,8 +7,9 @@
 #     cost_model  benchmarks/cost_model.py -> kernels/cost_model.json (what the gate reads, so
 #                 the steps after it use it), copied to $R/cost_model_<gpu>.json
 #     tests       every GPU-marked test, the launch counts printed
-#     ttft        SmolLM2 at 8K, 32K, 128K under CUDA graphs, and eagerly at 32K (host time):
-#                 dense, the shipped database, the default plan
+#     ttft        SmolLM2 at 8K, 32K, 128K under CUDA graphs: dense, the shipped database, the
+#                 default plan
+#     ttft_eager  the same eagerly at 32K (host time)
 #     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 R=${R:-benchmarks/results}
 WORK=${WORK:-$HOME/work}
 CHUNKS=${CHUNKS:-$HOME/carry}
-STEPS=${STEPS:-"cost_model tests ttft patterns"}
+STEPS=${STEPS:-"cost_model tests ttft ttft_eager patterns"}
 mkdir -p "$R" "$WORK"
 . benchmarks/gpu_env.sh
 join_gguf "$CHUNKS/s" "$WORK/smollm2.gguf" && [ -f "$WORK/smollm2.gguf" ] \
@@ -37,6 +38,9 @@ step_tests() {
 step_ttft() {
   $PYTHON benchmarks/ttft.py --model smollm2 --lengths 8K,32K,128K --variants dense,database,default \
     --cuda-graphs on --out "$R/ttft_smollm2_$GPU.json"
+}
+
+step_ttft_eager() {
   $PYTHON benchmarks/ttft.py --model smollm2 --lengths 32K --variants dense,database,default \
     --cuda-graphs off --out "$R/ttft_smollm2_${GPU}_eager.json"
 }
