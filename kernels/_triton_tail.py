@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_attention import HAS_TRITON, tl, triton
+from .sparse_attention import HAS_TRITON, _InterpretLaunch, tl, triton
 
 BLOCK_T = 64             # query rows a program
 BLOCK_N = 64             # keys a step
@@ -113,9 +113,12 @@ def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
     m = torch.empty(programs * nsplit * BLOCK_T, dtype=torch.float32, device=q.device)
     l_sum = torch.empty_like(m)
     acc = torch.empty(programs * nsplit * BLOCK_T, D, dtype=torch.float32, device=q.device)
-    _tail_partial[(programs, nsplit)](
+    # CPU tensors (the tests) take Triton's interpreter, as the sparse kernel's do
+    partial, combine = ((_InterpretLaunch(_tail_partial), _InterpretLaunch(_tail_combine)) if q.device.type == "cpu"
+                        else (_tail_partial, _tail_combine))
+    partial[(programs, nsplit)](
         q, k, v, m, l_sum, acc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         Hq, Hq // k.shape[1], row_blocks, n, start, split, nsplit, scale * 1.4426950408889634,
         BLOCK_T=BLOCK_T, BLOCK_N=BLOCK_N, HEAD_DIM=D)
-    _tail_combine[(programs,)](
+    combine[(programs,)](
         m, l_sum, acc, out, *out.stride()[:3], Hq, row_blocks, n, start, nsplit, BLOCK_T=BLOCK_T, HEAD_DIM=D)
