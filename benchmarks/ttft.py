@@ -17,6 +17,7 @@ environment, and a printed table.
 from __future__ import annotations
 
 import argparse
+import gc
 import datetime
 import json
 import logging
@@ -149,6 +150,9 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
     from mcompile import reporting
 
     torch._dynamo.reset()
+    gc.collect()                    # the previous variant's graphs and caches, so its memory is not counted here
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
     reporting.reset()
     messages = _LogKeeper()         # what mcompile logs (e.g. a signature not replayed as a graph)
     logging.getLogger("mcompile").addHandler(messages)

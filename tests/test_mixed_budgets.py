@@ -175,7 +175,7 @@ def test_selection_kernels_equal_torch_selection_on_gpu(monkeypatch):
     from mcompile.kernels.patterns import vertical_slash as VS
     n = 32768
     g = torch.Generator().manual_seed(7)
-    planted = C.planted_qk(n, heads=9, kv_heads=3, d=128, hot_columns=[3, 700, 20000], diagonals=[40, 170, 5000],
+    planted = C.planted_qk(n, heads=9, kv_heads=3, d=128, hot_columns=[3, 700, 20000], diagonals=[40, 5000],
                            local=3.0, dtype=torch.bfloat16)
     rand = (torch.randn(1, 9, n, 64, generator=g).bfloat16(), torch.randn(1, 3, n, 64, generator=g).bfloat16())
     vs_params = [{"vertical_size": 30 + 200 * i, "slash_size": 100 + 700 * i} for i in range(9)]
