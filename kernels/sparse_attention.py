@@ -371,14 +371,9 @@ def _validate(q, k, v, index: SparseIndex):
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
                      scale: float | None = None, return_lse: bool = False, *,
                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-                     config: KernelConfig | tuple | None = None, debug: bool | None = None,
-                     last_q_blocks: int | None = None):
+                     config: KernelConfig | tuple | None = None, debug: bool | None = None):
     """Launch the Triton kernel: q (B, Hq, N, D), k/v (B, Hkv, N, D) (any strides with a
     contiguous last dim) -> out like q [, lse (B, Hq, N) float32].
-
-    ``last_q_blocks``: compute only the last this-many query blocks of the index; the other
-    rows of ``out`` (and ``lse``) are left as they are (the runtime's dense tail writes the
-    last rows of a sparse result in place this way).
 
     ``index`` may be (B, Hq) or broadcast (1 -> B, 1 -> Hq). ``config`` (a
     :class:`KernelConfig` or the same 5-tuple) overrides the tuned table (TMA is used only
@@ -436,11 +431,6 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     else:
         window, stride_wh = bc, 0          # never read
     nqb = index.num_q_blocks
-    run_blocks = nqb if last_q_blocks is None else last_q_blocks
-    if not 0 <= run_blocks <= nqb:
-        raise ValueError(f"last_q_blocks must lie in [0, {nqb}] (the index's query blocks), got {last_q_blocks}")
-    if run_blocks == 0:
-        return (out, lse) if return_lse else out
     group = Hq // Hkv
     interpret = q.device.type == "cpu"
     interp_fp32 = interpret and q.dtype == torch.bfloat16
@@ -452,8 +442,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
         else:
             use_tma = False
-        # programs take row tiles last-first, so a shorter grid computes just the last blocks
-        grid = (run_blocks * (bm // tile_m) * group, B * Hkv)
+        grid = (nqb * (bm // tile_m) * group, B * Hkv)
         (_InterpretLaunch(_sparse_attn_fwd) if interpret else _sparse_attn_fwd)[grid](
             q, k, v, out, lse,
             k_desc, v_desc,
