@@ -87,9 +87,10 @@ if HAS_TRITON:
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                  Hg, N, L, qk_scale, T,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
+                 TILES: tl.constexpr, ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
+        """Per key tile of ``TILES`` consecutive ones (the query rows and their log-sum-exp
+        loaded once for all): the probabilities' column sums and their diagonal partials."""
         pid_bh = tl.program_id(0)
-        pid_t = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
         qh = tl.load(QH + h).to(tl.int64)
@@ -101,27 +102,28 @@ if HAS_TRITON:
         q = tl.load(Q + b * stride_qb + qh * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
         lse = tl.load(LSE + pid_bh.to(tl.int64) * BLOCK_M + offs_i, mask=imask, other=0.0)
-        j0 = pid_t * BLOCK_N
-        offs_n = j0 + tl.arange(0, BLOCK_N)
-        kt = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[None, :].to(tl.int64) * stride_kn
-                     + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
-        if DOT_IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-        else:
-            s = tl.dot(q, kt)
-        if ROUND_SCORES:
-            s = s.to(Q.dtype.element_ty).to(tl.float32)
-        s = s * qk_scale
-        valid = (offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < N) & imask[:, None]
-        p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
-        tl.store(VERT + pid_bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
+        kbase = K + b * stride_kb + kvh * stride_kh
         # diagonal sums: u = i - t + BLOCK_N - 1 (distance N - L - j0 - BLOCK_N + 1 + u)
         offs_u = tl.arange(0, 2 * BLOCK_N)
         t = offs_i[:, None] + (BLOCK_N - 1) - offs_u[None, :]                  # (BLOCK_M, 2 BLOCK_N)
         ok = (t >= 0) & (t < BLOCK_N)
-        skew = tl.gather(p, tl.where(ok, t, 0), 1)
-        part = tl.sum(tl.where(ok, skew, 0.0), 0)
-        tl.store(PART + (pid_bh.to(tl.int64) * T + pid_t) * (2 * BLOCK_N) + offs_u, part)
+        for tile in range(tl.program_id(1) * TILES, tl.minimum((tl.program_id(1) + 1) * TILES, T)):
+            offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                         mask=offs_n[None, :] < N, other=0.0)
+            if DOT_IEEE:
+                s = tl.dot(q, kt, input_precision="ieee")
+            else:
+                s = tl.dot(q, kt)
+            if ROUND_SCORES:
+                s = s.to(Q.dtype.element_ty).to(tl.float32)
+            s = s * qk_scale
+            valid = (offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < N) & imask[:, None]
+            p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
+            tl.store(VERT + pid_bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
+            skew = tl.gather(p, tl.where(ok, t, 0), 1)
+            part = tl.sum(tl.where(ok, skew, 0.0), 0)
+            tl.store(PART + (pid_bh.to(tl.int64) * T + tile) * (2 * BLOCK_N) + offs_u, part)
 
     @triton.jit
     def _max(a, b):
@@ -279,6 +281,7 @@ if HAS_TRITON:
 
 
 COLUMNS_CHUNK = 1024     # verticals one program of _vs_columns holds at a time
+SUMS_TILES = 8           # key tiles one program of _vs_sums scores: its query rows are loaded once for them
 # query blocks per program of the range merge: each lane's steps wait on a load, so many
 # small programs (several per SM) hide that latency better than a few wide ones
 MERGE_ROWS = 32
@@ -327,10 +330,10 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
     T = triton.cdiv(N, block_n)
     vert = torch.empty(B, Hg, N, dtype=torch.float32, device=dev)
     part = torch.empty(BH, T, 2 * block_n, dtype=torch.float32, device=dev)
-    _vs_sums[(BH, T)](ql, k, qh, kvh, lse, vert, part, ql.stride(0), ql.stride(1), ql.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, T,
-                      BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, ROUND_SCORES=rnd,
-                      DOT_IEEE=ieee, num_warps=warps)
+    _vs_sums[(BH, triton.cdiv(T, SUMS_TILES))](ql, k, qh, kvh, lse, vert, part, ql.stride(0), ql.stride(1),
+                                               ql.stride(2), k.stride(0), k.stride(1), k.stride(2), Hg, N, L,
+                                               qk_scale, T, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
+                                               TILES=SUMS_TILES, ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
     # tile t contributes at distance N - L - t * BN - BN + 1 + u; laid out by
     # w = (T - 1 - t) * BN + u, distance d sits at w = d + T * BN - N + L - 1
     return vert, part, T * block_n - N + L - 1
