@@ -18,12 +18,13 @@ if HAS_TRITON:
     from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
     @triton.jit
-    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FOUT,
+    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FIN,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn, stride_w0h,
                       Hg, R, N, qk_scale,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
         """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
-        on keys before its window start (W0: per head, or shared when stride_w0h is 0)."""
+        inside its window, on keys from its window start on (W0: per head, or shared when
+        stride_w0h is 0)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // Hg).to(tl.int64)
@@ -67,7 +68,7 @@ if HAS_TRITON:
             m_i = m_new
         out = pid_bh.to(tl.int64) * R + offs_m
         tl.store(LSE + out, m_i + tl.math.log2(l_i), mask=mmask)
-        tl.store(FOUT + out, lo_i / l_i, mask=mmask)
+        tl.store(FIN + out, 1.0 - lo_i / l_i, mask=mmask)
 
     @triton.jit
     def _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr, qk_scale,

@@ -230,14 +230,17 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
     B, Hq, N, D = q.shape
     Hg = len(hm.heads)
     R = rpos.shape[0]
-    qs = hm.select_q(q.index_select(2, rpos)).contiguous()                   # (B, Hg, R, D)
+    if hm.identity:
+        qs = q.index_select(2, rpos)                                          # (B, Hg, R, D)
+    else:       # the group's heads and sampled rows in one gather
+        qs = q[:, device_index(hm.heads, q.device).view(-1, 1), rpos.view(1, -1)]
     kvh = device_index([h // hm.group for h in hm.heads], q.device, torch.int32)
     if k.stride(-1) != 1:
         k = k.contiguous()
     stride_w0h = R if w0.shape[0] > 1 else 0
     head_window = windows if windows.shape[0] == Hg else windows.expand(Hg).contiguous()
     lse = torch.empty(B, Hg, R, dtype=torch.float32, device=q.device)
-    fout = torch.empty_like(lse)
+    fin = torch.empty_like(lse)      # each sampled row's mass fraction inside its window
     col = torch.empty(B, Hg, N, dtype=torch.float32, device=q.device)
     qk_scale = float(scale) * 1.4426950408889634
     c1, c2 = dict(CONFIG["row_stats"]), dict(CONFIG["col_sums"])
@@ -245,7 +248,7 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
         c1.update(BLOCK_N=32, num_warps=8, num_stages=2)
         c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
     _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
-                      qs, k, rpos, w0, kvh, lse, fout, qs.stride(0), qs.stride(1), qs.stride(2),
+                      qs, k, rpos, w0, kvh, lse, fin, qs.stride(0), qs.stride(1), qs.stride(2),
                       k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, HEAD_DIM=D)
     nstr = len(range(0, tail0, stride))
     _launch_shrinking(_sa_col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
@@ -254,7 +257,7 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
                       head_window, block_m, COUNT_WINDOW=bool(count_window), HEAD_DIM=D)
     tot = _sampled.get(("total", B, Hg, R, str(q.device)),   # read only, kept: no launch per call
                        lambda: torch.full((B, Hg), float(R), dtype=torch.float32, device=q.device), q.device)
-    win = (1.0 - fout).sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
+    win = fin.sum(-1) if count_window else torch.zeros(B, Hg, device=q.device)
     return col, win, tot
 
 
