@@ -191,3 +191,23 @@ def test_candidates_whose_loss_rises_with_the_length_can_be_refused():
     long.cost[0, -1, 0] = 1.0                                      # dense costs what it is: out of budget
     assert choose(long, 0.1, "output")[0, 0] == 2                  # the rising family's best
     assert choose(long, 0.1, "output", refused=marked)[0, 0] == 5  # the falling family's best
+
+
+def test_families_whose_loss_mostly_rises_are_refused_for_every_head():
+    """rising_families refuses every member of a family in which most (head, member) pairs rise,
+    for every head, including a head whose own loss holds steady; other families stay open."""
+    from mcompile.pattern_db.search.laws import rising_families
+    bs = [Candidate("block_sparse", {"top_k": Frac(f)}, f) for f in (0.1, 0.2, 0.4)]
+    sw = [Candidate("sliding_window", {"window": Frac(f)}, f) for f in (0.1, 0.2, 0.4)]
+    cands = bs + sw
+    short = scores_at(2048, cands, [0.05, 0.02, 0.01, 0.3, 0.2, 0.1])
+    long = scores_at(4096, cands, [0.1, 0.05, 0.02, 0.2, 0.1, 0.05])
+    refused = rising_families(long, [short], "output")
+    assert refused.shape == (1, len(cands)) and refused[0].tolist() == [True] * 3 + [False] * 3
+    # two of three block_sparse members rise: still most of the family, all three refused
+    long.error[0, 2, 0] = 0.01
+    assert rising_families(long, [short], "output")[0].tolist() == [True] * 3 + [False] * 3
+    # one of three: not refused
+    long.error[0, 1, 0] = 0.02
+    assert not rising_families(long, [short], "output").any()
+    assert not rising_families(long, [], "output").any()

@@ -65,9 +65,10 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help="choose the plan from an earlier search's --details file (its scored candidates) at this "
                         "--budget/--scoring/--patterns, without running the model (only its config is read)")
     p.add_argument("--reuse-capture", action="store_true", help="score the capture already in --capture-dir")
-    p.add_argument("--refuse-rising-loss", action="store_true",
-                   help="with --lengths: no head takes a candidate whose loss at the same fraction of the keys "
-                        "rises from the next shorter length (its need outgrows every law)")
+    p.add_argument("--refuse-rising-families", action="store_true",
+                   help="with --lengths: no head takes a member of a candidate family in which most (head, "
+                        "member) pairs have loss rising from the next shorter length (on SmolLM2: the "
+                        "column-heavy vertical-slash family)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,7 +96,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                           seed=args.seed, device=device, levels=tuple(args.levels), patterns=args.patterns,
                           layers=args.layers, max_query_blocks=args.max_query_blocks, text=args.text,
                           lengths=tuple(args.lengths) if args.lengths else None, cost=args.cost,
-                          price_length=args.price_length, refuse_rising_loss=args.refuse_rising_loss)
+                          price_length=args.price_length,
+                          refuse_rising_families=args.refuse_rising_families)
     if args.from_details:
         try:
             config.check()

@@ -67,8 +67,9 @@ class SearchConfig:
     # length): below about 16K the online builders' fixed cost outweighs attention itself, which
     # says nothing about the long prompts a plan is for
     price_length: int = DEFAULT_PRICE_LENGTH
-    # with several lengths: no head takes a candidate whose loss rises with N (laws.rising_loss)
-    refuse_rising_loss: bool = False
+    # with several lengths: no head takes a member of a family whose loss mostly rises with N
+    # (laws.rising_families)
+    refuse_rising_families: bool = False
 
     def __post_init__(self) -> None:
         if self.lengths:
@@ -475,9 +476,9 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
     chosen budget becomes a law of the length (``laws``). Cheap: a search's details file
     (``--details``) holds the scores, so another budget or scoring needs no model run
     (``mcompile search --from-details``)."""
-    from .laws import fit_laws, rising_loss
+    from .laws import fit_laws, rising_families
     config.check()
-    refused = rising_loss(scores, shorter, config.scoring) if shorter and config.refuse_rising_loss else None
+    refused = rising_families(scores, shorter, config.scoring) if shorter and config.refuse_rising_families else None
     choice = choose(scores, config.budget, config.scoring, config.patterns, refused)
     comp = comparisons(scores, config.budget, config.scoring, choice)
     params = fit_laws(scores, choice, shorter, config.scoring) if shorter else None
@@ -505,8 +506,8 @@ def select(identity: ModelIdentity, scores: SearchScores, config: SearchConfig, 
                                "computed tiles plus the index builder's own score work",
                         laws=("; budgets are laws a*N^b through the chosen budget and the budgets of the same "
                               "family reaching the same loss at the shorter lengths" if shorter else "")
-                        + ("; no head took a candidate whose loss rises with the length at the same fraction "
-                           "(refuse_rising_loss)" if refused is not None else "")))
+                        + ("; no head took a member of a family whose loss mostly rises with the length "
+                           "(refuse_rising_families)" if refused is not None else "")))
     db = build_database(identity, scores, choice, provenance, params=params)
     return SearchResult(db=db, scores=scores, choice=choice, comparisons=comp, config=config,
                         offsets=list(offsets), timings=dict(timings or {}), shorter=list(shorter))
