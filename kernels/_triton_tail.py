@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_attention import HAS_TRITON, _InterpretLaunch, tl, triton
+from .sparse_attention import HAS_TRITON, _InterpretLaunch, launch_shrinking, tl, triton
 
 BLOCK_T = 64             # query rows a program
-BLOCK_N = 64             # keys a step
+SPLIT_UNIT = 64          # the keys of a split are a multiple of this (and of every config's BLOCK_N)
 TARGET_PROGRAMS = 512    # about four programs an SM on a 132-SM GPU: the splits follow from it
+
+
+def _configs(head_dim: int):
+    """(BLOCK_N keys a step, warps, pipeline stages) of the partial kernel, first choice first;
+    the next is tried while the GPU's shared memory is too small (``launch_shrinking``). Head dim
+    256 (Gemma 3) keeps fewer stages: its K and V tiles are four times d 64's."""
+    yield (64, 4, 3) if head_dim <= 128 else (64, 8, 2)
+    yield (32, 8, 1)
 
 if HAS_TRITON:
     @triton.jit
@@ -107,8 +115,8 @@ def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
     B, Hq, n, D = q.shape
     row_blocks = triton.cdiv(n - start, BLOCK_T)
     programs = B * Hq * row_blocks
-    nsplit = max(1, min(triton.cdiv(n, BLOCK_N), TARGET_PROGRAMS // programs))
-    split = triton.cdiv(triton.cdiv(n, nsplit), BLOCK_N) * BLOCK_N
+    nsplit = max(1, min(triton.cdiv(n, SPLIT_UNIT), TARGET_PROGRAMS // programs))
+    split = triton.cdiv(triton.cdiv(n, nsplit), SPLIT_UNIT) * SPLIT_UNIT
     nsplit = triton.cdiv(n, split)
     m = torch.empty(programs * nsplit * BLOCK_T, dtype=torch.float32, device=q.device)
     l_sum = torch.empty_like(m)
@@ -116,9 +124,10 @@ def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
     # CPU tensors (the tests) take Triton's interpreter, as the sparse kernel's do
     partial, combine = ((_InterpretLaunch(_tail_partial), _InterpretLaunch(_tail_combine)) if q.device.type == "cpu"
                         else (_tail_partial, _tail_combine))
-    partial[(programs, nsplit)](
+    launch_shrinking(lambda c: partial[(programs, nsplit)](
         q, k, v, m, l_sum, acc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         Hq, Hq // k.shape[1], row_blocks, n, start, split, nsplit, scale * 1.4426950408889634,
-        BLOCK_T=BLOCK_T, BLOCK_N=BLOCK_N, HEAD_DIM=D)
+        BLOCK_T=BLOCK_T, BLOCK_N=c[0], HEAD_DIM=D, num_warps=c[1], num_stages=c[2]), _configs(D))
     combine[(programs,)](
-        m, l_sum, acc, out, *out.stride()[:3], Hq, row_blocks, n, start, nsplit, BLOCK_T=BLOCK_T, HEAD_DIM=D)
+        m, l_sum, acc, out, *out.stride()[:3], Hq, row_blocks, n, start, nsplit, BLOCK_T=BLOCK_T, HEAD_DIM=D,
+        num_warps=4 if D <= 128 else 8)

@@ -58,6 +58,27 @@ def test_dense_tail_matches_sdpa_and_leaves_other_rows(backend, n, rows, Hq, Hkv
     assert torch.isnan(out[:, :, :start]).all()
 
 
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("n,rows", [(5000, 64), (40000, 130)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_dense_tail_kernels_match_sdpa_on_gpu(n, rows, D):
+    """The split-key tail kernels in bf16 on the GPU, every head dim the sparse path takes (256:
+    Gemma 3, where the kernel's shared memory is tightest), against float32 SDPA."""
+    q, k, v = (t.bfloat16() for t in _qkv(1, 8, 2, n, D, seed=D + rows))
+    q, k, v = (t.cuda() for t in (q, k, v))
+    out = torch.full_like(q, float("nan"))
+    dense_tail_(q, k, v, out, rows, D ** -0.5)
+    start = (n - rows) // 64 * 64
+    # the tail rows' causal attention in float32, K and V repeated per query head
+    kr, vr = (t.float().repeat_interleave(4, dim=1) for t in (k, v))
+    s = (q[:, :, start:].float() @ kr.transpose(-1, -2)) * D ** -0.5
+    s = s.masked_fill(torch.arange(n, device="cuda") > torch.arange(start, n, device="cuda")[:, None], float("-inf"))
+    ref = s.softmax(-1) @ vr
+    torch.testing.assert_close(out[:, :, start:].float(), ref, atol=2e-2, rtol=2e-2)
+    assert torch.isnan(out[:, :, :start]).all()
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
 def test_sparse_call_tail_finds_a_needle_the_pattern_drops(device):
     """a_shape (one sink block + one local block) cannot see key 300 from row 1000; the question
