@@ -111,7 +111,10 @@ if HAS_TRITON:
 def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, start: int,
                scale: float) -> None:
     """out[:, :, start:] = causal attention of those rows of q over k, v (GQA by head
-    groups), in two launches. The last dims of q, k, v and out must be contiguous."""
+    groups), in two launches. ``out``'s last dim must be contiguous."""
+    if out.stride(-1) != 1:
+        raise ValueError("dense_tail: out needs a contiguous last dim")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, Hq, n, D = q.shape
     row_blocks = triton.cdiv(n - start, BLOCK_T)
     programs = B * Hq * row_blocks
