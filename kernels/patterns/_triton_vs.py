@@ -23,6 +23,22 @@ if HAS_TRITON:
     from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
     @triton.jit
+    def _tile_scores(q, Q, kbase, offs_n, offs_d, stride_kn, limit, qk_scale,
+                     ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
+        """Scaled scores (BLOCK_M, BLOCK_N) of the query rows ``q`` against the keys ``offs_n``
+        (those at or past ``limit`` read as zeros), rounded to the input dtype (``Q``'s) before
+        scaling when ROUND_SCORES, as the torch path's matmul in that dtype rounds them."""
+        kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
+                     mask=offs_n[None, :] < limit, other=0.0)
+        if DOT_IEEE:
+            s = tl.dot(q, kt, input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)
+        if ROUND_SCORES:
+            s = s.to(Q.dtype.element_ty).to(tl.float32)
+        return s * qk_scale
+
+    @triton.jit
     def _vs_row_stats(Q, K, QH, KVH, MOUT, LOUT,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                       Hg, N, L, qk_scale, SPLIT, NSPLIT,
@@ -47,15 +63,7 @@ if HAS_TRITON:
         j1 = tl.minimum(j0 + SPLIT, N)
         for start_n in range(j0, j1, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
-                         mask=offs_n[None, :] < j1, other=0.0)
-            if DOT_IEEE:
-                s = tl.dot(q, kt, input_precision="ieee")
-            else:
-                s = tl.dot(q, kt)
-            if ROUND_SCORES:
-                s = s.to(Q.dtype.element_ty).to(tl.float32)
-            s = s * qk_scale
+            s = _tile_scores(q, Q, kbase, offs_n, offs_d, stride_kn, j1, qk_scale, ROUND_SCORES, DOT_IEEE)
             s = tl.where((offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < j1), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -109,15 +117,7 @@ if HAS_TRITON:
         ok = (t >= 0) & (t < BLOCK_N)
         for tile in range(tl.program_id(1) * TILES, tl.minimum((tl.program_id(1) + 1) * TILES, T)):
             offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
-                         mask=offs_n[None, :] < N, other=0.0)
-            if DOT_IEEE:
-                s = tl.dot(q, kt, input_precision="ieee")
-            else:
-                s = tl.dot(q, kt)
-            if ROUND_SCORES:
-                s = s.to(Q.dtype.element_ty).to(tl.float32)
-            s = s * qk_scale
+            s = _tile_scores(q, Q, kbase, offs_n, offs_d, stride_kn, N, qk_scale, ROUND_SCORES, DOT_IEEE)
             valid = (offs_n[None, :] <= rpos[:, None]) & (offs_n[None, :] < N) & imask[:, None]
             p = tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
             tl.store(VERT + pid_bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
