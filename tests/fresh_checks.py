@@ -89,8 +89,29 @@ def _same_index(a, b):
     assert torch.equal(a.column_count, b.column_count)
     for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset),
                       (a.column_count, a.column_index, b.column_index)):
-        ok = torch.arange(x.shape[-1]) < cnt.unsqueeze(-1)
+        ok = torch.arange(x.shape[-1], device=x.device) < cnt.unsqueeze(-1)
         assert torch.equal(torch.where(ok, x, 0), torch.where(ok, y, 0))
+
+
+def same_vs_selection(q, k, params, heads=None):
+    """The vertical-slash Triton selection takes what torch's stable top-k takes from the same
+    scores: the same columns, the diagonals' ``pred`` table entry by entry, and the same index."""
+    import torch
+    from mcompile.kernels.patterns import _triton_vs
+    from mcompile.kernels.patterns import vertical_slash as VS
+    n = q.shape[2]
+    kv, ks = VS.head_budgets(n, params)
+    cols, dists = VS.select(*VS.scores(q, k, heads), kv, ks)
+    _same_index(VS.build(q, k, params, heads=heads), VS.index_from_selection(cols, dists, n))
+    kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
+    hm, ql, scale = VS._last_queries(q, k, heads, None)
+    got_cols, got_pred = _triton_vs.select(
+        *_triton_vs._score_passes(ql, k, hm.heads, [h // hm.group for h in hm.heads], scale),
+        torch.tensor(kvs * (len(kss) // len(kvs) or 1), dtype=torch.int32, device=q.device),
+        torch.tensor(kss * (len(kvs) // len(kss) or 1), dtype=torch.int32, device=q.device), max(kvs),
+        force=VS._FORCE, forced_columns=VS.FORCED_COLUMNS, forced_diagonals=VS.FORCED_DIAGONALS)
+    assert torch.equal(got_cols.view_as(cols), cols.to(torch.int32))
+    assert torch.equal(got_pred, _triton_vs.pred_table(dists, n))
 
 
 @contextlib.contextmanager
@@ -169,12 +190,14 @@ def triton_builders_interpreted():
         a, b = _both(lambda: VS.build(q, k, params, heads=heads))
         C.index_cost(a)
         _same_index(a, b)
-    # vertical-slash: the fused selection (both top-k's in one kernel, outputs poisoned) takes
+    # vertical-slash: the split selection (both top-k's, outputs and workspaces poisoned) takes
     # what torch's stable top-k takes from the same scores, ties included: all-equal inputs
-    # tie almost every score; 256 scores a pass, so passes and ties span several chunks
+    # tie almost every score; 256 scores a chunk and at most 4 segments a row, so segments of
+    # one chunk and of several, ties and candidates spanning several
     from mcompile.kernels.patterns import _triton_vs
     g = torch.Generator().manual_seed(2)
-    _triton_vs.SELECT_CHUNK = 256
+    shipped = _triton_vs.SELECT_CHUNK, _triton_vs.SELECT_SEGMENTS
+    _triton_vs.SELECT_CHUNK, _triton_vs.SELECT_SEGMENTS = 256, 4
     with _poisoned_empty():
         for q, k, params, heads in [
                 (*C.planted_qk(500, heads=4, kv_heads=2, batch=1, d=128, hot_columns=[3, 30], diagonals=[20, 90]),
@@ -185,10 +208,8 @@ def triton_builders_interpreted():
                  {"vertical_size": 100, "slash_size": 500}, None),
                 (torch.randn(1, 3, 900, 32, generator=g), torch.randn(1, 1, 900, 32, generator=g),  # one shared count
                  [{"vertical_size": 100, "slash_size": 100}, {"vertical_size": 100, "slash_size": 600}], [2, 0])]:
-            kv, ks = VS.head_budgets(q.shape[2], params)
-            cols, dists = VS.select(*VS.scores(q, k, heads), kv, ks)
-            _same_index(VS.build(q, k, params, heads=heads), VS.index_from_selection(cols, dists, q.shape[2]))
-    _triton_vs.SELECT_CHUNK = 8192
+            same_vs_selection(q, k, params, heads)
+    _triton_vs.SELECT_CHUNK, _triton_vs.SELECT_SEGMENTS = shipped
     # vertical-slash: the index of random selections (distances in any order), the verticals
     # in one chunk per program and in several
     g = torch.Generator().manual_seed(3)

@@ -17,7 +17,7 @@ from mcompile.kernels.index import check_index
 from mcompile.kernels.patterns import _common as C
 from mcompile.kernels.reference import index_to_mask
 from mcompile.plan import HeadPlan, LayerPlan
-from fresh_checks import run_fresh
+from fresh_checks import run_fresh, same_vs_selection
 
 # four query heads on two KV heads, each with its own budget (counts, fractions and laws)
 MIXED = {
@@ -157,22 +157,13 @@ def test_shipped_database_layers_equal_their_heads_alone_on_gpu():
         assert torch.equal(index_to_mask(index, n), want), layer
 
 
-def _same_listing(a, b) -> None:
-    """Two indexes with the same counts and the same entries up to the counts."""
-    assert torch.equal(a.block_count, b.block_count) and torch.equal(a.column_count, b.column_count)
-    for cnt, x, y in ((a.block_count, a.block_offset, b.block_offset), (a.column_count, a.column_index, b.column_index)):
-        listed = torch.arange(x.shape[-1], device=x.device) < cnt.unsqueeze(-1)
-        assert torch.equal(torch.where(listed, x, 0), torch.where(listed, y, 0))
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_selection_kernels_equal_torch_selection_on_gpu(monkeypatch):
     """At 32K in bf16 on planted and random inputs, the fused selections take what torch's stable
-    selections take from the same scores: the vertical-slash index with nine per-head budgets,
+    selections take from the same scores: the vertical-slash selection and index with nine per-head budgets,
     and SampleAttention's stage 2 with per-head alpha and caps."""
     from mcompile.kernels.patterns import sample_attention as SA
-    from mcompile.kernels.patterns import vertical_slash as VS
     n = 32768
     g = torch.Generator().manual_seed(7)
     planted = C.planted_qk(n, heads=9, kv_heads=3, d=128, hot_columns=[3, 700, 20000], diagonals=[40, 5000],
@@ -183,9 +174,7 @@ def test_selection_kernels_equal_torch_selection_on_gpu(monkeypatch):
                  zip((0.8, 0.9, 0.95, 0.99, 0.5, 0.97, 0.9, 0.85, 0.999), (50, 500, 0.05, 3000, 10, 0.1, 200, 1000, 0.2))]
     for q, k in (planted, rand):
         q, k = q.cuda(), k.cuda()
-        kv, ks = VS.head_budgets(n, vs_params)
-        cols, dists = VS.select(*VS.scores(q, k), kv, ks)
-        _same_listing(VS.build(q, k, vs_params), VS.index_from_selection(cols, dists, n))
+        same_vs_selection(q, k, vs_params)
         ps = SA.head_params(sa_params)
         col, win, tot = SA.column_scores(q, k, ps)
         alpha, cap = [p["alpha"] for p in ps], [SA.column_cap(n, p) for p in ps]

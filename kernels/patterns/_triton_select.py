@@ -1,13 +1,15 @@
 """Triton helpers for an exact top-k over a long row held in global memory, shared by the
-builders' selection kernels (``_triton_vs._vs_select``, ``_triton_sa._sa_select``). Not a
+builders' selection kernels (``_triton_vs._vs_select_*``, ``_triton_sa._sa_select``). Not a
 pattern.
 
 A row too long for registers is taken ``CHUNK`` scores at a time. The k-th largest score is
 found as a radix select on order-preserving integer keys, 8 bits a pass from the top: each pass
 counts the keys that share the bits fixed so far by their next 8 bits (:func:`digit_counts`,
-summed over the chunks) and keeps the digit where the k-th falls (:func:`next_digit`); four
-passes fix all 32 bits. Equal scores are then taken by position, lowest first, as a stable
-descending sort would.
+summed over the chunks) and keeps the digit where the k-th falls (:func:`next_digit`). Equal
+scores are taken by position, lowest first, as a stable descending sort would: either counted
+while writing (:func:`take_top`, after four passes fix all 32 bits), or folded into the key
+(:func:`ranked_keys`: the score, then the position, so every key is distinct and the k-th
+largest alone decides what is taken).
 """
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ if HAS_TRITON:
         at_least = tl.sum(counts, 0) - tl.cumsum(counts, 0) + counts      # keys with digit >= bin
         digit = tl.max(tl.where(at_least >= rem, bins, 0), 0)
         return digit, rem - tl.sum(tl.where(bins == digit, at_least - counts, 0), 0)
+
+    @triton.jit
+    def ranked_keys(key, offs):
+        """uint64 keys, all distinct, in the order an exact top-k takes: by ``key`` (from
+        :func:`order_keys`), then the lower position ``offs`` first."""
+        return (key.to(tl.uint64) << 32) | (4294967295 - offs.to(tl.int64)).to(tl.uint64)
 
     @triton.jit
     def take_top(key, valid, threshold, ties_before, ties_wanted):

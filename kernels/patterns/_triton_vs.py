@@ -4,9 +4,12 @@ for the tests). Not a pattern: :mod:`.vertical_slash` calls these when ``use_tri
 * :func:`scores`: the vertical (column) and slash (diagonal) sums of the causal softmax of the
   last ``L <= 64`` queries, in two fused passes over the keys, so no ``L x N`` score tensor
   is stored;
-* :func:`build`: the scores, then both top-k's in one kernel (a radix select per head: the
-  columns ascending, the diagonals as the table the range merge reads), then the index: six
-  launches for a group of heads whatever their budgets;
+* :func:`select`: both top-k's of every head, exact, in three launches that split each row
+  over many programs (a radix select's first digit from all segments' histograms, the rest
+  among the few candidates by the row's last program to finish, then the writes: the columns
+  ascending, the diagonals as the table the range merge reads);
+* :func:`build`: the scores, the selection, then the index: seven launches for a group of
+  heads whatever their budgets;
 * :func:`index`: MInference's greedy range merge per query block, one lane per query block,
   in ``O(blocks)`` steps instead of ``O(slash_size)``, then the verticals, written compact
   (no ``N``-wide temporaries).
@@ -20,7 +23,7 @@ import torch
 from ..sparse_attention import HAS_TRITON, tl, triton
 
 if HAS_TRITON:
-    from ._triton_select import digit_counts, next_digit, order_keys, take_top
+    from ._triton_select import digit_counts, next_digit, order_keys, ranked_keys
 
     @triton.jit
     def _tile_scores(q, Q, kbase, offs_n, offs_d, stride_kn, limit, qk_scale,
@@ -75,10 +78,10 @@ if HAS_TRITON:
         tl.store(LOUT + out, l_i)
 
     @triton.jit
-    def _vs_lse(MOUT, LOUT, LSE, NSPLIT, BLOCK_M: tl.constexpr):
+    def _row_lse(MOUT, LOUT, bh, NSPLIT, BLOCK_M: tl.constexpr):
         """Per last-query row, log2 of the sum of exp2 over all keys, from the splits' running
-        (max, sum) pairs."""
-        bh = tl.program_id(0).to(tl.int64)
+        (max, sum) pairs (each program of :func:`_vs_sums` combines them for itself: a few KB
+        read from L2 instead of a launch)."""
         offs_i = tl.arange(0, BLOCK_M)
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         for sp in range(NSPLIT):
@@ -88,12 +91,12 @@ if HAS_TRITON:
         for sp in range(NSPLIT):
             o = (bh * NSPLIT + sp) * BLOCK_M + offs_i
             l_i += tl.load(LOUT + o) * tl.math.exp2(tl.load(MOUT + o) - m)
-        tl.store(LSE + bh * BLOCK_M + offs_i, m + tl.math.log2(l_i))
+        return m + tl.math.log2(l_i)
 
     @triton.jit
-    def _vs_sums(Q, K, QH, KVH, LSE, VERT, PART,
+    def _vs_sums(Q, K, QH, KVH, MOUT, LOUT, VERT, PART,
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
-                 Hg, N, L, qk_scale, T,
+                 Hg, N, L, qk_scale, T, NSPLIT,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                  TILES: tl.constexpr, ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
         """Per key tile of ``TILES`` consecutive ones (the query rows and their log-sum-exp
@@ -109,7 +112,7 @@ if HAS_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * stride_qb + qh * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
-        lse = tl.load(LSE + pid_bh.to(tl.int64) * BLOCK_M + offs_i, mask=imask, other=0.0)
+        lse = _row_lse(MOUT, LOUT, pid_bh.to(tl.int64), NSPLIT, BLOCK_M)
         kbase = K + b * stride_kb + kvh * stride_kh
         # diagonal sums: u = i - t + BLOCK_N - 1 (distance N - L - j0 - BLOCK_N + 1 + u)
         offs_u = tl.arange(0, 2 * BLOCK_N)
@@ -154,46 +157,138 @@ if HAS_TRITON:
         return order_keys(s)
 
     @triton.jit
-    def _vs_select(VERT, PART, COLS, PRED, HEAD_KV, HEAD_KS, HEADS, N, T, SLASH_AT, KV_WIDTH, FORCE,
-                   stride_cols, stride_pred,
-                   FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CHUNK: tl.constexpr):
-        """Program (row, 0): the row's top verticals as ascending columns, INT32_BIG past its
-        count; program (row, 1): its top diagonals as the table ``pred[t]`` = the largest
-        selected distance below t (-1: none), which is what the range merge reads. Each is an
-        exact top-k over the N scores (``_triton_select``: ties to the lowest positions), a
-        radix select of the k-th largest key, then one pass writing what is above it."""
+    def _vs_select_hist(VERT, PART, HIST, CTRL, N, T, SLASH_AT, FORCE, SEG,
+                        FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SEGMENTS: tl.constexpr):
+        """Selection stage 1, program (row, direction, segment): the histogram of the top 8
+        bits of the segment's keys. Segment 0 clears the counters stage 2 counts with."""
+        bh = tl.program_id(0).to(tl.int64)
+        r = bh * 2 + tl.program_id(1)
+        s = tl.program_id(2)
+        counts = tl.zeros([256], tl.int32)
+        for c0 in range(s * SEG, tl.minimum(s * SEG + SEG, N), CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, tl.program_id(1) == 1, FORCE,
+                              FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+            counts += digit_counts(key, offs < N, 0, 24)
+        tl.store(HIST + (r * SEGMENTS + s) * 256 + tl.arange(0, 256), counts)
+        if s == 0:
+            tl.store(CTRL + r * 2 + tl.arange(0, 2), tl.zeros([2], tl.int32))
+
+    @triton.jit
+    def threshold_among(VERT, PART, bh, cand, n_cand, top, rem, at_top, N, T, SLASH_AT, is_slash,
+                        FORCE, FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        """The rem-th largest ranked key among the candidates (all with top digit ``top``), 8
+        bits a pass below it, stopping once every key left with the prefix is taken. Ranked
+        keys are distinct, so take iff ranked key >= the result."""
+        prefix = top.to(tl.uint64)
+        shift = 56
+        while (rem < at_top) & (shift > 0):
+            shift -= 8
+            counts = tl.zeros([256], tl.int32)
+            for c0 in range(0, n_cand, CHUNK):
+                i = c0 + tl.arange(0, CHUNK)
+                pos = tl.load(cand + i, mask=i < n_cand, other=0, cache_modifier=".cg")
+                key = _score_keys(VERT, PART, bh, pos, N, T, SLASH_AT, is_slash, FORCE,
+                                  FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+                counts += digit_counts(ranked_keys(key, pos), i < n_cand, prefix, shift.to(tl.uint64))
+            digit, rem = next_digit(counts, rem)
+            at_top = tl.sum(tl.where(tl.arange(0, 256) == digit, counts, 0), 0)
+            prefix = prefix * 256 + digit.to(tl.uint64)
+        return prefix << shift.to(tl.uint64)
+
+    @triton.jit
+    def _vs_select_split(VERT, PART, HIST, CTRL, CAND, SEG_TAKEN, SEG_LAST, THR, HEAD_KV, HEAD_KS,
+                         HEADS, N, T, SLASH_AT, FORCE, SEG, NSEG,
+                         FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr,
+                         BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SEGMENTS: tl.constexpr):
+        """Selection stage 2, program (row, direction, segment). From all segments' histograms,
+        the top digit of the k-th largest key; the segment's keys above it are taken (their
+        number and last position in SEG_TAKEN / SEG_LAST), those at it are the candidates,
+        appended to the row's list in CAND. The row's last program to finish selects among the
+        candidates (:func:`threshold_among`), then turns SEG_TAKEN / SEG_LAST into what stage 3
+        reads: per segment, how many keys and the last position earlier segments take."""
         bh = tl.program_id(0).to(tl.int64)
         is_slash = tl.program_id(1) == 1
+        r = bh * 2 + tl.program_id(1)
+        s = tl.program_id(2)
         h = bh % HEADS
         if is_slash:
             k = tl.load(HEAD_KS + h)
         else:
             k = tl.load(HEAD_KV + h)
         k = tl.minimum(k, N)
-        # the k-th largest key, 8 bits a pass from the top
-        prefix = tl.zeros([], tl.int64)
-        rem = k                                   # keys still to take among those with the prefix
-        for p in tl.static_range(4):
-            counts = tl.zeros([256], tl.int32)
-            for c0 in range(0, N, CHUNK):
-                offs = c0 + tl.arange(0, CHUNK)
-                key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
-                                  FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
-                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
-            digit, rem = next_digit(counts, rem)
-            prefix = prefix * 256 + digit
-        # the keys above the k-th largest, and the first `rem` equal to it
-        kept = tl.zeros([], tl.int32)
-        ties = tl.zeros([], tl.int32)
-        below = tl.full([], -1, tl.int32)         # the largest distance selected so far
-        for c0 in range(0, N, CHUNK):
+        segs = tl.arange(0, SEGMENTS)
+        hist = tl.load(HIST + (r * SEGMENTS + segs[:, None]) * 256 + tl.arange(0, 256)[None, :],
+                       mask=segs[:, None] < NSEG, other=0)
+        counts = tl.sum(hist, 0)
+        top, rem = next_digit(counts, k)
+        taken = tl.zeros([], tl.int32)
+        last = tl.full([], -1, tl.int32)
+        for c0 in range(s * SEG, tl.minimum(s * SEG + SEG, N), CHUNK):
             offs = c0 + tl.arange(0, CHUNK)
             key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
                               FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+            digit = (key >> 24).to(tl.int32)
+            above = (offs < N) & (digit > top)
+            at = (offs < N) & (digit == top)
+            taken += tl.sum(above.to(tl.int32), 0)
+            last = tl.maximum(last, tl.max(tl.where(above, offs, -1), 0))
+            base = tl.atomic_add(CTRL + r * 2 + 1, tl.sum(at.to(tl.int32), 0), sem="relaxed")
+            tl.store(CAND + r * N + base + tl.cumsum(at.to(tl.int32), 0) - 1, offs, mask=at)
+        tl.store(SEG_TAKEN + r * SEGMENTS + s, taken)
+        tl.store(SEG_LAST + r * SEGMENTS + s, last)
+        # every thread's stores before the release; the last to arrive acquires them all
+        tl.debug_barrier()
+        if tl.atomic_add(CTRL + r * 2, 1, sem="acq_rel") == NSEG - 1:
+            n_cand = tl.atomic_add(CTRL + r * 2 + 1, 0, sem="acquire")
+            cand = CAND + r * N
+            at_top = tl.sum(tl.where(tl.arange(0, 256) == top, counts, 0), 0)
+            thr = tl.full([], -1, tl.int64).to(tl.uint64, bitcast=True)     # k == 0 takes nothing
+            if k > 0:
+                thr = threshold_among(VERT, PART, bh, cand, n_cand, top, rem, at_top, N, T, SLASH_AT,
+                                      is_slash, FORCE, FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N, CHUNK)
+            for c0 in range(0, n_cand, CHUNK):
+                i = c0 + tl.arange(0, CHUNK)
+                pos = tl.load(cand + i, mask=i < n_cand, other=0, cache_modifier=".cg")
+                key = _score_keys(VERT, PART, bh, pos, N, T, SLASH_AT, is_slash, FORCE,
+                                  FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+                sel = (i < n_cand) & (ranked_keys(key, pos) >= thr)
+                tl.atomic_add(SEG_TAKEN + r * SEGMENTS + pos // SEG, 1, mask=sel, sem="relaxed")
+                tl.atomic_max(SEG_LAST + r * SEGMENTS + pos // SEG, pos, mask=sel, sem="relaxed")
+            tl.debug_barrier()
+            smask = segs < NSEG
+            n_taken = tl.load(SEG_TAKEN + r * SEGMENTS + segs, mask=smask, other=0, cache_modifier=".cg")
+            last_at = tl.load(SEG_LAST + r * SEGMENTS + segs, mask=smask, other=-1, cache_modifier=".cg")
+            tl.debug_barrier()
+            before = tl.max(tl.where(segs[None, :] < segs[:, None], last_at[None, :], -1), 1)
+            tl.store(SEG_TAKEN + r * SEGMENTS + segs, tl.cumsum(n_taken, 0) - n_taken, mask=smask)
+            tl.store(SEG_LAST + r * SEGMENTS + segs, before, mask=smask)
+            tl.store(THR + r, thr.to(tl.int64, bitcast=True))
+
+    @triton.jit
+    def _vs_select_write(VERT, PART, SEG_TAKEN, SEG_LAST, THR, COLS, PRED, HEAD_KV, HEAD_KS, HEADS,
+                         N, T, SLASH_AT, KV_WIDTH, FORCE, SEG, NSEG, stride_cols, stride_pred,
+                         FORCED_COLUMNS: tl.constexpr, FORCED_DIAGONALS: tl.constexpr,
+                         BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SEGMENTS: tl.constexpr):
+        """Selection stage 3, program (row, direction, segment): the taken keys of the segment
+        written from where earlier segments stop. Verticals: ascending columns (INT32_BIG past
+        the count, from the last segment); diagonals: the range merge's table ``pred[t]`` = the
+        largest selected distance below t (-1: none)."""
+        bh = tl.program_id(0).to(tl.int64)
+        is_slash = tl.program_id(1) == 1
+        r = bh * 2 + tl.program_id(1)
+        s = tl.program_id(2)
+        thr = tl.load(THR + r).to(tl.uint64, bitcast=True)
+        kept = tl.load(SEG_TAKEN + r * SEGMENTS + s)
+        below = tl.load(SEG_LAST + r * SEGMENTS + s)
+        for c0 in range(s * SEG, tl.minimum(s * SEG + SEG, N), CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
             valid = offs < N
-            take, chunk_ties = take_top(key, valid, prefix, ties, rem)
-            ties += chunk_ties
+            key = _score_keys(VERT, PART, bh, offs, N, T, SLASH_AT, is_slash, FORCE,
+                              FORCED_COLUMNS, FORCED_DIAGONALS, BLOCK_N)
+            take = valid & (ranked_keys(key, offs) >= thr)
             if is_slash:
                 run = tl.maximum(tl.associative_scan(tl.where(take, offs, -1), 0, _max), below)
                 tl.store(PRED + bh * stride_pred + offs + 1, run, mask=valid)
@@ -203,9 +298,11 @@ if HAS_TRITON:
                 tl.store(COLS + bh * stride_cols + pos, offs, mask=take)
                 kept += tl.sum(take.to(tl.int32), 0)
         if is_slash:
-            tl.store(PRED + bh * stride_pred, -1)
-        else:
-            for c0 in range(kept, KV_WIDTH, CHUNK):
+            if s == 0:
+                tl.store(PRED + bh * stride_pred, -1)
+        elif s == NSEG - 1:
+            k = tl.minimum(tl.load(HEAD_KV + bh % HEADS), N)
+            for c0 in range(k, KV_WIDTH, CHUNK):
                 offs = c0 + tl.arange(0, CHUNK)
                 tl.store(COLS + bh * stride_cols + offs, 2147483647, mask=offs < KV_WIDTH)
 
@@ -325,15 +422,13 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
                                 k.stride(0), k.stride(1), k.stride(2), Hg, N, L, qk_scale, split,
                                 nsplit, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
                                 ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
-    lse = torch.empty(BH, block_m, dtype=torch.float32, device=dev)
-    _vs_lse[(BH,)](mout, lout, lse, nsplit, BLOCK_M=block_m)
     T = triton.cdiv(N, block_n)
     vert = torch.empty(B, Hg, N, dtype=torch.float32, device=dev)
     part = torch.empty(BH, T, 2 * block_n, dtype=torch.float32, device=dev)
-    _vs_sums[(BH, triton.cdiv(T, SUMS_TILES))](ql, k, qh, kvh, lse, vert, part, ql.stride(0), ql.stride(1),
+    _vs_sums[(BH, triton.cdiv(T, SUMS_TILES))](ql, k, qh, kvh, mout, lout, vert, part, ql.stride(0), ql.stride(1),
                                                ql.stride(2), k.stride(0), k.stride(1), k.stride(2), Hg, N, L,
-                                               qk_scale, T, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
-                                               TILES=SUMS_TILES, ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
+                                               qk_scale, T, nsplit, BLOCK_M=block_m, BLOCK_N=block_n,
+                                               HEAD_DIM=D, TILES=SUMS_TILES, ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
     # tile t contributes at distance N - L - t * BN - BN + 1 + u; laid out by
     # w = (T - 1 - t) * BN + u, distance d sits at w = d + T * BN - N + L - 1
     return vert, part, T * block_n - N + L - 1
@@ -361,32 +456,63 @@ def scores(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list
     return vert, slash
 
 
-# scores one program of _vs_select holds at a time: its passes over N wait on loads, so wide
-# chunks and many warps (fastest of those measured on an H100, 32K and 128K)
-SELECT_CHUNK = 8192
-SELECT_WARPS = 16
+# keys one program of the selection's stages holds at a time, and the most segments (programs
+# per row and direction) a row is split into; a segment is a whole number of chunks
+SELECT_CHUNK = 4096
+SELECT_WARPS = 8
+SELECT_SEGMENTS = 32
 
 
 def build(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float, head_kv: torch.Tensor,
           head_ks: torch.Tensor, kv_width: int, ks_width: int, bm: int, *, force: float,
           forced_columns: int, forced_diagonals: int
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The whole vertical-slash index of a group in six launches: the two score passes (and the
-    rows' log-sum-exp between them), the selection (:func:`_vs_select`: both top-k's, the
-    columns sorted and the diagonals as the merge's ``pred`` table), the range merge and the
-    verticals. ``head_kv`` / ``head_ks`` int32 (Hg,) or (1,): each head's counts; ``kv_width``
-    / ``ks_width`` their largest; ``ql``, ``q_heads`` and ``kv_heads`` as :func:`scores`.
-    Returns what :func:`index` returns."""
+    """The whole vertical-slash index of a group in seven launches: the two score passes, the
+    selection in three (both top-k's of every head, each row split into segments: a histogram
+    of the keys' top bits, the keys above the k-th's top digit taken and those at it selected
+    among by the row's last program, then the writes: the columns ascending and the diagonals
+    as the range merge's ``pred`` table), the range merge and the verticals. ``head_kv`` /
+    ``head_ks`` int32 (Hg,) or (1,): each head's counts; ``kv_width`` / ``ks_width`` their
+    largest; ``ql``, ``q_heads`` and ``kv_heads`` as :func:`scores`. Returns what :func:`index`
+    returns."""
     B, Hg = ql.shape[0], len(q_heads)
     n = k.shape[2]
     vert, part, o = _score_passes(ql, k, q_heads, kv_heads, scale, bm)
-    BH, T = part.shape[:2]
-    cols = torch.empty(BH, max(kv_width, 1), dtype=torch.int32, device=ql.device)
-    pred = torch.empty(BH, n + 1, dtype=torch.int32, device=ql.device)
-    _vs_select[(BH, 2)](vert, part, cols, pred, head_kv, head_ks, head_kv.numel(), n, T, o, kv_width,
-                        force, cols.stride(0), pred.stride(0), FORCED_COLUMNS=forced_columns,
-                        FORCED_DIAGONALS=forced_diagonals, BLOCK_N=bm, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS)
+    cols, pred = select(vert, part, o, head_kv, head_ks, kv_width, force=force, forced_columns=forced_columns,
+                        forced_diagonals=forced_diagonals)
     return _index_from_pred(cols[:, :kv_width].view(B, Hg, kv_width), pred, n, bm, min(ks_width, triton.cdiv(n, bm)))
+
+
+def select(vert: torch.Tensor, part: torch.Tensor, slash_at: int, head_kv: torch.Tensor, head_ks: torch.Tensor,
+           kv_width: int, *, force: float, forced_columns: int, forced_diagonals: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both top-k's of every head from :func:`_score_passes`' outputs, exact, equal scores by
+    position: (columns ascending (B * Hg, kv_width), INT32_BIG past a head's count; the table
+    ``pred`` (B * Hg, N + 1) of the selected distances, as :func:`pred_table`)."""
+    n = vert.shape[-1]
+    BH, T, block_n2 = part.shape
+    dev = vert.device
+    chunks = triton.cdiv(n, SELECT_CHUNK)
+    seg = triton.cdiv(chunks, SELECT_SEGMENTS) * SELECT_CHUNK
+    nseg = triton.cdiv(n, seg)
+    hist = torch.empty(BH * 2, SELECT_SEGMENTS, 256, dtype=torch.int32, device=dev)
+    ctrl = torch.empty(BH * 2, 2, dtype=torch.int32, device=dev)          # arrivals, candidates
+    cand = torch.empty(BH * 2, n, dtype=torch.int32, device=dev)
+    seg_taken = torch.empty(BH * 2, SELECT_SEGMENTS, dtype=torch.int32, device=dev)
+    seg_last = torch.empty_like(seg_taken)
+    thr = torch.empty(BH * 2, dtype=torch.int64, device=dev)
+    cols = torch.empty(BH, max(kv_width, 1), dtype=torch.int32, device=dev)
+    pred = torch.empty(BH, n + 1, dtype=torch.int32, device=dev)
+    grid = (BH, 2, nseg)
+    keys = dict(FORCED_COLUMNS=forced_columns, FORCED_DIAGONALS=forced_diagonals, BLOCK_N=block_n2 // 2,
+                CHUNK=SELECT_CHUNK, SEGMENTS=SELECT_SEGMENTS, num_warps=SELECT_WARPS)
+    _vs_select_hist[grid](vert, part, hist, ctrl, n, T, slash_at, force, seg, **keys)
+    _vs_select_split[grid](vert, part, hist, ctrl, cand, seg_taken, seg_last, thr, head_kv, head_ks,
+                           head_kv.numel(), n, T, slash_at, force, seg, nseg, **keys)
+    _vs_select_write[grid](vert, part, seg_taken, seg_last, thr, cols, pred, head_kv, head_ks,
+                           head_kv.numel(), n, T, slash_at, kv_width, force, seg, nseg, cols.stride(0),
+                           pred.stride(0), **keys)
+    return cols, pred
 
 
 def pred_table(dists: torch.Tensor, n: int) -> torch.Tensor:

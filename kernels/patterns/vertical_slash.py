@@ -6,7 +6,7 @@ kernel): :func:`build` scores (:func:`scores`), selects (:func:`select`) and tur
 into a :class:`SparseIndex` (:func:`index_from_selection`), each step as MInference does it;
 the functions' docstrings say where and why this deviates. Parameters: ``vertical_size``
 (columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``).
-On CUDA (``use_triton``) the whole build is six Triton launches (scores, the two top-k's, the
+On CUDA (``use_triton``) the whole build is seven Triton launches (scores, the two top-k's, the
 range merge, the verticals; ``_triton_vs.py`` describes them); elsewhere the selection is a
 stable sort and the merge a scan over the sorted diagonals in torch ops, looping over the
 ``slash_size`` diagonals in Python (fine at test sizes, slow at long lengths). Both give the
@@ -272,7 +272,7 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     kv, ks = head_budgets(q.shape[2], params)
     if _triton_scores(q, k) and block_m == block_n:
-        # scores, both top-k's and the index in six launches, whatever the heads' budgets
+        # scores, both top-k's and the index in seven launches, whatever the heads' budgets
         from . import _triton_vs   # imports triton: only where its kernels launch
         hm, ql, scale = _last_queries(q, k, heads, scale)
         kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
