@@ -9,7 +9,7 @@
 #     tests       every GPU-marked test, the launch counts printed
 #     ttft        SmolLM2 at 8K, 32K, 128K under CUDA graphs: dense, the shipped database, the
 #                 default plan
-#     ttft_eager  the same eagerly at 32K (host time)
+#     ttft_eager  the same eagerly at 32K and 128K (host time, peak memory)
 #     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
@@ -41,7 +41,7 @@ step_ttft() {
 }
 
 step_ttft_eager() {
-  $PYTHON benchmarks/ttft.py --model smollm2 --lengths 32K --variants dense,database,default \
+  $PYTHON benchmarks/ttft.py --model smollm2 --lengths 32K,128K --variants dense,database,default \
     --cuda-graphs off --out "$R/ttft_smollm2_${GPU}_eager.json"
 }
 

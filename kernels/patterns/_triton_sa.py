@@ -232,7 +232,7 @@ if HAS_TRITON:
         tl.store(COUNT + bh, kept)
 
 
-SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time (as _triton_vs)
+SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time
 SELECT_WARPS = 16
 
 
