@@ -187,6 +187,14 @@ def triton_builders_interpreted():
                             diagonals=[20, 90], local=2.0)
         (v1, s1), (v2, s2) = _both(lambda: VS.scores(q, k, heads))
         assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5), n
+        # the row statistics over several key splits (at most ROW_SPLITS: longer splits past it)
+        from mcompile.kernels.patterns import _triton_vs
+        hm, ql, scale = VS._last_queries(q, k, heads, None)
+        for split, most in ((128, 32), (64, 4)):
+            _triton_vs.ROW_SPLITS, shipped = most, _triton_vs.ROW_SPLITS
+            v3, s3 = _triton_vs.scores(ql, k, hm.heads, [h // hm.group for h in hm.heads], scale, split=split)
+            _triton_vs.ROW_SPLITS = shipped
+            assert torch.allclose(v1, v3.view_as(v1), atol=1e-5) and torch.allclose(s1, s3.view_as(s1), atol=1e-5), n
         a, b = _both(lambda: VS.build(q, k, params, heads=heads))
         C.index_cost(a)
         _same_index(a, b)

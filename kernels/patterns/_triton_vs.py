@@ -78,19 +78,18 @@ if HAS_TRITON:
         tl.store(LOUT + out, l_i)
 
     @triton.jit
-    def _row_lse(MOUT, LOUT, bh, NSPLIT, BLOCK_M: tl.constexpr):
+    def _row_lse(MOUT, LOUT, bh, NSPLIT, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr):
         """Per last-query row, log2 of the sum of exp2 over all keys, from the splits' running
-        (max, sum) pairs (each program of :func:`_vs_sums` combines them for itself: a few KB
-        read from L2 instead of a launch)."""
-        offs_i = tl.arange(0, BLOCK_M)
-        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        for sp in range(NSPLIT):
-            m = tl.maximum(m, tl.load(MOUT + (bh * NSPLIT + sp) * BLOCK_M + offs_i))
+        (max, sum) pairs, all ``NSPLIT <= SPLITS`` of them loaded at once (each program of
+        :func:`_vs_sums` combines them for itself: a few KB from L2 instead of a launch; a
+        loop over the splits waited on one load after another)."""
+        offs_s = tl.arange(0, SPLITS)
+        at = (bh * NSPLIT + offs_s[:, None]) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+        smask = offs_s[:, None] < NSPLIT
+        m_s = tl.load(MOUT + at, mask=smask, other=float("-inf"))
+        m = tl.max(m_s, 0)
         m = tl.where(m == float("-inf"), 0.0, m)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        for sp in range(NSPLIT):
-            o = (bh * NSPLIT + sp) * BLOCK_M + offs_i
-            l_i += tl.load(LOUT + o) * tl.math.exp2(tl.load(MOUT + o) - m)
+        l_i = tl.sum(tl.load(LOUT + at, mask=smask, other=0.0) * tl.math.exp2(m_s - m[None, :]), 0)
         return m + tl.math.log2(l_i)
 
     @triton.jit
@@ -98,7 +97,8 @@ if HAS_TRITON:
                  stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn,
                  Hg, N, L, qk_scale, T, NSPLIT,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 TILES: tl.constexpr, ROUND_SCORES: tl.constexpr, DOT_IEEE: tl.constexpr):
+                 TILES: tl.constexpr, SPLITS: tl.constexpr, ROUND_SCORES: tl.constexpr,
+                 DOT_IEEE: tl.constexpr):
         """Per key tile of ``TILES`` consecutive ones (the query rows and their log-sum-exp
         loaded once for all): the probabilities' column sums and their diagonal partials."""
         pid_bh = tl.program_id(0)
@@ -112,7 +112,7 @@ if HAS_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * stride_qb + qh * stride_qh + offs_i[:, None] * stride_qr + offs_d[None, :],
                     mask=imask[:, None], other=0.0)
-        lse = _row_lse(MOUT, LOUT, pid_bh.to(tl.int64), NSPLIT, BLOCK_M)
+        lse = _row_lse(MOUT, LOUT, pid_bh.to(tl.int64), NSPLIT, BLOCK_M, SPLITS)
         kbase = K + b * stride_kb + kvh * stride_kh
         # diagonal sums: u = i - t + BLOCK_N - 1 (distance N - L - j0 - BLOCK_N + 1 + u)
         offs_u = tl.arange(0, 2 * BLOCK_N)
@@ -379,6 +379,7 @@ if HAS_TRITON:
 
 COLUMNS_CHUNK = 1024     # verticals one program of _vs_columns holds at a time
 SUMS_TILES = 8           # key tiles one program of _vs_sums scores: its query rows are loaded once for them
+ROW_SPLITS = 32          # most key splits of the row statistics (each _vs_sums program reads all of them)
 # query blocks per program of the range merge: each lane's steps wait on a load, so many
 # small programs (several per SM) hide that latency better than a few wide ones
 MERGE_ROWS = 32
@@ -413,6 +414,8 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
     rnd = ql.dtype in (torch.bfloat16, torch.float16)
     ieee = ql.dtype == torch.float32
     BH = B * Hg
+    # at most ROW_SPLITS splits: longer rows get longer splits
+    split = max(split, triton.cdiv(triton.cdiv(N, ROW_SPLITS), block_n) * block_n)
     split = max(block_n, min(split, triton.cdiv(N, block_n) * block_n))
     nsplit = triton.cdiv(N, split)
     mout = torch.empty(BH, nsplit, block_m, dtype=torch.float32, device=dev)
@@ -428,7 +431,8 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
     _vs_sums[(BH, triton.cdiv(T, SUMS_TILES))](ql, k, qh, kvh, mout, lout, vert, part, ql.stride(0), ql.stride(1),
                                                ql.stride(2), k.stride(0), k.stride(1), k.stride(2), Hg, N, L,
                                                qk_scale, T, nsplit, BLOCK_M=block_m, BLOCK_N=block_n,
-                                               HEAD_DIM=D, TILES=SUMS_TILES, ROUND_SCORES=rnd, DOT_IEEE=ieee, num_warps=warps)
+                                               HEAD_DIM=D, TILES=SUMS_TILES, SPLITS=ROW_SPLITS, ROUND_SCORES=rnd,
+                                               DOT_IEEE=ieee, num_warps=warps)
     # tile t contributes at distance N - L - t * BN - BN + 1 + u; laid out by
     # w = (T - 1 - t) * BN + u, distance d sits at w = d + T * BN - N + L - 1
     return vert, part, T * block_n - N + L - 1
