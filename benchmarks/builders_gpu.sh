@@ -11,6 +11,7 @@
 #                 default plan
 #     ttft_eager  the same eagerly at 32K and 128K (host time, peak memory)
 #     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
+#     vs_build    the vertical-slash build's stages and the selection's candidates per row
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
 # the rest as benchmarks/gpu_env.sh says.
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 R=${R:-benchmarks/results}
 WORK=${WORK:-$HOME/work}
 CHUNKS=${CHUNKS:-$HOME/carry}
-STEPS=${STEPS:-"cost_model tests ttft ttft_eager patterns"}
+STEPS=${STEPS:-"cost_model tests ttft ttft_eager patterns vs_build"}
 mkdir -p "$R" "$WORK"
 . benchmarks/gpu_env.sh
 join_gguf "$CHUNKS/s" "$WORK/smollm2.gguf" && [ -f "$WORK/smollm2.gguf" ] \
@@ -49,6 +50,10 @@ step_patterns() {
   $PYTHON benchmarks/patterns.py --lengths 32768,131072 --out "$R/patterns_$GPU.json"
   $PYTHON benchmarks/patterns.py --patterns vertical_slash,block_sparse,sample_attention --heads 9 --kv-heads 3 \
     --head-dim 64 --lengths 32768,131072 --out "$R/patterns_smollm2_shape_$GPU.json"
+}
+
+step_vs_build() {
+  $PYTHON benchmarks/vs_build.py --out "$R/vs_build_smollm2_shape_$GPU.json"
 }
 
 run_steps $STEPS
