@@ -295,7 +295,7 @@ if HAS_TRITON:
                 below = tl.max(run, 0)
             else:
                 pos = kept + tl.cumsum(take.to(tl.int32), 0) - 1
-                tl.store(COLS + bh * stride_cols + pos, offs, mask=take)
+                tl.store(COLS + bh * stride_cols + pos, offs, mask=take & (pos < KV_WIDTH))
                 kept += tl.sum(take.to(tl.int32), 0)
         if is_slash:
             if s == 0:
