@@ -32,8 +32,14 @@ step_cost_model() {
   cp kernels/cost_model.json "$R/cost_model_$GPU.json"
 }
 
-step_tests() {
-  $PYTHON -m pytest -q -m gpu -s -p no:cacheprovider tests 2>&1 | grep -E "kernels of|launches in|one sparse layer call|passed|failed|Error"
+step_tests() {   # the builders' equalities first, then the rest (the long-prompt kernel tests: 256K, 1M)
+  local first="tests/test_mixed_budgets.py tests/test_tail.py tests/test_patterns.py tests/test_gpu_backend.py" f ignore=""
+  for f in $first; do ignore="$ignore --ignore=$f"; done
+  for files in "$first" "tests $ignore"; do
+    # shellcheck disable=SC2086  # word splitting wanted
+    $PYTHON -m pytest -q -m gpu -s -p no:cacheprovider --durations=5 $files 2>&1 \
+      | grep -E "kernels of|launches in|one sparse layer call|passed|failed|Error|^[0-9.]+s (call|setup)" || true
+  done
 }
 
 step_ttft() {
