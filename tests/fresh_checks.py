@@ -103,13 +103,12 @@ def same_vs_selection(q, k, params, heads=None):
     kv, ks = VS.head_budgets(n, params)
     cols, dists = VS.select(*VS.scores(q, k, heads), kv, ks)
     _same_index(VS.build(q, k, params, heads=heads), VS.index_from_selection(cols, dists, n))
-    kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
     hm, ql, scale = VS._last_queries(q, k, heads, None)
+    head_kv, head_ks, kv_width, _ = VS.head_count_tables(kv, ks, q.device)
     got_cols, got_pred = _triton_vs.select(
         *_triton_vs._score_passes(ql, k, hm.heads, [h // hm.group for h in hm.heads], scale),
-        torch.tensor(kvs * (len(kss) // len(kvs) or 1), dtype=torch.int32, device=q.device),
-        torch.tensor(kss * (len(kvs) // len(kss) or 1), dtype=torch.int32, device=q.device), max(kvs),
-        force=VS._FORCE, forced_columns=VS.FORCED_COLUMNS, forced_diagonals=VS.FORCED_DIAGONALS)
+        head_kv, head_ks, kv_width, force=VS._FORCE, forced_columns=VS.FORCED_COLUMNS,
+        forced_diagonals=VS.FORCED_DIAGONALS)
     assert torch.equal(got_cols.view_as(cols), cols.to(torch.int32))
     assert torch.equal(got_pred, _triton_vs.pred_table(dists, n))
 

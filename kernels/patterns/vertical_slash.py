@@ -268,6 +268,16 @@ def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, h
     return select(vertical, slash, kv, ks)
 
 
+def head_count_tables(kv, ks, device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The Triton selection's count tables from :func:`head_budgets`' counts: (vertical counts,
+    slash counts) int32 on ``device``, one a head for both where either differs per head, else
+    one shared, and their largest."""
+    kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
+    heads_n = max(len(kvs), len(kss))
+    kvs, kss = (c * heads_n if len(c) == 1 else c for c in (kvs, kss))
+    return device_index(kvs, device, torch.int32), device_index(kss, device, torch.int32), max(kvs), max(kss)
+
+
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     kv, ks = head_budgets(q.shape[2], params)
@@ -275,13 +285,11 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *
         # scores, both top-k's and the index in seven launches, whatever the heads' budgets
         from . import _triton_vs   # imports triton: only where its kernels launch
         hm, ql, scale = _last_queries(q, k, heads, scale)
-        kvs, kss = ([c] if isinstance(c, int) else c for c in (kv, ks))
-        heads_n = max(len(kvs), len(kss))     # one count per head for both where either differs
-        kvs, kss = (c * heads_n if len(c) == 1 else c for c in (kvs, kss))
+        head_kv, head_ks, kv_width, ks_width = head_count_tables(kv, ks, q.device)
         return SparseIndex(*_triton_vs.build(
-            ql, k, hm.heads, [h // hm.group for h in hm.heads], scale, device_index(kvs, q.device, torch.int32),
-            device_index(kss, q.device, torch.int32), max(kvs), max(kss), block_m, force=_FORCE,
-            forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS), block_m, block_n)
+            ql, k, hm.heads, [h // hm.group for h in hm.heads], scale, head_kv, head_ks, kv_width, ks_width,
+            block_m, force=_FORCE, forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS),
+            block_m, block_n)
     vertical, slash = scores(q, k, heads, scale)
     cols, dists = select(vertical, slash, kv, ks)
     return index_from_selection(cols, dists, q.shape[2], block_m, block_n)
