@@ -141,7 +141,9 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
     ``density`` comes from one more call with ``stats=True`` in a fresh compile: the blocks the
     plan computes when it runs sparse, of dense causal (that call measures, so it runs sparse even
     where the cost model then chooses dense; 1.0 for dense). ``peak_gib`` is
-    ``torch.cuda.max_memory_allocated`` over the timed calls, weights included. ``decisions``
+    the weights plus the most the timed calls hold above what was allocated when the variant
+    started (``torch.cuda.max_memory_allocated`` minus that), so caches an earlier variant left
+    (static indexes, sampled rows kept per length) are not counted against this one. ``decisions``
     counts the op's decisions over the timed calls (from ``mcompile.report()``). Under
     ``cuda_graphs`` a replayed call runs none of the op's Python, so ``host_ms_per_layer`` is the
     host submit time per layer and ``launches_per_layer`` the graph launches per layer.
@@ -153,6 +155,8 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
     gc.collect()                    # the previous variant's graphs and caches, so its memory is not counted here
     if args.device == "cuda":
         torch.cuda.empty_cache()
+        held_before = torch.cuda.memory_allocated()
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()) if t.is_cuda)
     reporting.reset()
     messages = _LogKeeper()         # what mcompile logs (e.g. a signature not replayed as a graph)
     logging.getLogger("mcompile").addHandler(messages)
@@ -178,7 +182,7 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = [timer(prefill) for _ in range(args.repeats)]
-        peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+        peak = (weights + torch.cuda.max_memory_allocated() - held_before) / 2**30 if args.device == "cuda" else None
         after = Counter({(r.key, d): c for r in mcompile.report().rows for d, c in r.calls.items()})
         decisions = Counter()
         for (_, decision), count in (after - before).items():
