@@ -44,7 +44,7 @@ def main() -> None:
             with torch.no_grad():
                 return compiled(ids, use_cache=False, logits_to_keep=1)
         for gib in args.budgets_gib:
-            runtime.INDEX_BYTES_PER_CHUNK = int(gib * 2 ** 30)
+            runtime.INDEX_BYTES_PER_CHUNK = runtime.INDEX_BYTES_FLOOR = int(gib * 2 ** 30)   # the budget, whatever q, k, v hold
             call()  # compile / warm-up
             torch.cuda.synchronize()
             torch.cuda.empty_cache()

@@ -26,10 +26,21 @@ SPARSE_DTYPES_CUDA = (torch.float16, torch.bfloat16)
 SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
 # The index of one call is built for at most this many bytes at a time (2 GiB: 4 chunks at 512K
 # keep the peak under dense and cost 5% of the speed; 1 GiB cost 11%, benchmarks/index_chunks.py): above it the heads are
-# taken in chunks (whole KV groups), each chunk's index built, used and freed before the next.
+# taken in chunks, each chunk's index built, used and freed before the next.
 # The vertical-slash index holds min(slash_size, key blocks) block slots per query block, 232 MB
 # per head at 512K tokens, which would otherwise push the peak above dense attention's.
 INDEX_BYTES_PER_CHUNK = 2 << 30
+# A smaller layer's index may take as many bytes as its q, k and v hold, and at least this many
+# (below it more chunks cost launches for little memory). SmolLM2's shipped database has a
+# layer whose index at 128K is 2.4 GiB at its widest head's widths (6-head chunks of 1.6 GiB
+# under 2 GiB alone): that prefill peaked at 3.9 GiB against dense's 1.5.
+INDEX_BYTES_FLOOR = 256 << 20
+
+
+def index_budget(q, k, v) -> int:
+    """Bytes one chunk's index may take in a call over these q, k, v."""
+    held = sum(t.numel() * t.element_size() for t in (q, k, v))
+    return min(INDEX_BYTES_PER_CHUNK, max(INDEX_BYTES_FLOOR, held))
 
 
 @dataclass
@@ -192,17 +203,48 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     return cfg._sparse[window]
 
 
+_CHUNKS: dict = {}       # (id(plan), batch, n, hq, hkv, budget) -> (plan, head chunks)
+
+
 def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
-                budget: int | None = None) -> list[tuple[int, int]]:
-    """Query-head ranges [h0, h1), whole KV groups each, whose index fits ``budget`` bytes
-    (sizes follow from n and the plan: no host sync)."""
+                budget: int | None = None) -> list[tuple[int, ...]]:
+    """Query heads in chunks whose index fits ``budget`` bytes (default
+    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk's heads ascending; one chunk of every head when the
+    layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
+    key block; one vertical-slash head with many columns widens all), so the heads are taken
+    widest first and a chunk closes when the next head would push it over the budget. Equal
+    widths keep the heads in order, and a chunk of a KV group or more then holds whole groups,
+    which ``sparse_call`` slices instead of gathering. Sizes follow from n and the plan: no
+    host sync; the answer is kept per plan and shape."""
     from .kernels.index import index_memory_bytes
-    from .kernels.patterns import layer_sizes
+    from .kernels.patterns import head_sizes
     budget = INDEX_BYTES_PER_CHUNK if budget is None else budget
+    key = (id(plan), batch, n, hq, hkv, budget)
+    hit = _CHUNKS.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    sizes = head_sizes(n, plan)
     group = hq // hkv
-    per_head = index_memory_bytes(batch, 1, n, *layer_sizes(n, plan))
-    step = max(group, budget // max(per_head, 1) // group * group)
-    return [(h, min(hq, h + step)) for h in range(0, hq, step)]
+
+    def cost(heads) -> int:
+        return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
+                                  max(sizes[h][1] for h in heads))
+
+    chunks, left = [], sorted(range(hq), key=lambda h: (-sum(sizes[h]), h))
+    if cost(left) <= budget:
+        left, chunks = [], [tuple(range(hq))]
+    while left:
+        take = 1
+        while take < len(left) and cost(left[:take + 1]) <= budget:
+            take += 1
+        if group <= take < len(left):
+            take -= take % group
+        chunks.append(tuple(sorted(left[:take])))
+        left = left[take:]
+    if len(_CHUNKS) > 4096:
+        _CHUNKS.clear()
+    _CHUNKS[key] = (plan, chunks)
+    return chunks
 
 
 def cost_model_for(cfg: SiteConfig, q):
@@ -234,6 +276,19 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
     return (site_cost if cost_gate.wants_measurement(site_cost, n, replayed) else None), reason, timing
 
 
+def _chunk_inputs(q, k, v, heads: tuple[int, ...], group: int):
+    """(q, k, v) of one head chunk: slices when it is whole KV groups in order, else gathered,
+    one KV head per query head."""
+    h0, h1 = heads[0], heads[-1] + 1
+    if h1 - h0 == len(heads) and h0 % group == 0 and h1 % group == 0:
+        kv = slice(h0 // group, h1 // group)
+        return q[:, h0:h1], k[:, kv], v[:, kv], slice(h0, h1)
+    from .kernels.patterns import device_index
+    qh = device_index(heads, q.device)
+    kvh = device_index([h // group for h in heads], q.device)
+    return q[:, qh], k[:, kvh], v[:, kvh], qh
+
+
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
     """Build the index and run the kernel, head chunk by head chunk when the index is large;
     then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
@@ -243,33 +298,31 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     if scale is None:
         scale = q.shape[-1] ** -0.5
     hkv = k.shape[1]
-    chunks = head_chunks(plan, B, n, hq, hkv)
+    chunks = head_chunks(plan, B, n, hq, hkv, index_budget(q, k, v))
     out = None if len(chunks) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    group = hq // hkv
     counts = None   # blocks and columns summed over heads, for the cost gate's measurement
-    for h0, h1 in chunks:
-        kv = slice(h0 // group, h1 // group)
-        qc, kc, vc = q[:, h0:h1], k[:, kv], v[:, kv]
-        sub = plan if len(chunks) == 1 else LayerPlan(plan.heads[h0:h1])
+    for heads in chunks:
+        qc, kc, vc, where = (q, k, v, None) if out is None else _chunk_inputs(q, k, v, heads, hq // hkv)
+        sub = plan if out is None else LayerPlan(tuple(plan.heads[h] for h in heads))
         index = build_layer_index(qc, kc, sub, scale=scale)
         if cfg.debug:
             from .kernels.index import check_index
             check_index(index, n)
         if cfg.stats:
-            blocks, columns, dense = index_work(index, B, h1 - h0, n)
+            blocks, columns, dense = index_work(index, B, len(heads), n)
             # the tail's blocks replace those the index lists for the same rows
-            tail = B * (h1 - h0) * tail_work(n, tail_rows, index.block_m, index.block_n)
-            listed = _tail_listed(index, B, h1 - h0, n, tail_rows)
+            tail = B * len(heads) * tail_work(n, tail_rows, index.block_m, index.block_n)
+            listed = _tail_listed(index, B, len(heads), n, tail_rows)
             _report.record_work(cfg.key, blocks - listed[0] + tail, columns - listed[1], dense)
         if site_cost is not None:       # the cost gate asked to measure this length
-            work = torch.stack([t.expand(B, h1 - h0, -1).sum(dtype=torch.int64)
+            work = torch.stack([t.expand(B, len(heads), -1).sum(dtype=torch.int64)
                                 for t in (index.block_count, index.column_count)])
             counts = work if counts is None else counts + work
         result = sparse_attention(qc, kc, vc, index, scale=scale)
         if tail_rows:
             dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
         if out is not None:
-            out[:, h0:h1] = result
+            out[:, where] = result
         del index
     if counts is not None:
         from .cost_gate import measure

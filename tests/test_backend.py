@@ -250,9 +250,12 @@ def test_dynamic_mask_without_attention_mask_is_recognised():
 
 
 def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
-    """Above INDEX_BYTES_PER_CHUNK the heads run in chunks of whole KV groups; the result and the
-    recorded work are those of one call over all heads."""
+    """Above the index budget the heads run in chunks (here whole KV groups, sliced); the
+    result and the recorded work are those of one call over all heads."""
     from mcompile import runtime
+    from mcompile.kernels.index import index_memory_bytes
+    from mcompile.kernels.patterns import layer_sizes
+    from mcompile.plan import LayerPlan
     model = tiny_model("llama")     # 4 q / 2 kv heads
     ids, mask = tiny_inputs(1, DROP_LEN)
     opts = {**DROPPING, "stats": True}
@@ -261,16 +264,57 @@ def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
     density = mcompile.report().density()
     calls = []
     real = runtime.head_chunks
-    monkeypatch.setattr(runtime, "INDEX_BYTES_PER_CHUNK", 1)      # one KV group per chunk
+    plan = LayerPlan.uniform("a_shape", 4, n_init=64, n_local=64)
+    group_bytes = index_memory_bytes(1, 2, DROP_LEN, *layer_sizes(DROP_LEN, plan))
+    monkeypatch.setattr(runtime, "INDEX_BYTES_PER_CHUNK", group_bytes)     # one KV group per chunk
+    monkeypatch.setattr(runtime, "INDEX_BYTES_FLOOR", group_bytes)
     monkeypatch.setattr(runtime, "head_chunks", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
     torch._dynamo.reset()
     reporting.reset()
     compiled = torch.compile(model, backend="minference", options=opts)
     chunked = _logits(compiled, ids, mask, False)
-    assert calls and all(c == [(0, 2), (2, 4)] for c in calls)
+    assert calls and all(c == [(0, 1), (2, 3)] for c in calls)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     _runs_the_plan(chunked, model, ids)
     assert mcompile.report().density() == pytest.approx(density)
+
+
+def test_heads_of_unequal_widths_are_chunked_widest_first(monkeypatch):
+    """A layer's index is as wide as its widest head: a vertical-slash head with many columns
+    and a dense head (every key block) beside narrow A-shape heads. Over the budget the widest
+    heads go together and the narrow ones apart, across KV groups (gathered, one KV head a
+    query head): the output is the one call's over all heads, and it follows the plan (its
+    reference masks), not dense."""
+    from mcompile import runtime
+    from mcompile.kernels.index import index_memory_bytes
+    from mcompile.kernels.patterns import get_pattern, head_sizes
+    from mcompile.plan import HeadPlan, LayerPlan
+    g = torch.Generator().manual_seed(0)
+    B, N, D = 2, 384, 32
+    q, k, v = (torch.randn(B, h, N, D, generator=g) for h in (4, 2, 2))
+    narrow = HeadPlan("a_shape", {"n_init": 64, "n_local": 64})
+    plan = LayerPlan((narrow, HeadPlan("dense", {}), HeadPlan("vertical_slash", {"vertical_size": 200, "slash_size": 2}),
+                      narrow))
+    cfg = runtime.SiteConfig(key="widths", layer=0, plan=plan, min_len=16)
+    whole = runtime.sparse_call(cfg, plan, q, k, v, None)
+    sizes = head_sizes(N, plan)
+    assert sizes[2][1] == 200 and sizes[1][0] == 6 and max(sizes[0]) < 6
+    budget = index_memory_bytes(B, 2, N, sizes[1][0], sizes[2][1])           # the two widest together
+    assert runtime.head_chunks(plan, B, N, 4, 2, budget) == [(1, 2), (0, 3)]
+    assert runtime.head_chunks(plan, B, N, 4, 2, budget - 1) == [(2,), (0, 1, 3)]
+    monkeypatch.setattr(runtime, "index_budget", lambda *a: budget)
+    chunked = runtime.sparse_call(cfg, plan, q, k, v, None)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    r = torch.arange(N)
+    allowed = (r.view(1, -1) <= r.view(-1, 1)) & torch.cat(
+        [get_pattern(hp.pattern).reference_mask(q, k, hp.params, heads=[h]) for h, hp in enumerate(plan.heads)], 1)
+    kk, vv = (t.repeat_interleave(2, 1).double() for t in (k, v))
+    scores = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
+    want = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vv).float()
+    dense = (scores.masked_fill(~(r.view(1, -1) <= r.view(-1, 1)), float("-inf")).softmax(-1) @ vv).float()
+    # the dense tail (the last 64 rows exact) aside, every row follows the plan
+    torch.testing.assert_close(chunked[:, :, :-64], want[:, :, :-64], rtol=1e-4, atol=1e-4)
+    assert float((chunked[:, :, :-64] - dense[:, :, :-64]).abs().max()) > 1e-2
 
 
 def test_window_longer_than_the_prompt_is_plain_causal():

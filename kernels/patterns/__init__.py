@@ -29,8 +29,8 @@ from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregist
 from . import dense, sliding_window, a_shape, vertical_slash, block_sparse, sample_attention  # noqa: E402,F401
 
 __all__ = ["Law", "PATTERNS", "Pattern", "register_pattern", "unregister_pattern", "get_pattern", "validate_params",
-           "build_layer_index", "build_head_group", "index_cost", "resolve_budget",
-           "layer_sizes"]
+           "build_layer_index", "build_head_group", "device_index", "index_cost", "resolve_budget",
+           "head_sizes", "layer_sizes"]
 
 
 def _plan_heads(layer_plan):
@@ -97,17 +97,19 @@ def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dic
     return _static_indexes.get(key, build, q.device)
 
 
-def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
-    """(MAX_BLOCKS, MAX_COLUMNS) of :func:`build_layer_index`'s result at length n (kept per
-    plan and length: the runtime asks every call)."""
+def head_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> list[tuple[int, int]]:
+    """(MAX_BLOCKS, MAX_COLUMNS) each head's pattern needs at length n, one pair a query head
+    (kept per plan and length: the runtime asks every call)."""
     def make():
-        mb = mc = 0
-        for name, params, _ in _groups(layer_plan):
-            for p in params if isinstance(params, list) else [params]:
-                b, c = get_pattern(name).sizes(n, p, block_m, block_n)
-                mb, mc = max(mb, b), max(mc, c)
-        return mb, mc
-    return _per_plan(layer_plan, ("sizes", n, block_m, block_n), make)
+        return [get_pattern(hp.pattern).sizes(n, hp.params, block_m, block_n) for hp in _plan_heads(layer_plan)]
+    return _per_plan(layer_plan, ("head sizes", n, block_m, block_n), make)
+
+
+def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
+    """(MAX_BLOCKS, MAX_COLUMNS) of :func:`build_layer_index`'s result at length n: the widest
+    head's of each."""
+    sizes = head_sizes(n, layer_plan, block_m, block_n)
+    return max(b for b, _ in sizes), max(c for _, c in sizes)
 
 
 def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int = 64,
