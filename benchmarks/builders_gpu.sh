@@ -11,8 +11,8 @@
 #                 default plan
 #     ttft_eager  the same eagerly at 32K and 128K (host time, peak memory)
 #     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
-#     vs_build    the vertical-slash build's stages and the selection's candidates per row
-#     sa_build    SampleAttention's build stages (scores, selection, index)
+#     build_stages  the vertical-slash and SampleAttention builds' stages (scores, selection,
+#                 index) and the vertical-slash selection's candidates per row
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
 # the rest as benchmarks/gpu_env.sh says.
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 R=${R:-benchmarks/results}
 WORK=${WORK:-$HOME/work}
 CHUNKS=${CHUNKS:-$HOME/carry}
-STEPS=${STEPS:-"cost_model tests ttft ttft_eager patterns vs_build sa_build"}
+STEPS=${STEPS:-"cost_model tests ttft ttft_eager patterns build_stages"}
 mkdir -p "$R" "$WORK"
 . benchmarks/gpu_env.sh
 join_gguf "$CHUNKS/s" "$WORK/smollm2.gguf" && [ -f "$WORK/smollm2.gguf" ] \
@@ -59,12 +59,8 @@ step_patterns() {
     --head-dim 64 --lengths 32768,131072 --out "$R/patterns_smollm2_shape_$GPU.json"
 }
 
-step_vs_build() {
-  $PYTHON benchmarks/vs_build.py --out "$R/vs_build_smollm2_shape_$GPU.json"
-}
-
-step_sa_build() {
-  $PYTHON benchmarks/sa_build.py --out "$R/sa_build_smollm2_shape_$GPU.json"
+step_build_stages() {
+  $PYTHON benchmarks/build_stages.py --out "$R/build_stages_smollm2_shape_$GPU.json"
 }
 
 run_steps $STEPS

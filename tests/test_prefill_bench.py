@@ -145,16 +145,17 @@ def test_plots_skip_missing_and_draw_niah(tmp_path):
 
 
 def test_sample_attention_build_stages_run_each_stage_on_the_cpu(monkeypatch):
-    """benchmarks/sa_build.py times the build cumulatively (scores, then with the selection,
-    then the whole build) and counts the columns: on random inputs the selection fills the cap."""
+    """benchmarks/build_stages.py times SampleAttention's build cumulatively (scores, then with
+    the selection, then the whole build) and counts the columns: on random inputs the selection
+    fills the cap."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import sa_build
+    import build_stages
     timed = []
 
     def bench(fn):
         timed.append(fn())
         return float(len(timed))
-    r = sa_build.measure(2048, 4, 2, 32, "random", device="cpu", bench=bench)
+    r = build_stages.measure_sa(2048, 4, 2, 32, "random", device="cpu", bench=bench)
     assert r["us"] == {"scores": 1.0, "+select": 2.0, "+index": 3.0}
     assert len(timed[0]) == 3 and len(timed[1]) == 2 and timed[2].num_q_blocks == 32
     assert r["columns"] == r["cap"] == 205
