@@ -209,8 +209,8 @@ _CHUNKS: dict = {}       # (id(plan), batch, n, hq, hkv, budget) -> (plan, head 
 def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
                 budget: int | None = None) -> list[tuple[int, ...]]:
     """Query heads in chunks whose index fits ``budget`` bytes (default
-    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk's heads ascending; one chunk of every head when the
-    layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
+    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk's heads
+    ascending; one chunk of every head when the layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
     key block; one vertical-slash head with many columns widens all), so the heads are taken
     widest first and a chunk closes when the next head would push it over the budget. Equal
     widths keep the heads in order, and a chunk of a KV group or more then holds whole groups,
