@@ -210,12 +210,13 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
                 budget: int | None = None) -> list[tuple[int, ...]]:
     """Query heads in chunks whose index fits ``budget`` bytes (default
     ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk's heads
-    ascending; one chunk of every head when the layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
-    key block; one vertical-slash head with many columns widens all), so the heads are taken
-    widest first and a chunk closes when the next head would push it over the budget. Equal
-    widths keep the heads in order, and a chunk of a KV group or more then holds whole groups,
-    which ``sparse_call`` slices instead of gathering. Sizes follow from n and the plan: no
-    host sync; the answer is kept per plan and shape."""
+    ascending; one chunk of every head when the layer's index fits. A layer's index is as wide
+    as its widest head (a dense head lists every key block; one vertical-slash head with many
+    columns widens all), so the heads are taken widest first and a chunk closes when the next
+    head would push it over the budget. Equal widths keep the heads in order, and a chunk of a
+    KV group or more then holds whole groups, which ``sparse_call`` slices instead of
+    gathering. Sizes follow from n and the plan: no host sync; the answer is kept per plan and
+    shape."""
     from .kernels.index import index_memory_bytes
     from .kernels.patterns import head_sizes
     budget = INDEX_BYTES_PER_CHUNK if budget is None else budget
