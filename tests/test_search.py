@@ -389,7 +389,7 @@ def test_search_cli_on_smollm2_writes_a_valid_database(tmp_path, capsys):
 
 
 @pytest.mark.skipif(_real_model_missing() is not None, reason=str(_real_model_missing()))
-def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
+def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path, capsys):
     """Chosen at the longest length; each budget a law through the chosen candidate's count
     there and the matched counts at the shorter length; priced by GPU time."""
     from mcompile.kernels.cost_model import shipped
@@ -421,4 +421,21 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path):
                 else:
                     assert value == chosen.params[name]
     assert laws > 0
+    # the same scores as a --details file: --lengths picks some of its calibration lengths
+    from mcompile.pattern_db.search.cli import main
+    from mcompile.pattern_db.search.report import comparisons_obj
+    details = tmp_path / "details.json"
+    details.write_text(json.dumps({"scores": result.scores.to_obj(), "shorter": [s.to_obj() for s in result.shorter],
+                                   **comparisons_obj(result)}))
+    both, short = tmp_path / "both.json", tmp_path / "short.json"
+    args = ["--model", "smollm2", "--from-details", str(details), "--budget", "0.4"]
+    assert main([*args, "--out", str(both)]) == 0 and main([*args, "--lengths", "1024,2048", "--out", str(both),
+                                                            "--overwrite"]) == 0
+    assert [l.to_obj() for l in load_db(both).layers] == [l.to_obj() for l in db.layers]
+    assert main([*args, "--lengths", "1024", "--out", str(short)]) == 0
+    alone = load_db(short)
+    assert alone.provenance.calibration["length"] == 1024 and "lengths" not in alone.provenance.calibration
+    assert not any(isinstance(v, Law) for layer in alone.layers[:2] for head in layer.heads for v in head.params.values())
+    assert main([*args, "--lengths", "4096", "--out", str(tmp_path / "x.json")]) == 1
+    assert "no scores at [4096]; it has [1024, 2048]" in capsys.readouterr().err
     torch._dynamo.reset()

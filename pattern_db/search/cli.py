@@ -63,7 +63,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--capture-dir", default=None, help="keep the q/k/v capture here (default: a temporary dir)")
     p.add_argument("--from-details", default=None, metavar="DETAILS_JSON",
                    help="choose the plan from an earlier search's --details file (its scored candidates) at this "
-                        "--budget/--scoring/--patterns, without running the model (only its config is read)")
+                        "--budget/--scoring/--patterns, without running the model (only its config is read); "
+                        "--lengths picks some of its calibration lengths (default: all)")
     p.add_argument("--reuse-capture", action="store_true", help="score the capture already in --capture-dir")
     p.add_argument("--refuse-rising-families", action="store_true",
                    help="with --lengths: no head takes a member of a candidate family in which most (head, "
@@ -127,7 +128,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def reselect(args: argparse.Namespace, config):
     """The plan at ``config``'s budget from the scores in ``args.from_details``; the calibration
-    (length, samples, text, seed, levels) is the scored search's, whatever the other flags say."""
+    (samples, text, seed, levels) is the scored search's, whatever the other flags say, and so
+    are its lengths unless ``--lengths`` picks some of them (the plan then chosen at the longest
+    picked, the laws fitted across those picked)."""
     import dataclasses
 
     from transformers import AutoConfig
@@ -145,6 +148,15 @@ def reselect(args: argparse.Namespace, config):
         raise ValueError(f"--from-details: {path} is not a search details file (needs 'scores' and 'config'; "
                          "write one with mcompile search --details)")
     scores = SearchScores.from_obj(details["scores"])
+    shorter = [SearchScores.from_obj(s) for s in details.get("shorter", [])]
+    if args.lengths:       # the scores at these calibration lengths only: the plan at the longest
+        by_length = {s.length: s for s in (*shorter, scores)}
+        missing = sorted(set(args.lengths) - set(by_length))
+        if missing:
+            raise ValueError(f"--lengths {','.join(map(str, args.lengths))}: {path} has no scores at {missing}; "
+                             f"it has {sorted(by_length)}")
+        wanted = sorted(set(args.lengths))
+        scores, shorter = by_length[wanted[-1]], [by_length[n] for n in wanted[:-1]]
     scored = details["config"]
     config = dataclasses.replace(config, length=scores.length, lengths=None,
                                  samples=scores.samples or scored["samples"],
@@ -154,7 +166,6 @@ def reselect(args: argparse.Namespace, config):
     name = args.name or KNOWN_NAMES.get(args.model) or Path(args.model).name
     identity = ModelIdentity.from_hf_config(hf_config, name=name)
     command = getattr(args, "command_line", None) or command_line()
-    shorter = [SearchScores.from_obj(s) for s in details.get("shorter", [])]
     return select(identity, scores, config, offsets=details.get("offsets", []), timings=details.get("timings"),
                   command=command, shorter=shorter)
 
