@@ -203,9 +203,6 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     return cfg._sparse[window]
 
 
-_CHUNKS: dict = {}       # (id(plan), batch, n, hq, hkv, budget) -> (plan, head chunks)
-
-
 def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
                 budget: int | None = None) -> list[tuple[int, ...]]:
     """Query heads in chunks whose index fits ``budget`` bytes (default
@@ -218,34 +215,31 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
     gathering. Sizes follow from n and the plan: no host sync; the answer is kept per plan and
     shape."""
     from .kernels.index import index_memory_bytes
-    from .kernels.patterns import head_sizes
+    from .kernels.patterns import head_sizes, per_plan
     budget = INDEX_BYTES_PER_CHUNK if budget is None else budget
-    key = (id(plan), batch, n, hq, hkv, budget)
-    hit = _CHUNKS.get(key)
-    if hit is not None and hit[0] is plan:
-        return hit[1]
-    sizes = head_sizes(n, plan)
     group = hq // hkv
 
-    def cost(heads) -> int:
-        return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
-                                  max(sizes[h][1] for h in heads))
+    def make() -> list[tuple[int, ...]]:
+        sizes = head_sizes(n, plan)
 
-    chunks, left = [], sorted(range(hq), key=lambda h: (-sum(sizes[h]), h))
-    if cost(left) <= budget:
-        left, chunks = [], [tuple(range(hq))]
-    while left:
-        take = 1
-        while take < len(left) and cost(left[:take + 1]) <= budget:
-            take += 1
-        if group <= take < len(left):
-            take -= take % group
-        chunks.append(tuple(sorted(left[:take])))
-        left = left[take:]
-    if len(_CHUNKS) > 4096:
-        _CHUNKS.clear()
-    _CHUNKS[key] = (plan, chunks)
-    return chunks
+        def cost(heads) -> int:
+            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
+                                      max(sizes[h][1] for h in heads))
+
+        left = sorted(range(hq), key=lambda h: (-sum(sizes[h]), h))
+        if cost(left) <= budget:
+            return [tuple(range(hq))]
+        chunks = []
+        while left:
+            take = 1
+            while take < len(left) and cost(left[:take + 1]) <= budget:
+                take += 1
+            if group <= take < len(left):
+                take -= take % group
+            chunks.append(tuple(sorted(left[:take])))
+            left = left[take:]
+        return chunks
+    return per_plan(plan, ("head chunks", batch, n, hq, hkv, budget), make)
 
 
 def cost_model_for(cfg: SiteConfig, q):

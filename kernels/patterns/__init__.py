@@ -30,7 +30,7 @@ from . import dense, sliding_window, a_shape, vertical_slash, block_sparse, samp
 
 __all__ = ["Law", "PATTERNS", "Pattern", "register_pattern", "unregister_pattern", "get_pattern", "validate_params",
            "build_layer_index", "build_head_group", "device_index", "index_cost", "resolve_budget",
-           "head_sizes", "layer_sizes"]
+           "head_sizes", "layer_sizes", "per_plan"]
 
 
 def _plan_heads(layer_plan):
@@ -41,7 +41,7 @@ def _plan_heads(layer_plan):
 _PER_PLAN: dict = {}      # (id(plan), what) -> (plan, value): host work done once per plan
 
 
-def _per_plan(layer_plan, what: tuple, make):
+def per_plan(layer_plan, what: tuple, make):
     """``make()``, kept per plan object (plans are immutable and live as long as their sites;
     the entry holds the plan, so its id is not reused while the entry lives)."""
     key = (id(layer_plan), *what)
@@ -58,7 +58,7 @@ def _groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
     heads that share pattern and parameters, apart from those the pattern takes per head
     (``Pattern.per_head``; ``params`` then one dict per head where they differ). Kept per
     plan: the caller must not change what it returns."""
-    return _per_plan(layer_plan, ("groups",), lambda: _make_groups(layer_plan))
+    return per_plan(layer_plan, ("groups",), lambda: _make_groups(layer_plan))
 
 
 def _make_groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
@@ -102,7 +102,7 @@ def head_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> list
     (kept per plan and length: the runtime asks every call)."""
     def make():
         return [get_pattern(hp.pattern).sizes(n, hp.params, block_m, block_n) for hp in _plan_heads(layer_plan)]
-    return _per_plan(layer_plan, ("head sizes", n, block_m, block_n), make)
+    return per_plan(layer_plan, ("head sizes", n, block_m, block_n), make)
 
 
 def layer_sizes(n: int, layer_plan, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
