@@ -281,7 +281,9 @@ def _chunk_inputs(q, k, v, heads: tuple[int, ...], group: int):
     from .kernels.patterns import device_index
     qh = device_index(heads, q.device)
     kvh = device_index([h // group for h in heads], q.device)
-    return q[:, qh], k[:, kvh], v[:, kvh], qh
+    # index_select and index_copy_ move whole (N, D) slices; advanced indexing's generic gather
+    # and scatter took 18.8 ms of the shipped database's 128K prefill (H100, 2026-12-06)
+    return q.index_select(1, qh), k.index_select(1, kvh), v.index_select(1, kvh), qh
 
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
@@ -316,8 +318,10 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
         result = sparse_attention(qc, kc, vc, index, scale=scale)
         if tail_rows:
             dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
-        if out is not None:
+        if isinstance(where, slice):
             out[:, where] = result
+        elif where is not None:
+            out.index_copy_(1, where, result)
         del index
     if counts is not None:
         from .cost_gate import measure

@@ -379,7 +379,7 @@ if HAS_TRITON:
 
 COLUMNS_CHUNK = 1024     # verticals one program of _vs_columns holds at a time
 SUMS_TILES = 8           # key tiles one program of _vs_sums scores: its query rows are loaded once for them
-ROW_SPLITS = 32          # most key splits of the row statistics (each _vs_sums program reads all of them)
+ROW_SPLITS = 32          # key splits of the row statistics (each _vs_sums program reads all of them)
 # query blocks per program of the range merge: each lane's steps wait on a load, so many
 # small programs (several per SM) hide that latency better than a few wide ones
 MERGE_ROWS = 32
@@ -391,7 +391,7 @@ def supported_head_dim(d: int) -> bool:
 
 
 def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float,
-                  block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
+                  block_n: int = 64, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The two fused passes over the keys: (vertical (B, Hg, N), the key tiles' diagonal
     partials (B * Hg, T, 2 * block_n), the offset of distance 0 in their layout). ``ql``
     (B, Hq, L, D) the last L query rows of every head (a view: the kernels read the group's
@@ -414,8 +414,9 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
     rnd = ql.dtype in (torch.bfloat16, torch.float16)
     ieee = ql.dtype == torch.float32
     BH = B * Hg
-    # at most ROW_SPLITS splits: longer rows get longer splits
-    split = max(split, triton.cdiv(triton.cdiv(N, ROW_SPLITS), block_n) * block_n)
+    # ROW_SPLITS splits (``split`` keys each when given, but never more splits): with fewer, the
+    # row statistics leave SMs idle (4096-key splits at 32K: 72 programs on an H100's 132 SMs)
+    split = max(split or 0, triton.cdiv(triton.cdiv(N, ROW_SPLITS), block_n) * block_n)
     split = max(block_n, min(split, triton.cdiv(N, block_n) * block_n))
     nsplit = triton.cdiv(N, split)
     mout = torch.empty(BH, nsplit, block_m, dtype=torch.float32, device=dev)
@@ -439,7 +440,7 @@ def _score_passes(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_head
 
 
 def scores(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float,
-           block_n: int = 64, split: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+           block_n: int = 64, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ql (B, Hq, L, D) the last L query rows of every head (a view is fine), k (B, Hkv, N, D),
     ``q_heads`` the group's query heads and ``kv_heads[h]`` the KV head of group head h. Returns (vertical, slash) float32 (B, Hg, N),
     as :func:`.vertical_slash.scores`.

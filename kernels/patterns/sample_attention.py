@@ -196,7 +196,9 @@ def _column_scores_torch(q, k, hm: HeadMap, rows_t, w0s, scale, count_window):
     return [(col, win, tot.clone()) for col, win in zip(cols, wins)]
 
 
-CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+# tilings measured by a sweep (H100, 9 heads of d 64, 32K and 128K): 128-key tiles for the row
+# statistics took 5-9% off the scores against 64; wider row tiles or 8 warps were slower
+CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
           "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
 
