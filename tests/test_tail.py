@@ -58,6 +58,25 @@ def test_dense_tail_matches_sdpa_and_leaves_other_rows(backend, n, rows, Hq, Hkv
     assert torch.isnan(out[:, :, :start]).all()
 
 
+@pytest.mark.parametrize("n,rows,Hq,Hkv,D", [(3000, 64, 4, 2, 64), (1000, 300, 2, 1, 16)])
+def test_dense_tail_combines_many_splits_a_few_at_a_time(monkeypatch, n, rows, Hq, Hkv, D):
+    """A row whose splits take several combine steps (4 splits a step here, of 47 and 16)
+    comes out as SDPA's: the running max carries across the steps."""
+    from mcompile.kernels import _triton_tail
+    monkeypatch.setattr(_triton_tail, "COMBINE_ELEMENTS", 5 * D - 1)   # rounds down to 4 splits
+    ops.set_cpu_backend("triton")
+    try:
+        q, k, v = _qkv(1, Hq, Hkv, n, D, seed=n + rows + 1)
+        k[:, :, n // 3] += 4 * q[:, :1, -1]        # one far key the last rows like: a large max mid-row
+        out = torch.full_like(q, float("nan"))
+        dense_tail_(q, k, v, out, rows, D ** -0.5)
+    finally:
+        ops.set_cpu_backend(None)
+    start = (n - rows) // 64 * 64
+    torch.testing.assert_close(out[:, :, start:], _dense(q, k, v)[:, :, start:], atol=2e-5, rtol=1e-4)
+    assert torch.isnan(out[:, :, :start]).all()
+
+
 @pytest.mark.parametrize("D", [64, 128, 256])
 @pytest.mark.parametrize("n,rows", [(5000, 64), (40000, 130)])
 @pytest.mark.gpu
