@@ -255,14 +255,18 @@ def triton_builders_interpreted():
             assert torch.equal(count, want_count) and torch.equal(cols, want_cols), (count, want_count)
     assert count.tolist() == [[0, 0, 0], [0, 0, 0]]      # the last case: the window alone reaches alpha
     _triton_sa.SELECT_CHUNK = 8192
-    # SampleAttention: unmasked/masked loop split, several tile shapes
-    for cfg in ({"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 32, "BLOCK_N": 128}):
+    # SampleAttention: unmasked/masked loop split, several tile shapes, the row statistics' keys
+    # whole or in 256-key splits (4 and 10 of them here; a split's partials poisoned first)
+    for cfg, split_keys in (({"BLOCK_M": 64, "BLOCK_N": 64}, 4096), ({"BLOCK_M": 32, "BLOCK_N": 128}, 4096),
+                            ({"BLOCK_M": 64, "BLOCK_N": 128}, 256), ({"BLOCK_M": 32, "BLOCK_N": 64}, 256)):
         SA.CONFIG["row_stats"].update(cfg)
         SA.CONFIG["col_sums"].update(cfg)
+        SA.ROW_SPLIT_KEYS = split_keys
         for n, heads, params in [(1000, None, {"window_frac": 0.1, "sample_frac": 0.1}),
                                  (2500, [1], {"sample_frac": 0.25, "count_window": False})]:
             q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=1, d=64, hot_columns=[3, 100], local=4.0)
-            _same_column_scores(q, k, params, heads)
+            with _poisoned_empty():
+                _same_column_scores(q, k, params, heads)
 
 
 def mixed_budgets_interpreted():

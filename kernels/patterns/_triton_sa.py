@@ -4,7 +4,8 @@ Stage 2 is one kernel, :func:`_sa_select` (its docstring says how); the rest of 
 stage 1.
 
 Two fused kernels: per sampled row, the log-sum-exp of its causal scores and the mass outside
-its window; per key tile, the column sums. No rows x N score tensor is stored, and both are
+its window (its keys split over programs, the last to finish combining them); per key tile, the
+column sums. No rows x N score tensor is stored, and both are
 batched over the group's heads, GQA without copying K per query head. Each kernel recomputes
 the sampled scores (hence the ``2 * sample_frac`` cost); they skip the masks on tiles that need
 none (key tiles before every row's window; sampled rows whose window starts after the key tile)
@@ -18,15 +19,20 @@ if HAS_TRITON:
     from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
     @triton.jit
-    def _sa_row_stats(Q, K, RPOS, W0, KVH, LSE, FIN,
+    def _sa_row_stats(Q, K, RPOS, W0, KVH, PART, ARRIVED, LSE, FIN,
                       stride_qb, stride_qh, stride_qr, stride_kb, stride_kh, stride_kn, stride_w0h,
-                      Hg, R, N, qk_scale,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-        """Per sampled row: log2-sum-exp2 of its causal scores and the fraction of its mass
-        inside its window, on keys from its window start on (W0: per head, or shared when
-        stride_w0h is 0)."""
+                      Hg, R, N, qk_scale, SPLIT, NSPLIT,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      SPLITS: tl.constexpr):
+        """Program (row tile, head, key split): the sampled rows' running max, sum and mass
+        outside their windows over ``SPLIT`` keys, from each row's window start on (W0: per
+        head, or shared when stride_w0h is 0); the row tile's last split to finish combines
+        them into log2-sum-exp2 (LSE) and the fraction of the mass inside the window (FIN).
+        Split, a tile's chain of key steps is ``SPLIT / BLOCK_N`` long: whole, the last row
+        tile's walked every key alone (256 steps at 32K)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
+        pid_s = tl.program_id(2)
         b = (pid_bh // Hg).to(tl.int64)
         h = pid_bh % Hg
         kvh = tl.load(KVH + h).to(tl.int64)
@@ -41,11 +47,12 @@ if HAS_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         lo_i = tl.zeros([BLOCK_M], tl.float32)
-        hi = tl.max(rpos, 0) + 1
+        j0 = pid_s * SPLIT
+        j1 = tl.minimum(j0 + SPLIT, tl.max(rpos, 0) + 1)
         # key tiles before every row's window start: no causal or window mask, all of their
         # mass is outside the windows (lo == l there)
-        a_end = (tl.min(tl.where(mmask, w0, 1 << 30), 0) // BLOCK_N) * BLOCK_N
-        for start_n in range(0, a_end, BLOCK_N):
+        a_end = tl.minimum((tl.min(tl.where(mmask, w0, 1 << 30), 0) // BLOCK_N) * BLOCK_N, j1)
+        for start_n in range(j0, a_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None])
             s = tl.dot(q, kt) * qk_scale
@@ -54,21 +61,40 @@ if HAS_TRITON:
             l_i = l_i * alpha + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
             m_i = m_new
         lo_i = l_i
-        for start_n in range(a_end, hi, BLOCK_N):
+        # the rest of the split: causal and window masks (a row may have no key in it yet)
+        for start_n in range(tl.maximum(a_end, j0), j1, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kt = tl.load(kbase + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None],
                          mask=offs_n[None, :] < N, other=0.0)
             s = tl.dot(q, kt) * qk_scale
             s = tl.where(offs_n[None, :] <= rpos[:, None], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            pexp = tl.math.exp2(s - m_new[:, None])
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_safe)
+            pexp = tl.math.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(pexp, 1)
             lo_i = lo_i * alpha + tl.sum(tl.where(offs_n[None, :] < w0[:, None], pexp, 0.0), 1)
             m_i = m_new
-        out = pid_bh.to(tl.int64) * R + offs_m
-        tl.store(LSE + out, m_i + tl.math.log2(l_i), mask=mmask)
-        tl.store(FIN + out, 1.0 - lo_i / l_i, mask=mmask)
+        tile = pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m
+        part = PART + (tile * NSPLIT + pid_s) * 3 * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(part, m_i)
+        tl.store(part + BLOCK_M, l_i)
+        tl.store(part + 2 * BLOCK_M, lo_i)
+        # every thread's stores before the release; the last split to arrive acquires them all
+        tl.debug_barrier()
+        if tl.atomic_add(ARRIVED + tile, 1, sem="acq_rel") == NSPLIT - 1:
+            offs_s = tl.arange(0, SPLITS)
+            at = (tile * NSPLIT + offs_s[:, None]) * 3 * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+            smask = offs_s[:, None] < NSPLIT
+            m_s = tl.load(PART + at, mask=smask, other=float("-inf"), cache_modifier=".cg")
+            m = tl.max(m_s, 0)
+            w = tl.math.exp2(m_s - tl.where(m == float("-inf"), 0.0, m)[None, :])
+            l_all = tl.sum(w * tl.load(PART + at + BLOCK_M, mask=smask, other=0.0, cache_modifier=".cg"), 0)
+            lo_all = tl.sum(w * tl.load(PART + at + 2 * BLOCK_M, mask=smask, other=0.0, cache_modifier=".cg"), 0)
+            out = pid_bh.to(tl.int64) * R + offs_m
+            tl.store(LSE + out, m + tl.math.log2(l_all), mask=mmask)
+            tl.store(FIN + out, 1.0 - lo_all / l_all, mask=mmask)
+            tl.atomic_xchg(ARRIVED + tile, 0, sem="relaxed")     # ready for the next call
 
     @triton.jit
     def _sa_col_masked(qbase, RPOS, W0, lbase, kt, offs_n, offs_d, start_m, R, stride_qr, qk_scale,

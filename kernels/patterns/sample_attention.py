@@ -202,6 +202,11 @@ CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stag
           "col_sums": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
 
+# keys one program of the row statistics scores at least, and the most splits of a row tile's keys
+ROW_SPLIT_KEYS = 4096
+ROW_SPLITS = 32
+
+
 def _shrinking(config: dict):
     """``config``, then (each asked for when the one before did not fit the GPU's shared
     memory) one stage fewer, then half the tiles, down to one stage of 16 x 16."""
@@ -249,9 +254,18 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
     if D > 128:   # head dim 256 (Gemma 3): smaller tiles, fewer stages, to fit shared memory
         c1.update(BLOCK_N=32, num_warps=8, num_stages=2)
         c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
-    _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg), c1,
-                      qs, k, rpos, w0, kvh, lse, fin, qs.stride(0), qs.stride(1), qs.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, HEAD_DIM=D)
+    # the row statistics' key splits: whole multiples of every tiling's key tile
+    split = max(ROW_SPLIT_KEYS, triton.cdiv(triton.cdiv(N, ROW_SPLITS), 128) * 128)
+    nsplit = triton.cdiv(N, split)
+    parts = torch.empty(B * Hg * triton.cdiv(R, 128) * 128 * nsplit * 3, dtype=torch.float32, device=q.device)
+    # per row tile, its splits done so far (each call's last split sets it back to 0)
+    arrived = _sampled.get(("arrived", B * Hg, triton.cdiv(R, 16), str(q.device)),
+                           lambda: torch.zeros(B * Hg * triton.cdiv(R, 16), dtype=torch.int32, device=q.device),
+                           q.device)
+    _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg, nsplit), c1,
+                      qs, k, rpos, w0, kvh, parts, arrived, lse, fin, qs.stride(0), qs.stride(1), qs.stride(2),
+                      k.stride(0), k.stride(1), k.stride(2), stride_w0h, Hg, R, N, qk_scale, split, nsplit,
+                      HEAD_DIM=D, SPLITS=triton.next_power_of_2(nsplit))
     nstr = len(range(0, tail0, stride))
     _launch_shrinking(_sa_col_sums, lambda c: (triton.cdiv(N, c["BLOCK_N"]), B * Hg), c2,
                       qs, k, rpos, w0, kvh, lse, col, qs.stride(0), qs.stride(1), qs.stride(2),
