@@ -206,13 +206,13 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
 def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
                 budget: int | None = None) -> list[tuple[int, ...]]:
     """Query heads in chunks whose index fits ``budget`` bytes (default
-    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk's heads
-    ascending; one chunk of every head when the layer's index fits. A layer's index is as wide
-    as its widest head (a dense head lists every key block; one vertical-slash head with many
-    columns widens all), so the heads are taken widest first and a chunk closes when the next
-    head would push it over the budget. Equal widths keep the heads in order, and a chunk of a
-    KV group or more then holds whole groups, which ``sparse_call`` slices instead of
-    gathering. Sizes follow from n and the plan: no host sync; the answer is kept per plan and
+    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk
+    consecutive heads that slice q, k and v (:func:`_slices`); one chunk of every head when the
+    layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
+    key block; one vertical-slash head with many columns widens all), so the heads are taken
+    widest first and a group closes when the next head would push it over the budget; a group
+    then runs as its slices. Equal widths keep the heads in order, so a group of a KV group or
+    more holds whole groups. Sizes follow from n and the plan: no host sync; the answer is kept per plan and
     shape."""
     from .kernels.index import index_memory_bytes
     from .kernels.patterns import head_sizes, per_plan
@@ -236,10 +236,29 @@ def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
                 take += 1
             if group <= take < len(left):
                 take -= take % group
-            chunks.append(tuple(sorted(left[:take])))
+            chunks.extend(_slices(sorted(left[:take]), group))
             left = left[take:]
         return chunks
     return per_plan(plan, ("head chunks", batch, n, hq, hkv, budget), make)
+
+
+def _slices(heads: list[int], group: int) -> list[tuple[int, ...]]:
+    """Ascending ``heads`` as runs that are views of q, k and v (a gather copied them: 18.8 ms
+    of the shipped database's 128K prefill on an H100, and their bytes on top of the index's):
+    consecutive heads of one KV group, adjacent whole groups merged."""
+    runs: list[list[int]] = []
+    for h in heads:
+        if runs and h == runs[-1][-1] + 1 and h // group == runs[-1][-1] // group:
+            runs[-1].append(h)
+        else:
+            runs.append([h])
+    merged: list[list[int]] = []
+    for run in runs:
+        if merged and len(run) == group and len(merged[-1]) % group == 0 and merged[-1][-1] + 1 == run[0]:
+            merged[-1].extend(run)
+        else:
+            merged.append(run)
+    return [tuple(run) for run in merged]
 
 
 def cost_model_for(cfg: SiteConfig, q):
@@ -272,18 +291,11 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
 
 
 def _chunk_inputs(q, k, v, heads: tuple[int, ...], group: int):
-    """(q, k, v) of one head chunk: slices when it is whole KV groups in order, else gathered,
-    one KV head per query head."""
+    """(q, k, v) of one head chunk of :func:`head_chunks` (consecutive heads: whole KV groups,
+    or some of one) as views, and where its output goes."""
     h0, h1 = heads[0], heads[-1] + 1
-    if h1 - h0 == len(heads) and h0 % group == 0 and h1 % group == 0:
-        kv = slice(h0 // group, h1 // group)
-        return q[:, h0:h1], k[:, kv], v[:, kv], slice(h0, h1)
-    from .kernels.patterns import device_index
-    qh = device_index(heads, q.device)
-    kvh = device_index([h // group for h in heads], q.device)
-    # index_select and index_copy_ move whole (N, D) slices; advanced indexing's generic gather
-    # and scatter took 18.8 ms of the shipped database's 128K prefill (H100, 2026-12-06)
-    return q.index_select(1, qh), k.index_select(1, kvh), v.index_select(1, kvh), qh
+    kv = slice(h0 // group, -(-h1 // group))
+    return q[:, h0:h1], k[:, kv], v[:, kv], slice(h0, h1)
 
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
@@ -318,10 +330,8 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
         result = sparse_attention(qc, kc, vc, index, scale=scale)
         if tail_rows:
             dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
-        if isinstance(where, slice):
+        if out is not None:
             out[:, where] = result
-        elif where is not None:
-            out.index_copy_(1, where, result)
         del index
     if counts is not None:
         from .cost_gate import measure

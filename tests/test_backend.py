@@ -282,9 +282,9 @@ def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
 def test_heads_of_unequal_widths_are_chunked_widest_first(monkeypatch):
     """A layer's index is as wide as its widest head: a vertical-slash head with many columns
     and a dense head (every key block) beside narrow A-shape heads. Over the budget the widest
-    heads go together and the narrow ones apart, across KV groups (gathered, one KV head a
-    query head): the output is the one call's over all heads, and it follows the plan (its
-    reference masks), not dense."""
+    heads go together and the narrow ones apart, each group of heads run as slices of q, k and
+    v (consecutive heads of one KV group, whole groups together): the output is the one call's
+    over all heads, and it follows the plan (its reference masks), not dense."""
     from mcompile import runtime
     from mcompile.kernels.index import index_memory_bytes
     from mcompile.kernels.patterns import get_pattern, head_sizes
@@ -300,8 +300,11 @@ def test_heads_of_unequal_widths_are_chunked_widest_first(monkeypatch):
     sizes = head_sizes(N, plan)
     assert sizes[2][1] == 200 and sizes[1][0] == 6 and max(sizes[0]) < 6
     budget = index_memory_bytes(B, 2, N, sizes[1][0], sizes[2][1])           # the two widest together
-    assert runtime.head_chunks(plan, B, N, 4, 2, budget) == [(1, 2), (0, 3)]
-    assert runtime.head_chunks(plan, B, N, 4, 2, budget - 1) == [(2,), (0, 1, 3)]
+    assert runtime.head_chunks(plan, B, N, 4, 2, budget) == [(1,), (2,), (0,), (3,)]
+    assert runtime.head_chunks(plan, B, N, 4, 2, budget - 1) == [(2,), (0, 1), (3,)]
+    assert runtime._slices([0, 1, 2, 3, 4, 6, 7], 3) == [(0, 1, 2), (3, 4), (6, 7)]
+    assert runtime._slices([0, 1, 2, 3, 4, 5, 7], 3) == [(0, 1, 2, 3, 4, 5), (7,)]
+    assert runtime._slices([1, 2, 3, 4, 5], 3) == [(1, 2), (3, 4, 5)]
     monkeypatch.setattr(runtime, "index_budget", lambda *a: budget)
     chunked = runtime.sparse_call(cfg, plan, q, k, v, None)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
