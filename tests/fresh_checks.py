@@ -269,6 +269,33 @@ def triton_builders_interpreted():
                 _same_column_scores(q, k, params, heads)
 
 
+def score_tilings_interpreted():
+    """Every tiling benchmarks/score_tilings.py times computes the shipped tiling's scores
+    (vertical-slash's 12, SampleAttention's 8), the shipped one timed first, and the module
+    constants are put back."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import score_tilings
+    from patterns import make_inputs
+    from mcompile.kernels.patterns import _triton_vs
+    from mcompile.kernels.patterns import sample_attention as SA
+    shipped = (_triton_vs.ROW_SPLITS, _triton_vs.SUMS_TILES, repr(SA.CONFIG))
+    q, k, _ = make_inputs(1500, 4, 2, 32, torch.float32, torch.device("cpu"), "structured")
+    timed = []
+
+    def bench(fn):
+        timed.append(fn())
+        return float(len(timed))
+    vs = score_tilings.vertical_slash_tilings(q, k, bench=bench)
+    sa = score_tilings.sample_attention_tilings(q, k, bench=bench)
+    assert len(vs) == 12 and len(sa) == 8 and len(timed) == 20, (len(vs), len(sa))
+    assert vs[0]["tiling"] == {"row_splits": shipped[0], "sums_tiles": shipped[1]}
+    assert sa[0]["tiling"] == {name: [SA.CONFIG[name][x] for x in ("BLOCK_M", "BLOCK_N", "num_warps")]
+                               for name in ("row_stats", "col_sums")}
+    assert all(r["rel_err"] <= 1e-5 for r in vs + sa), [(r["tiling"], r["rel_err"]) for r in vs + sa]
+    assert (_triton_vs.ROW_SPLITS, _triton_vs.SUMS_TILES, repr(SA.CONFIG)) == shipped
+
+
 def mixed_budgets_interpreted():
     """Heads of one pattern with different budgets, built in one call on the Triton paths,
     give each head's index built alone, and the torch path's index."""

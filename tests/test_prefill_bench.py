@@ -159,3 +159,11 @@ def test_sample_attention_build_stages_run_each_stage_on_the_cpu(monkeypatch):
     assert r["us"] == {"scores": 1.0, "+select": 2.0, "+index": 3.0}
     assert len(timed[0]) == 3 and len(timed[1]) == 2 and timed[2].num_q_blocks == 32
     assert r["columns"] == r["cap"] == 205
+
+
+def test_score_tilings_all_compute_the_shipped_scores():
+    """benchmarks/score_tilings.py, in Triton's interpreter: each tiling it times gives the
+    shipped tiling's scores, and the shipped tilings are left as they were."""
+    from fresh_checks import run_fresh
+    run_fresh("score_tilings_interpreted", env=dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1"),
+              timeout=900)
