@@ -13,6 +13,8 @@
 #     patterns    index building against the sparse kernel, LLaMA-3-8B and SmolLM2 shapes
 #     build_stages  the vertical-slash and SampleAttention builds' stages (scores, selection,
 #                 index) and the vertical-slash selection's candidates per row
+#     score_tilings the builders' score passes under each tiling against the shipped one (not
+#                 in the default steps: run it when tuning for another GPU)
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
 # the rest as benchmarks/gpu_env.sh says.
@@ -61,6 +63,10 @@ step_patterns() {
 
 step_build_stages() {
   $PYTHON benchmarks/build_stages.py --out "$R/build_stages_smollm2_shape_$GPU.json"
+}
+
+step_score_tilings() {
+  $PYTHON benchmarks/score_tilings.py --out "$R/score_tilings_$GPU.json"
 }
 
 run_steps $STEPS
