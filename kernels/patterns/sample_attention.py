@@ -205,6 +205,8 @@ CONFIG = {"row_stats": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stag
 # keys one program of the row statistics scores at least, and the most splits of a row tile's keys
 ROW_SPLIT_KEYS = 4096
 ROW_SPLITS = 32
+# the smallest and largest BLOCK_M / BLOCK_N any tiling takes (``CONFIG``, ``_shrinking``)
+TILE_MIN, TILE_MAX = 16, 128
 
 
 def _shrinking(config: dict):
@@ -212,11 +214,11 @@ def _shrinking(config: dict):
     memory) one stage fewer, then half the tiles, down to one stage of 16 x 16."""
     c = dict(config)
     yield dict(c)
-    while not (c["num_stages"] == 1 and c["BLOCK_N"] <= 16 and c["BLOCK_M"] <= 16):
+    while not (c["num_stages"] == 1 and c["BLOCK_N"] <= TILE_MIN and c["BLOCK_M"] <= TILE_MIN):
         if c["num_stages"] > 1:
             c["num_stages"] -= 1
         else:
-            c["BLOCK_N"], c["BLOCK_M"] = max(16, c["BLOCK_N"] // 2), max(16, c["BLOCK_M"] // 2)
+            c["BLOCK_N"], c["BLOCK_M"] = max(TILE_MIN, c["BLOCK_N"] // 2), max(TILE_MIN, c["BLOCK_M"] // 2)
         log.info("sample_attention: shared memory too small, retrying with %s", c)
         yield dict(c)
 
@@ -254,13 +256,15 @@ def _column_scores_triton(q, k, hm: HeadMap, rpos, w0, windows, scale, count_win
     if D > 128:   # head dim 256 (Gemma 3): smaller tiles, fewer stages, to fit shared memory
         c1.update(BLOCK_N=32, num_warps=8, num_stages=2)
         c2.update(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
-    # the row statistics' key splits: whole multiples of every tiling's key tile
-    split = max(ROW_SPLIT_KEYS, triton.cdiv(triton.cdiv(N, ROW_SPLITS), 128) * 128)
+    # the row statistics' key splits, whole multiples of every tiling's key tile; their partials
+    # and arrival counters sized for any tiling's row tiles
+    split = max(ROW_SPLIT_KEYS, triton.cdiv(triton.cdiv(N, ROW_SPLITS), TILE_MAX) * TILE_MAX)
     nsplit = triton.cdiv(N, split)
-    parts = torch.empty(B * Hg * triton.cdiv(R, 128) * 128 * nsplit * 3, dtype=torch.float32, device=q.device)
+    parts = torch.empty(B * Hg * triton.cdiv(R, TILE_MAX) * TILE_MAX * nsplit * 3, dtype=torch.float32,
+                        device=q.device)
     # per row tile, its splits done so far (each call's last split sets it back to 0)
-    arrived = _sampled.get(("arrived", B * Hg, triton.cdiv(R, 16), str(q.device)),
-                           lambda: torch.zeros(B * Hg * triton.cdiv(R, 16), dtype=torch.int32, device=q.device),
+    arrived = _sampled.get(("arrived", B * Hg, triton.cdiv(R, TILE_MIN), str(q.device)),
+                           lambda: torch.zeros(B * Hg * triton.cdiv(R, TILE_MIN), dtype=torch.int32, device=q.device),
                            q.device)
     _launch_shrinking(_sa_row_stats, lambda c: (triton.cdiv(R, c["BLOCK_M"]), B * Hg, nsplit), c1,
                       qs, k, rpos, w0, kvh, parts, arrived, lse, fin, qs.stride(0), qs.stride(1), qs.stride(2),
