@@ -102,3 +102,28 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
         q, k, v, index.block_count, index.block_offset, index.column_count,
         index.column_index, index.block_m, index.block_n, float(scale), index.window)
     return (out, lse) if return_lse else out
+
+
+def sparse_attention_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
+                          out: torch.Tensor, heads: tuple[int, ...] | None = None,
+                          scale: float | None = None) -> torch.Tensor:
+    """Sparse attention written into ``out`` (like q) at the query heads ``heads`` that the
+    index covers (its head ``j`` is q's head ``heads[j]``; None: every head). The runtime
+    calls it once per part of a layer (``patterns.index_parts``), inside its own opaque op, so
+    the layer's output is written in place and no layer-wide index exists. CUDA (and the CPU
+    under ``MCOMPILE_CPU_KERNEL=triton``) launches the kernel over those heads; the CPU
+    reference computes them and copies them in. Returns ``out``."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if q.is_cuda or (q.device.type == "cpu" and cpu_backend() == "triton"):
+        from .patterns import device_index
+        from .sparse_attention import sparse_attention as _launch   # lazy: imports triton
+        rows = None if heads is None else device_index(heads, q.device, torch.int32)
+        return _launch(q, k, v, index, scale=scale, out=out, heads=rows)
+    if heads is None:
+        return out.copy_(sparse_attention_reference(q, k, v, index, scale=scale))
+    group = q.shape[1] // k.shape[1]
+    kv = [h // group for h in heads]                 # each query head with its own KV head
+    hs = list(heads)
+    out[:, hs] = sparse_attention_reference(q[:, hs], k[:, kv], v[:, kv], index, scale=scale)
+    return out

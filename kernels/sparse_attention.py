@@ -152,6 +152,7 @@ if HAS_TRITON:
         K_desc, V_desc,                # TMA descriptors of K/V (B, Hkv, N, D) when USE_TMA
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
         Window, stride_wh,             # per-query-head sliding window (read when HAS_WINDOW)
+        Heads, INDEX_HEADS,            # the layer's query head of each of the index's heads (HAS_HEADS)
         qk_scale,
         stride_qb, stride_qh, stride_qn,
         stride_kb, stride_kh, stride_kn,   # shared by K and V (the launcher ensures it)
@@ -172,6 +173,7 @@ if HAS_TRITON:
                                        # query block (the last ones)
         RETURN_LSE: tl.constexpr,
         HAS_WINDOW: tl.constexpr,      # rows also drop keys <= row - window
+        HAS_HEADS: tl.constexpr,       # the index covers INDEX_HEADS of q's heads, listed in Heads
         USE_TMA: tl.constexpr,         # listed blocks through TMA descriptors (Hopper+)
         WARP_SPEC: tl.constexpr,       # Triton's automatic warp specialisation of stage 1
         DOT_PRECISION: tl.constexpr,
@@ -194,21 +196,33 @@ if HAS_TRITON:
         through L2. Address arithmetic that can pass 2^31 (batch/head offsets, row * stride at
         1M tokens, index offsets) is done in int64. Accumulation is fp32; rows with no selected
         key produce 0 and LSE = -inf (m_i starts at a finite floor, so fully masked tiles
-        contribute p = 0, never NaN)."""
-        # ---- program -> (batch, kv head, row tile, query head in group) ----
-        # The GROUP query heads of one KV head and one row tile are adjacent programs
-        # (they stream the same K/V); row tiles run last-first (longest rows first).
+        contribute p = 0, never NaN).
+
+        An index over some of q's heads (one pattern's heads of a layer: ``HAS_HEADS``) maps its
+        head ``j`` to q's head ``Heads[j]``: the index and window are read at ``j``, q, K/V, the
+        output and the LSE at the layer's head, so each pattern's part of a layer writes its
+        heads of one output without a layer-wide index."""
+        # ---- program -> (batch, kv head, row tile, query head; the index's head) ----
+        # The query heads of one KV head and one row tile are adjacent programs (they stream
+        # the same K/V); row tiles run last-first (longest rows first).
         SPLIT_M: tl.constexpr = INDEX_BLOCK_M // BLOCK_M
         pid = tl.program_id(0)
-        off_bkv = tl.program_id(1)
-        g = pid % GROUP
-        tile = NUM_Q_BLOCKS * SPLIT_M - 1 - pid // GROUP
+        if HAS_HEADS:
+            ix_h = (pid % INDEX_HEADS).to(tl.int64)
+            tile = NUM_Q_BLOCKS * SPLIT_M - 1 - pid // INDEX_HEADS
+            off_b32 = tl.program_id(1)
+            off_h = tl.load(Heads + ix_h).to(tl.int64)
+            off_kvh32 = (off_h // GROUP).to(tl.int32)
+        else:
+            off_bkv = tl.program_id(1)
+            tile = NUM_Q_BLOCKS * SPLIT_M - 1 - pid // GROUP
+            off_b32 = off_bkv // H_KV
+            off_kvh32 = off_bkv % H_KV
+            off_h = off_kvh32.to(tl.int64) * GROUP + pid % GROUP
+            ix_h = off_h
         qb = tile // SPLIT_M               # the index's query block
-        off_b32 = off_bkv // H_KV
-        off_kvh32 = off_bkv % H_KV
         off_b = off_b32.to(tl.int64)
         off_kvh = off_kvh32.to(tl.int64)
-        off_h = off_kvh * GROUP + g
         start_m = tile * BLOCK_M
 
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -230,7 +244,7 @@ if HAS_TRITON:
 
         # sliding window: keys must lie above row - window (a lower bound per row)
         if HAS_WINDOW:
-            key_floor = offs_m - tl.load(Window + off_h * stride_wh)
+            key_floor = offs_m - tl.load(Window + ix_h * stride_wh)
         else:
             key_floor = offs_m - N_CTX - 1
 
@@ -240,8 +254,8 @@ if HAS_TRITON:
 
         # index row of this (batch, head, query block); int64 offsets (32 x 16K x 16K > 2^31)
         qb64 = qb.to(tl.int64)
-        blk_ptr = (BlockOffset + off_b * stride_bob + off_h * stride_boh + qb64 * stride_bom)
-        n_blocks = tl.load(BlockCount + off_b * stride_bcb + off_h * stride_bch + qb64 * stride_bcm)
+        blk_ptr = (BlockOffset + off_b * stride_bob + ix_h * stride_boh + qb64 * stride_bom)
+        n_blocks = tl.load(BlockCount + off_b * stride_bcb + ix_h * stride_bch + qb64 * stride_bcm)
         n_safe = tl.maximum(n_blocks - NUM_DIAG, 0)
 
         # ---- stage 1: blocks wholly below the diagonal: no masks (but the window's) ----
@@ -281,8 +295,8 @@ if HAS_TRITON:
 
         # ---- stage 3: single columns, gathered BLOCK_N at a time (slots past the count
         #      read key 0 and are masked) ----
-        col_ptr = (ColumnIndex + off_b * stride_cib + off_h * stride_cih + qb64 * stride_cim)
-        n_cols = tl.load(ColumnCount + off_b * stride_ccb + off_h * stride_cch + qb64 * stride_ccm)
+        col_ptr = (ColumnIndex + off_b * stride_cib + ix_h * stride_cih + qb64 * stride_cim)
+        n_cols = tl.load(ColumnCount + off_b * stride_ccb + ix_h * stride_cch + qb64 * stride_ccm)
         for c0 in range(0, n_cols, BLOCK_N):
             c_ok = (c0 + offs_n) < n_cols
             cols = tl.load(col_ptr + (c0 + offs_n) * stride_cik, mask=c_ok, other=0)
@@ -371,11 +385,15 @@ def _validate(q, k, v, index: SparseIndex):
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
                      scale: float | None = None, return_lse: bool = False, *,
                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-                     config: KernelConfig | tuple | None = None, debug: bool | None = None):
+                     config: KernelConfig | tuple | None = None, debug: bool | None = None,
+                     heads: torch.Tensor | None = None):
     """Launch the Triton kernel: q (B, Hq, N, D), k/v (B, Hkv, N, D) (any strides with a
     contiguous last dim) -> out like q [, lse (B, Hq, N) float32].
 
-    ``index`` may be (B, Hq) or broadcast (1 -> B, 1 -> Hq). ``config`` (a
+    ``index`` may be (B, Hq) or broadcast (1 -> B, 1 -> Hq). ``heads`` (int32 or int64 (H,) on
+    q's device, distinct values in [0, Hq)): the index covers only these query heads, its head
+    ``j`` being q's head ``heads[j]``; ``out`` (and ``lse``) must then be given, and only
+    those heads' rows of them are written. ``config`` (a
     :class:`KernelConfig` or the same 5-tuple) overrides the tuned table (TMA is used only
     where the tensors allow it: 16-byte aligned). ``out``/``lse`` may be given (tests poison
     them). ``debug`` (default: env MCOMPILE_DEBUG_INDEX=1) runs :func:`check_index` first.
@@ -383,12 +401,21 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; use mcompile.kernels.ops.sparse_attention")
     B, Hq, Hkv, N, D = _validate(q, k, v, index)
-    if tuple(index.block_count.shape[:2]) != (B, Hq):
-        index = index.expand(B, Hq)
+    index_heads = Hq
+    if heads is not None:
+        if heads.dim() != 1 or heads.dtype not in (torch.int32, torch.int64) or heads.device != q.device \
+                or not 0 < heads.numel() <= Hq:
+            raise ValueError(f"heads must be int32 or int64 (H,) on {q.device} with 0 < H <= {Hq}, got "
+                             f"{heads.dtype} {tuple(heads.shape)} on {heads.device}")
+        if out is None or (return_lse and lse is None):
+            raise ValueError("an index over some heads writes into a given out (and lse)")
+        index_heads = heads.numel()
+    if tuple(index.block_count.shape[:2]) != (B, index_heads):
+        index = index.expand(B, index_heads)
     if debug is None:
         debug = os.environ.get("MCOMPILE_DEBUG_INDEX", "0") == "1"
     if debug:
-        check_index(index, N, B, Hq)
+        check_index(index, N, B, index_heads)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if not scale > 0:
@@ -416,18 +443,18 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     bc, bo, cc, ci = index.tensors()
     # zero-size lists: give the kernel a valid pointer (never read: counts are 0)
     if bo.shape[-1] == 0:
-        bo = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, Hq, bo.shape[2], 1)
+        bo = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, index_heads, bo.shape[2], 1)
     if ci.shape[-1] == 0:
-        ci = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, Hq, ci.shape[2], 1)
+        ci = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, index_heads, ci.shape[2], 1)
     if k.stride() != v.stride():        # the kernel shares one set of K/V tile offsets
         k, v = k.contiguous(), v.contiguous()
     window = index.window
     if window is not None:
-        if window.dim() != 1 or window.shape[0] not in (1, Hq) or window.dtype != torch.int32 \
+        if window.dim() != 1 or window.shape[0] not in (1, index_heads) or window.dtype != torch.int32 \
                 or window.device != q.device:
-            raise ValueError(f"index.window must be int32 (1,) or ({Hq},) on {q.device}, got "
+            raise ValueError(f"index.window must be int32 (1,) or ({index_heads},) on {q.device}, got "
                              f"{window.dtype} {tuple(window.shape)} on {window.device}")
-        stride_wh = window.stride(0) if window.shape[0] == Hq else 0
+        stride_wh = window.stride(0) if window.shape[0] == index_heads else 0
     else:
         window, stride_wh = bc, 0          # never read
     nqb = index.num_q_blocks
@@ -442,12 +469,13 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
         else:
             use_tma = False
-        grid = (nqb * (bm // tile_m) * group, B * Hkv)
+        grid = (nqb * (bm // tile_m) * group, B * Hkv) if heads is None else (nqb * (bm // tile_m) * index_heads, B)
         (_InterpretLaunch(_sparse_attn_fwd) if interpret else _sparse_attn_fwd)[grid](
             q, k, v, out, lse,
             k_desc, v_desc,
             bc, bo, cc, ci,
             window, stride_wh,
+            bc if heads is None else heads, index_heads,
             scale * 1.4426950408889634,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
@@ -463,6 +491,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             NUM_DIAG=(bm + bn - 3) // bn + 1,
             RETURN_LSE=return_lse,
             HAS_WINDOW=index.window is not None,
+            HAS_HEADS=heads is not None,
             USE_TMA=use_tma,
             WARP_SPEC=bool(warp_spec) and not interpret,
             # fp32 on the GPU: 3xTF32 (near-fp32; plain "ieee" FMA code takes ptxas ~1 min)

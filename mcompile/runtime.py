@@ -24,21 +24,22 @@ log = logging.getLogger("mcompile")
 
 SPARSE_DTYPES_CUDA = (torch.float16, torch.bfloat16)
 SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
-# The index of one call is built for at most this many bytes at a time (2 GiB: 4 chunks at 512K
-# keep the peak under dense and cost 5% of the speed; 1 GiB cost 11%, benchmarks/index_chunks.py): above it the heads are
-# taken in chunks, each chunk's index built, used and freed before the next.
-# The vertical-slash index holds min(slash_size, key blocks) block slots per query block, 232 MB
-# per head at 512K tokens, which would otherwise push the peak above dense attention's.
+# One part of a call's index (patterns.index_parts) is built for at most this many bytes (2 GiB:
+# 4 chunks at 512K keep the peak under dense and cost 5% of the speed; 1 GiB cost 11%,
+# benchmarks/index_chunks.py): above it the part's heads are split, each split's index built,
+# used and freed before the next. The vertical-slash index holds min(slash_size, key blocks)
+# block slots per query block, 232 MB per head at 512K tokens, which would otherwise push the
+# peak above dense attention's.
 INDEX_BYTES_PER_CHUNK = 2 << 30
-# A smaller layer's index may take as many bytes as its q, k and v hold, and at least this many
-# (below it more chunks cost launches for little memory). SmolLM2's shipped database has a
-# layer whose index at 128K is 2.4 GiB at its widest head's widths (6-head chunks of 1.6 GiB
-# under 2 GiB alone): that prefill peaked at 3.9 GiB against dense's 1.5.
+# A smaller layer's part may take as many bytes as its q, k and v hold, and at least this many
+# (below it more splits cost launches for little memory). SmolLM2's shipped database has a
+# layer whose vertical-slash heads' index at 128K is 1.6 GiB (one of 32768 columns takes
+# 269 MB alone).
 INDEX_BYTES_FLOOR = 256 << 20
 
 
 def index_budget(q, k, v) -> int:
-    """Bytes one chunk's index may take in a call over these q, k, v."""
+    """Bytes one part's index may take in a call over these q, k, v."""
     held = sum(t.numel() * t.element_size() for t in (q, k, v))
     return min(INDEX_BYTES_PER_CHUNK, max(INDEX_BYTES_FLOOR, held))
 
@@ -136,13 +137,13 @@ def dense_attention(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_c
 # --- the decision -------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _sparse_backend():
-    """(build_layer_index, sparse_attention) when the kernels are installed, else None."""
+    """(build_part, sparse_attention_into) when the kernels are installed, else None."""
     try:
-        from .kernels.ops import sparse_attention
-        from .kernels.patterns import build_layer_index
+        from .kernels.ops import sparse_attention_into
+        from .kernels.patterns import build_part
     except ImportError:
         return None
-    return build_layer_index, sparse_attention
+    return build_part, sparse_attention_into
 
 
 def why_dense(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, window) -> str | None:
@@ -203,64 +204,6 @@ def sparse_plan_for(cfg: SiteConfig, window: int, num_heads: int) -> tuple[Layer
     return cfg._sparse[window]
 
 
-def head_chunks(plan: LayerPlan, batch: int, n: int, hq: int, hkv: int,
-                budget: int | None = None) -> list[tuple[int, ...]]:
-    """Query heads in chunks whose index fits ``budget`` bytes (default
-    ``INDEX_BYTES_PER_CHUNK``; ``sparse_call`` passes :func:`index_budget`), each chunk
-    consecutive heads that slice q, k and v (:func:`_slices`); one chunk of every head when the
-    layer's index fits. A layer's index is as wide as its widest head (a dense head lists every
-    key block; one vertical-slash head with many columns widens all), so the heads are taken
-    widest first and a group closes when the next head would push it over the budget; a group
-    then runs as its slices. Equal widths keep the heads in order, so a group of a KV group or
-    more holds whole groups. Sizes follow from n and the plan: no host sync; the answer is kept per plan and
-    shape."""
-    from .kernels.index import index_memory_bytes
-    from .kernels.patterns import head_sizes, per_plan
-    budget = INDEX_BYTES_PER_CHUNK if budget is None else budget
-    group = hq // hkv
-
-    def make() -> list[tuple[int, ...]]:
-        sizes = head_sizes(n, plan)
-
-        def cost(heads) -> int:
-            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
-                                      max(sizes[h][1] for h in heads))
-
-        left = sorted(range(hq), key=lambda h: (-sum(sizes[h]), h))
-        if cost(left) <= budget:
-            return [tuple(range(hq))]
-        chunks = []
-        while left:
-            take = 1
-            while take < len(left) and cost(left[:take + 1]) <= budget:
-                take += 1
-            if group <= take < len(left):
-                take -= take % group
-            chunks.extend(_slices(sorted(left[:take]), group))
-            left = left[take:]
-        return chunks
-    return per_plan(plan, ("head chunks", batch, n, hq, hkv, budget), make)
-
-
-def _slices(heads: list[int], group: int) -> list[tuple[int, ...]]:
-    """Ascending ``heads`` as runs that are views of q, k and v (a gather copied them: 18.8 ms
-    of the shipped database's 128K prefill on an H100, and their bytes on top of the index's):
-    consecutive heads of one KV group, adjacent whole groups merged."""
-    runs: list[list[int]] = []
-    for h in heads:
-        if runs and h == runs[-1][-1] + 1 and h // group == runs[-1][-1] // group:
-            runs[-1].append(h)
-        else:
-            runs.append([h])
-    merged: list[list[int]] = []
-    for run in runs:
-        if merged and len(run) == group and len(merged[-1]) % group == 0 and merged[-1][-1] + 1 == run[0]:
-            merged[-1].extend(run)
-        else:
-            merged.append(run)
-    return [tuple(run) for run in merged]
-
-
 def cost_model_for(cfg: SiteConfig, q):
     """The measured cost model for this call: the shipped one on the GPU (the CPU path is the
     reference, for correctness, and follows the plan)."""
@@ -290,30 +233,25 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
     return (site_cost if cost_gate.wants_measurement(site_cost, n, replayed) else None), reason, timing
 
 
-def _chunk_inputs(q, k, v, heads: tuple[int, ...], group: int):
-    """(q, k, v) of one head chunk of :func:`head_chunks` (consecutive heads: whole KV groups,
-    or some of one) as views, and where its output goes."""
-    h0, h1 = heads[0], heads[-1] + 1
-    kv = slice(h0 // group, -(-h1 // group))
-    return q[:, h0:h1], k[:, kv], v[:, kv], slice(h0, h1)
-
-
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
-    """Build the index and run the kernel, head chunk by head chunk when the index is large;
-    then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
-    build_layer_index, sparse_attention = _sparse_backend()
+    """Build the index and run the kernel one part at a time (``patterns.index_parts``: each
+    online pattern's heads and the static heads, split where an index would pass
+    :func:`index_budget`), each part's index built, run over its heads of the one output and
+    freed before the next, so no layer-wide index is padded to its widest head or copied
+    together; then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
+    build_part, sparse_attention_into = _sparse_backend()
+    from .kernels.patterns import index_parts
     from .kernels.tail import dense_tail_, tail_work
     B, hq, n, _ = q.shape
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    hkv = k.shape[1]
-    chunks = head_chunks(plan, B, n, hq, hkv, index_budget(q, k, v))
-    out = None if len(chunks) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    parts = index_parts(plan, n, B, index_budget(q, k, v))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     counts = None   # blocks and columns summed over heads, for the cost gate's measurement
-    for heads in chunks:
-        qc, kc, vc, where = (q, k, v, None) if out is None else _chunk_inputs(q, k, v, heads, hq // hkv)
-        sub = plan if out is None else LayerPlan(tuple(plan.heads[h] for h in heads))
-        index = build_layer_index(qc, kc, sub, scale=scale)
+    block_m = block_n = 64
+    for heads in parts:
+        index = build_part(q, k, plan, heads, scale=scale)
+        block_m, block_n = index.block_m, index.block_n
         if cfg.debug:
             from .kernels.index import check_index
             check_index(index, n)
@@ -327,18 +265,16 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
             work = torch.stack([t.expand(B, len(heads), -1).sum(dtype=torch.int64)
                                 for t in (index.block_count, index.column_count)])
             counts = work if counts is None else counts + work
-        result = sparse_attention(qc, kc, vc, index, scale=scale)
-        if tail_rows:
-            dense_tail_(qc, kc, vc, result, tail_rows, scale, index.block_m, index.block_n)
-        if out is not None:
-            out[:, where] = result
+        sparse_attention_into(q, k, v, index, out, None if len(heads) == hq else heads, scale)
         del index
+    if tail_rows:
+        dense_tail_(q, k, v, out, tail_rows, scale, block_m, block_n)
     if counts is not None:
         from .cost_gate import measure
         # under CUDA graphs only the eager warm-up call runs Python: it waits for its count so
         # that the recording call, which follows, takes the settled route
         measure(site_cost, n, B * hq, counts, wait=cfg.cuda_graphs)
-    return result if out is None else out
+    return out
 
 
 def _route(cfg: SiteConfig, q, k, padding, q_offset, kv_offset, is_causal, window):

@@ -249,10 +249,11 @@ def test_dynamic_mask_without_attention_mask_is_recognised():
     assert rows and all(r.mask == "causal" and r.decision.startswith("sparse") for r in rows), str(mcompile.report())
 
 
-def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
-    """Above the index budget the heads run in chunks (here whole KV groups, sliced); the
-    result and the recorded work are those of one call over all heads."""
+def test_large_indexes_are_built_part_by_part(monkeypatch):
+    """Above the index budget a part's heads run in splits (here one head each); the result
+    and the recorded work are those of one call over all heads."""
     from mcompile import runtime
+    from mcompile.kernels import patterns
     from mcompile.kernels.index import index_memory_bytes
     from mcompile.kernels.patterns import layer_sizes
     from mcompile.plan import LayerPlan
@@ -263,61 +264,76 @@ def test_large_indexes_are_built_head_chunk_by_chunk(monkeypatch):
     whole = _logits(compiled, ids, mask, False)
     density = mcompile.report().density()
     calls = []
-    real = runtime.head_chunks
+    real = patterns.index_parts
     plan = LayerPlan.uniform("a_shape", 4, n_init=64, n_local=64)
-    group_bytes = index_memory_bytes(1, 2, DROP_LEN, *layer_sizes(DROP_LEN, plan))
-    monkeypatch.setattr(runtime, "INDEX_BYTES_PER_CHUNK", group_bytes)     # one KV group per chunk
-    monkeypatch.setattr(runtime, "INDEX_BYTES_FLOOR", group_bytes)
-    monkeypatch.setattr(runtime, "head_chunks", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    head_bytes = index_memory_bytes(1, 1, DROP_LEN, *layer_sizes(DROP_LEN, plan))
+    monkeypatch.setattr(runtime, "INDEX_BYTES_PER_CHUNK", head_bytes)     # one head a split
+    monkeypatch.setattr(runtime, "INDEX_BYTES_FLOOR", head_bytes)
+    monkeypatch.setattr(patterns, "index_parts", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
     torch._dynamo.reset()
     reporting.reset()
     compiled = torch.compile(model, backend="minference", options=opts)
     chunked = _logits(compiled, ids, mask, False)
-    assert calls and all(c == [(0, 1), (2, 3)] for c in calls)
+    assert calls and all(c == [(0,), (1,), (2,), (3,)] for c in calls)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     _runs_the_plan(chunked, model, ids)
     assert mcompile.report().density() == pytest.approx(density)
 
 
-def test_heads_of_unequal_widths_are_chunked_widest_first(monkeypatch):
-    """A layer's index is as wide as its widest head: a vertical-slash head with many columns
-    and a dense head (every key block) beside narrow A-shape heads. Over the budget the widest
-    heads go together and the narrow ones apart, each group of heads run as slices of q, k and
-    v (consecutive heads of one KV group, whole groups together): the output is the one call's
-    over all heads, and it follows the plan (its reference masks), not dense."""
-    from mcompile import runtime
-    from mcompile.kernels.index import index_memory_bytes
-    from mcompile.kernels.patterns import get_pattern, head_sizes
-    from mcompile.plan import HeadPlan, LayerPlan
-    g = torch.Generator().manual_seed(0)
-    B, N, D = 2, 384, 32
-    q, k, v = (torch.randn(B, h, N, D, generator=g) for h in (4, 2, 2))
-    narrow = HeadPlan("a_shape", {"n_init": 64, "n_local": 64})
-    plan = LayerPlan((narrow, HeadPlan("dense", {}), HeadPlan("vertical_slash", {"vertical_size": 200, "slash_size": 2}),
-                      narrow))
-    cfg = runtime.SiteConfig(key="widths", layer=0, plan=plan, min_len=16)
-    whole = runtime.sparse_call(cfg, plan, q, k, v, None)
-    sizes = head_sizes(N, plan)
-    assert sizes[2][1] == 200 and sizes[1][0] == 6 and max(sizes[0]) < 6
-    budget = index_memory_bytes(B, 2, N, sizes[1][0], sizes[2][1])           # the two widest together
-    assert runtime.head_chunks(plan, B, N, 4, 2, budget) == [(1,), (2,), (0,), (3,)]
-    assert runtime.head_chunks(plan, B, N, 4, 2, budget - 1) == [(2,), (0, 1), (3,)]
-    assert runtime._slices([0, 1, 2, 3, 4, 6, 7], 3) == [(0, 1, 2), (3, 4), (6, 7)]
-    assert runtime._slices([0, 1, 2, 3, 4, 5, 7], 3) == [(0, 1, 2, 3, 4, 5), (7,)]
-    assert runtime._slices([1, 2, 3, 4, 5], 3) == [(1, 2), (3, 4, 5)]
-    monkeypatch.setattr(runtime, "index_budget", lambda *a: budget)
-    chunked = runtime.sparse_call(cfg, plan, q, k, v, None)
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+def _plan_reference(q, k, v, plan):
+    """(attention under each head's reference mask, dense causal attention), in float32."""
+    from mcompile.kernels.patterns import get_pattern
+    B, hq, N, D = q.shape
     r = torch.arange(N)
     allowed = (r.view(1, -1) <= r.view(-1, 1)) & torch.cat(
         [get_pattern(hp.pattern).reference_mask(q, k, hp.params, heads=[h]) for h, hp in enumerate(plan.heads)], 1)
-    kk, vv = (t.repeat_interleave(2, 1).double() for t in (k, v))
+    kk, vv = (t.repeat_interleave(hq // k.shape[1], 1).double() for t in (k, v))
     scores = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
     want = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vv).float()
     dense = (scores.masked_fill(~(r.view(1, -1) <= r.view(-1, 1)), float("-inf")).softmax(-1) @ vv).float()
+    return want, dense
+
+
+@pytest.mark.parametrize("cpu_kernel", ["reference", "triton"])
+def test_a_layer_runs_as_parts_of_its_own_widths(monkeypatch, cpu_kernel):
+    """A layer's heads run as its pattern groups (online patterns each, static heads together),
+    each with an index of its own widths written into its heads of one output: a vertical-slash
+    head with many columns does not widen the A-shape or dense heads' index. Over the budget a
+    part splits widest head first. Every split gives the one call's output, which follows the
+    plan's reference masks, not dense (the kernel itself, interpreted, reads q, K/V and the
+    output at the part's heads)."""
+    from mcompile import runtime
+    from mcompile.kernels import ops
+    from mcompile.kernels.index import index_memory_bytes
+    from mcompile.kernels.patterns import head_sizes, index_parts
+    from mcompile.plan import HeadPlan, LayerPlan
+    monkeypatch.setattr(ops, "_cpu_backend", cpu_kernel)
+    g = torch.Generator().manual_seed(0)
+    B, N, D = 2, 384, 32
+    q, k, v = (torch.randn(B, h, N, D, generator=g) for h in (6, 3, 3))
+    narrow = HeadPlan("a_shape", {"n_init": 64, "n_local": 64})
+    vs = {"vertical_size": 200, "slash_size": 2}
+    plan = LayerPlan((narrow, HeadPlan("dense", {}), HeadPlan("vertical_slash", vs), narrow,
+                      HeadPlan("vertical_slash", {**vs, "vertical_size": 30}), HeadPlan("dense", {})))
+    cfg = runtime.SiteConfig(key="widths", layer=0, plan=plan, min_len=16)
+    sizes = head_sizes(N, plan)
+    assert sizes[2][1] == 200 and sizes[1][0] == 6 and max(sizes[0]) < 6
+    assert index_parts(plan, N, B) == [(2, 4), (0, 1, 3, 5)]
+    one_wide = index_memory_bytes(B, 1, N, sizes[2][0], sizes[2][1])
+    static_pair = index_memory_bytes(B, 2, N, sizes[1][0], 0)
+    assert index_parts(plan, N, B, one_wide) == [(2,), (4,), (0, 1, 3, 5)]
+    assert index_parts(plan, N, B, static_pair - 1) == [(2,), (4,), (1,), (5,), (0, 3)]
+    want, dense = _plan_reference(q, k, v, plan)
+    outputs = []
+    for budget in (1 << 30, one_wide, static_pair - 1):
+        monkeypatch.setattr(runtime, "index_budget", lambda *a, b=budget: b)
+        outputs.append(runtime.sparse_call(cfg, plan, q, k, v, None, tail_rows=64))
+        torch.testing.assert_close(outputs[-1], outputs[0], rtol=1e-5, atol=1e-5)
+    out = outputs[0]
     # the dense tail (the last 64 rows exact) aside, every row follows the plan
-    torch.testing.assert_close(chunked[:, :, :-64], want[:, :, :-64], rtol=1e-4, atol=1e-4)
-    assert float((chunked[:, :, :-64] - dense[:, :, :-64]).abs().max()) > 1e-2
+    torch.testing.assert_close(out[:, :, :-64], want[:, :, :-64], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[:, :, -64:], dense[:, :, -64:], rtol=1e-4, atol=1e-4)
+    assert float((out[:, :, :-64] - dense[:, :, :-64]).abs().max()) > 1e-2
 
 
 def test_window_longer_than_the_prompt_is_plain_causal():

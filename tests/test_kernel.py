@@ -293,6 +293,32 @@ def test_kernel_structured(device, structure, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("structure,dtype", [(None, torch.float16), ("sinks", torch.bfloat16)])
+def test_kernel_writes_an_index_over_some_heads(device, structure, dtype):
+    """An index over some query heads (``heads``, in any order; one pattern's part of a layer)
+    writes exactly those heads of the given output and LSE, each as the reference over its
+    own KV head (GQA 3:1), and leaves every other head as it was (poisoned here); a window
+    per index head is read at the index's head."""
+    B, Hkv, G, N, D, bm, bn = 2, 2, 3, 200, 64, 64, 64
+    q, k, v = _qkv(B, G * Hkv, Hkv, N, D, dtype, device, gen=11, structure=structure)
+    heads = [4, 0, 2]
+    index = _random_index(B, len(heads), N, bm, bn, max_blocks=4, max_columns=30, gen=random.Random(5),
+                          device=device)
+    index = index.with_window(torch.tensor([70, 1 << 30, 33], dtype=torch.int32, device=device))
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=device)
+    rows = torch.tensor(heads, dtype=torch.int32, device=device)
+    sparse_attention(q, k, v, index, return_lse=True, out=out, lse=lse, heads=rows, debug=True)
+    kv = [h // G for h in heads]
+    ref_out, ref_lse = _ref(q[:, heads], k[:, kv], v[:, kv], index)
+    _check(out[:, heads], lse[:, heads], ref_out, ref_lse, dtype, "heads 4, 0, 2")
+    others = [h for h in range(G * Hkv) if h not in heads]
+    assert torch.isnan(out[:, others]).all() and torch.isnan(lse[:, others]).all()
+    with pytest.raises(ValueError, match="given out"):
+        sparse_attention(q, k, v, index, heads=rows)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_kernel_empty_rows_inside_blocks(device):
     """Rows before a lone diagonal column select nothing: 0 output, LSE -inf, no NaN."""
     B, H, N, D, bm = 1, 2, 130, 64, 64

@@ -11,7 +11,9 @@ and one import line below.
 in one batched call (a Python loop over groups, never over heads), and so are the heads of a
 pattern whose budgets may differ per head (``Pattern.per_head``); the static heads' part
 is built once per shape and kept; each part is padded to the common widths and written into
-the layer's index.
+the layer's index. The runtime instead takes a layer in the parts of :func:`index_parts`,
+each built by :func:`build_part` and run by the kernel over its own heads, so no layer-wide
+index is ever materialised.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import functools
 
 import torch
 
-from ..index import SparseIndex
+from ..index import SparseIndex, index_memory_bytes
 
 NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
 from ._common import Law, StaticCache, device_index, index_cost, resolve_budget, use_triton
@@ -29,8 +31,8 @@ from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregist
 from . import dense, sliding_window, a_shape, vertical_slash, block_sparse, sample_attention  # noqa: E402,F401
 
 __all__ = ["Law", "PATTERNS", "Pattern", "register_pattern", "unregister_pattern", "get_pattern", "validate_params",
-           "build_layer_index", "build_head_group", "device_index", "index_cost", "resolve_budget",
-           "head_sizes", "layer_sizes", "per_plan"]
+           "build_layer_index", "build_head_group", "build_part", "device_index", "index_cost",
+           "index_parts", "resolve_budget", "head_sizes", "layer_sizes", "per_plan"]
 
 
 def _plan_heads(layer_plan):
@@ -136,27 +138,82 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
     heads_plan = _plan_heads(layer_plan)
     if len(heads_plan) != Hq:
         raise ValueError(f"build_layer_index: the plan has {len(heads_plan)} heads, q has {Hq}")
+    parts = index_parts(layer_plan, N, B, None, block_m, block_n)
+    if len(parts) == 1:             # one part: all the heads, in order
+        return build_part(q, k, layer_plan, parts[0], block_m, block_n, scale=scale)
+    return _assemble([(heads, build_part(q, k, layer_plan, heads, block_m, block_n, scale=scale))
+                      for heads in parts], B, Hq, q.device, block_m, block_n)
+
+
+def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, block_m: int = 64,
+                block_n: int = 64) -> list[tuple[int, ...]]:
+    """The query heads of a layer as the parts its index is built in, each ascending: every
+    online pattern's group of heads (:func:`_groups`) and the static heads together. With a
+    ``budget`` (bytes), a part whose index at length ``n`` would take more is split: its heads
+    widest first (:func:`head_sizes`: one head with many columns widens its part's index)
+    while the next still fits, at least one a part. Kept per plan, length and budget: no
+    host work per call."""
+    def make() -> list[tuple[int, ...]]:
+        groups = _groups(layer_plan)
+        parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
+        static = sorted(h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads)
+        parts += [static] if static else []
+        if budget is None:
+            return [tuple(p) for p in parts]
+        sizes = head_sizes(n, layer_plan, block_m, block_n)
+
+        def cost(heads) -> int:
+            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
+                                      max(sizes[h][1] for h in heads), block_m)
+
+        split = []
+        for part in parts:
+            left = sorted(part, key=lambda h: (-sum(sizes[h]), h))
+            while left:
+                take = 1
+                while take < len(left) and cost(left[:take + 1]) <= budget:
+                    take += 1
+                split.append(tuple(sorted(left[:take])))
+                left = left[take:]
+        return split
+    return per_plan(layer_plan, ("index parts", n, batch, budget, block_m, block_n), make)
+
+
+def build_part(q: torch.Tensor, k: torch.Tensor, layer_plan, heads: tuple[int, ...], block_m: int = 64,
+               block_n: int = 64, *, scale: float | None = None) -> SparseIndex:
+    """The index over ``heads`` (one part of :func:`index_parts`: heads of one online group,
+    or static heads): (B, len(heads), ...), or broadcast views where the part covers every
+    head of a static pattern. q and k hold all the layer's heads."""
     groups = _groups(layer_plan)
-    if len(groups) == 1:
-        name, params, heads = groups[0]
+    if len(groups) == 1 and len(heads) == q.shape[1]:
+        name, params, _ = groups[0]
         return build_head_group(q, k, name, params, None, block_m, block_n, scale)
-    static = [g for g in groups if not get_pattern(g[0]).dynamic]
-    parts = [(heads, build_head_group(q, k, name, params, heads, block_m, block_n, scale))
-             for name, params, heads in groups if get_pattern(name).dynamic]
-    if static:
-        parts.append(_static_part(q, k, layer_plan, static, block_m, block_n))
-    if len(parts) == 1:
-        return parts[0][1]          # static heads only: they are all the heads, in order
-    return _assemble(parts, B, Hq, q.device, block_m, block_n)
+    inside = per_plan(layer_plan, ("part groups", heads), lambda: _part_groups(groups, heads))
+    if get_pattern(inside[0][0]).dynamic:
+        name, params, hs = inside[0]
+        return build_head_group(q, k, name, params, hs, block_m, block_n, scale)
+    return _static_part(q, k, layer_plan, inside, block_m, block_n)
 
 
-def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[list[int], SparseIndex]:
-    """(heads, their index) for the static groups of a layer: built from the groups' cached
-    indexes once per plan and shape and kept (up to ``STATIC_LAYER_BYTES`` each), so a layer
-    whose heads hold several static budgets costs no launches for them."""
+def _part_groups(groups, heads: tuple[int, ...]) -> list[tuple[str, dict | list[dict], list[int]]]:
+    """The groups restricted to ``heads`` (those with none left dropped), per-head parameter
+    lists restricted with them."""
+    wanted, out = set(heads), []
+    for name, params, hs in groups:
+        keep = [i for i, h in enumerate(hs) if h in wanted]
+        if keep:
+            out.append((name, [params[i] for i in keep] if isinstance(params, list) else params,
+                        [hs[i] for i in keep]))
+    return out
+
+
+def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> SparseIndex:
+    """The index over the static groups' heads (ascending): built from the groups' cached
+    indexes once per plan, heads and shape and kept (up to ``STATIC_LAYER_BYTES`` each), so a
+    layer whose heads hold several static budgets costs no launches for them."""
     if len(static) == 1:
         name, params, heads = static[0]
-        return heads, build_head_group(q, k, name, params, heads, block_m, block_n)
+        return build_head_group(q, k, name, params, heads, block_m, block_n)
     heads = sorted(h for _, _, hs in static for h in hs)
     local = {h: i for i, h in enumerate(heads)}
 
@@ -166,11 +223,11 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> tuple[
         return layer_plan, _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
 
     # the entry holds the plan, so its id is not reused while the entry lives
-    key = (id(layer_plan), *q.shape[:3], block_m, block_n, str(q.device))
+    key = (id(layer_plan), tuple(heads), *q.shape[:3], block_m, block_n, str(q.device))
     plan, index = _static_layers.get(key, make, q.device, keep=lambda v: v[1].memory_bytes() <= STATIC_LAYER_BYTES)
     if plan is not layer_plan:
         _, index = make()
-    return heads, index
+    return index
 
 
 def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> SparseIndex:
