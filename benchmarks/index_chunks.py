@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from mcompile import runtime
+    from mcompile.kernels.patterns import index_parts
 
     model = prefill.build_model(args.layers, "llama3-8b", "cuda", torch.bfloat16)
     if args.mlp_chunks > 1:
@@ -52,7 +53,7 @@ def main() -> None:
             times = [prefill.time_once(call, "cuda") for _ in range(args.repeats)]
             try:
                 plan = next(c.plan for c in runtime._SITES.values() if c.plan is not None)
-                chunks = len(runtime.head_chunks(plan, 1, n, 32, 8))
+                chunks = len(index_parts(plan, n, 1, runtime.INDEX_BYTES_PER_CHUNK))
             except Exception as exc:  # noqa: BLE001
                 chunks = repr(exc)
             row = {"length": n, "budget_gib": gib, "chunks": chunks, "ms": statistics.median(times), "all_ms": times,
