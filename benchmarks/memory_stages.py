@@ -3,8 +3,8 @@ benchmarks/prefill.py (LLaMA-3-8B shape, locality init, chunked MLPs) run once p
 with the CUDA allocator's peak taken per stage.
 
 Stages, in call order: ``graph`` (the compiled code between two attention calls: projections,
-RoPE, MLP, ...), ``index`` (building the sparse index of one head chunk), ``kernel`` (the sparse
-attention kernel of one head chunk), ``dense`` (a dense SDPA fallback). For each stage: memory
+RoPE, MLP, ...), ``index`` (building the sparse index of one part of a layer), ``kernel`` (the sparse
+attention kernel of one part), ``dense`` (a dense SDPA fallback). For each stage: memory
 allocated when it starts, its peak, and the peak minus the allocation at its start (what the
 stage itself adds). The overall peak is the largest stage peak.
 
