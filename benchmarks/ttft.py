@@ -76,8 +76,8 @@ def per_layer_profile(fn, device: str) -> dict:
 
     ``host_ms_per_layer``: CPU time inside the op; ``gpu_ms_per_layer``: GPU time of the kernels
     it launched; ``index_ms_per_layer``: per call that ran sparse, the part of its GPU time not
-    spent in the sparse kernel ``_sparse_attn_fwd`` (estimation and index building; the dense
-    tail runs that kernel and counts as attention); ``kernel_ms``: the GPU kernels of the whole
+    spent in the sparse kernel ``_sparse_attn_fwd`` (estimation, index building and the dense
+    tail's own kernels); ``kernel_ms``: the GPU kernels of the whole
     profiled call that took longest, by name; ``gpu_kernels``: the GPU kernels the whole call
     ran (inside CUDA graphs too), whose excess over dense's, per layer, is what the sparse path
     launches per layer.
