@@ -443,6 +443,33 @@ def test_build_layer_index_mixed(monkeypatch):
         assert torch.equal(_mask(alone, n), m[:, h:h + 1])
 
 
+def test_index_parts_count_broadcast_lists_once(monkeypatch):
+    """SampleAttention's index holds one column list a head (broadcast over the query blocks)
+    and counts a query block: the runtime's index budget counts that, so a budget a
+    materialised list of the same widths would overrun keeps its heads in one part; the
+    built index's per-call tensors fit the count."""
+    from mcompile.kernels.index import index_memory_bytes
+    n, B = 2048, 2
+    sa = HeadPlan("sample_attention", {"alpha": 0.95, "window_frac": 0.05, "max_columns": 300})
+    plan = LayerPlan((sa, sa, sa))
+    blocks, columns = P.head_sizes(n, plan)[0]
+    nqb = -(-n // 64)
+    counted = 4 * B * 3 * (2 * nqb + columns)
+    assert counted < index_memory_bytes(B, 1, n, blocks, columns)
+    assert P.index_parts(plan, n, B, counted) == [(0, 1, 2)]
+    q, k = C.planted_qk(n, heads=3, kv_heads=1, batch=B, hot_columns=[0, 700, 1500], diagonals=[40], seed=1)
+    ix = P.build_part(q, k, plan, (0, 1, 2))
+    assert ix.column_index.stride(2) == 0 and ix.block_offset.stride(0) == 0
+    per_call = sum(t.untyped_storage().nbytes() for t in (ix.column_index, ix.column_count))
+    assert per_call <= counted
+    # a pattern whose lists are materialised a query block at a time splits under that budget
+    monkeypatch.setitem(P.PATTERNS, "sample_attention",
+                        dataclasses.replace(P.get_pattern("sample_attention"), broadcast_lists=False))
+    P._PER_PLAN.clear()
+    assert P.index_parts(plan, n, B, counted) == [(0,), (1,), (2,)]
+    P._PER_PLAN.clear()
+
+
 def test_build_layer_index_uniform_and_errors():
     n = 300
     q = torch.randn(1, 4, n, 16)

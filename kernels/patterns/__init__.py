@@ -151,8 +151,9 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
     online pattern's group of heads (:func:`_groups`) and the static heads together. With a
     ``budget`` (bytes), a part whose index at length ``n`` would take more is split: its heads
     widest first (:func:`head_sizes`: one head with many columns widens its part's index)
-    while the next still fits, at least one a part. Kept per plan, length and budget: no
-    host work per call."""
+    while the next still fits, at least one a part; a pattern whose lists are broadcast over
+    the query blocks (``Pattern.broadcast_lists``) costs its counts and one column list a head.
+    Kept per plan, length and budget: no host work per call."""
     def make() -> list[tuple[int, ...]]:
         groups = _groups(layer_plan)
         parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
@@ -161,10 +162,13 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
         if budget is None:
             return [tuple(p) for p in parts]
         sizes = head_sizes(n, layer_plan, block_m, block_n)
+        plans = _plan_heads(layer_plan)
 
         def cost(heads) -> int:
-            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
-                                      max(sizes[h][1] for h in heads), block_m)
+            columns = max(sizes[h][1] for h in heads)
+            if all(get_pattern(plans[h].pattern).broadcast_lists for h in heads):
+                return 4 * batch * len(heads) * (2 * -(-n // block_m) + columns)
+            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads), columns, block_m)
 
         split = []
         for part in parts:

@@ -65,6 +65,11 @@ class Pattern:
     # whose other parameters agree are built in one call (one set of launches), however many
     # budgets the plan gives them
     per_head: tuple[str, ...] = ()
+    # whether ``build`` returns its lists as views broadcast over the query blocks (its block
+    # lists kept per length, each head's column list stored once, the counts doing the causal
+    # cut): its heads' index then costs one column list a head, not one a query block, and the
+    # runtime's index budget (``index_parts``) counts it so
+    broadcast_lists: bool = False
     doc: str = ""
 
     def __post_init__(self) -> None:

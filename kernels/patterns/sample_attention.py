@@ -453,5 +453,5 @@ def demo(path: str = "sample_attention.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#d62728",
-                                   dynamic=True, per_head=("alpha", "window_frac", "max_columns"),
+                                   dynamic=True, per_head=("alpha", "window_frac", "max_columns"), broadcast_lists=True,
                                    defaults=DEFAULTS, budgets=BUDGETS, optional=OPTIONAL, param_schema=PARAM_SCHEMA, doc=__doc__), __name__)
