@@ -7,7 +7,8 @@
 One process, one model, real text (``--text``, default the KJV bible), bf16 on the GPU, batch 1,
 ``use_cache=False``, ``logits_to_keep=1``. Each variant (``VARIANTS``) is the same model
 compiled with ``backend="minference"``. Per row: ``ms`` is the median of ``--repeats`` prefills
-(CUDA events, after a compiling warm-up call); the per-layer host / GPU / index times and
+(CUDA events, after two warm-up calls: one compiles and measures, one settles the routes or,
+under CUDA graphs, records); the per-layer host / GPU / index times and
 launches come from one profiled call (:func:`per_layer_profile`); the other fields are
 described where :func:`run_variant` records them.
 
@@ -175,8 +176,10 @@ def run_variant(model, name: str, options: dict, prompts: dict[int, torch.Tensor
                 return m(ids, use_cache=False, logits_to_keep=1).logits
         start = time.perf_counter()
         prefill()                                 # warm-up (compiles at the first lengths)
-        if cuda_graphs:
-            prefill()                             # CUDA graphs: the first call warms up, the second records
+        # CUDA graphs: the second call records. Eagerly: the first call measured each site's
+        # index (mcompile.cost_gate), the second settles its route, timing it against dense
+        # where the prediction is close, which a timed call must not include
+        prefill()
         warm_s = time.perf_counter() - start
         before = Counter({(r.key, d): c for r in mcompile.report().rows for d, c in r.calls.items()})
         if args.device == "cuda":
