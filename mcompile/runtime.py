@@ -32,12 +32,10 @@ SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
 # peak above dense attention's.
 INDEX_BYTES_PER_CHUNK = 2 << 30
 # A smaller layer's part may take as many bytes as its q, k and v hold, and at least this many
-# (below it more splits cost launches for little memory). SmolLM2's shipped database at 32K
-# (q, k, v: 60 MiB) peaked 0.01 GiB above dense with parts of up to 113 MiB under a 256 MiB
-# floor (H100, 2026-12-06); under this floor its largest part is 55 MiB, for 54 parts over its
-# 30 layers instead of 51. At 128K one of its vertical-slash heads (32768 columns) takes
-# 257 MiB alone.
-INDEX_BYTES_FLOOR = 64 << 20
+# (below it more splits cost launches for little memory). SmolLM2's shipped database has a
+# layer whose vertical-slash heads' index at 128K is 1.6 GiB (one of 32768 columns takes
+# 269 MB alone).
+INDEX_BYTES_FLOOR = 256 << 20
 
 
 def index_budget(q, k, v) -> int:
