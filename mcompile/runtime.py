@@ -32,9 +32,10 @@ SPARSE_HEAD_DIMS_CUDA = (64, 128, 256)
 # peak above dense attention's.
 INDEX_BYTES_PER_CHUNK = 2 << 30
 # A smaller layer's part may take as many bytes as its q, k and v hold, and at least this many
-# (below it more splits cost launches for little memory). SmolLM2's shipped database has a
-# layer whose vertical-slash heads' index at 128K is 1.6 GiB (one of 32768 columns takes
-# 269 MB alone).
+# (below it more splits cost launches for little memory: at 64 MiB SmolLM2's database at 32K
+# would split three layers' vertical-slash heads, each split 8 launches more, its most mixed
+# layer 27 where the target is 20). That database has a layer whose vertical-slash heads' index
+# at 128K is 1.6 GiB (one of 32768 columns takes 269 MB alone).
 INDEX_BYTES_FLOOR = 256 << 20
 
 
