@@ -34,10 +34,18 @@ run_steps() {   # run_steps STEP ...: each a function step_STEP of the calling s
 }
 
 join_gguf() {   # join_gguf PREFIX OUT [SHA256]: the chunks PREFIX.NN into OUT, once, checked when a sum is given
-  local prefix=$1 out=$2 sum=${3:-}
+  local prefix=$1 out=$2 sum=${3:-} chunks
   [ -f "$out" ] && return 0
   ls "$prefix".[0-9]* >/dev/null 2>&1 || return 0
-  cat "$prefix".[0-9]* > "$out.tmp"
+  # `split -b 50M` leaves every chunk but the last full: while the last one is full, the chunks
+  # are still arriving (one device call each), and joining them now would leave a truncated
+  # OUT that later calls take as done
+  chunks=("$prefix".[0-9]*)
+  if [ -z "$sum" ] && [ "$(stat -c %s "${chunks[-1]}")" = $((50 << 20)) ]; then
+    echo "join_gguf: the last of ${#chunks[@]} chunk(s) of $prefix is full-size: waiting for the rest" >&2
+    return 0
+  fi
+  cat "${chunks[@]}" > "$out.tmp"
   if [ -n "$sum" ]; then echo "$sum  $out.tmp" | sha256sum -c --quiet || { rm -f "$out.tmp"; return 1; }; fi
   mv "$out.tmp" "$out"
 }
