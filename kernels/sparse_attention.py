@@ -15,6 +15,7 @@ head, reading the index row of their query block:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -382,6 +383,13 @@ def _validate(q, k, v, index: SparseIndex):
     return B, Hq, Hkv, N, D
 
 
+@functools.lru_cache(maxsize=None)
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """A list for the kernel to point at where an index has none (never read), made once per
+    device: a fresh one would cost a fill launch every call."""
+    return torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=device)
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
                      scale: float | None = None, return_lse: bool = False, *,
                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
@@ -443,9 +451,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     bc, bo, cc, ci = index.tensors()
     # zero-size lists: give the kernel a valid pointer (never read: counts are 0)
     if bo.shape[-1] == 0:
-        bo = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, index_heads, bo.shape[2], 1)
+        bo = _placeholder(q.device).expand(B, index_heads, bo.shape[2], 1)
     if ci.shape[-1] == 0:
-        ci = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device).expand(B, index_heads, ci.shape[2], 1)
+        ci = _placeholder(q.device).expand(B, index_heads, ci.shape[2], 1)
     if k.stride() != v.stride():        # the kernel shares one set of K/V tile offsets
         k, v = k.contiguous(), v.contiguous()
     window = index.window
