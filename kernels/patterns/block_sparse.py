@@ -165,8 +165,9 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *
         count, ids = select_blocks(q, k, params, heads=heads, block_m=block_m, block_n=block_n)
         offs = torch.where(ids < INT32_BIG, ids * block_n, 0).to(torch.int32)
     B, Hg, nqb = count.shape
-    z = torch.zeros(B, Hg, nqb, dtype=torch.int32, device=q.device)
-    return SparseIndex(count.contiguous(), offs, z, z.new_zeros(B, Hg, nqb, 0), block_m, block_n)
+    # no columns: their counts a broadcast cached zero (a fresh tensor would be a fill launch)
+    no_columns = device_index([0], q.device, torch.int32).view(1, 1, 1).expand(B, Hg, nqb)
+    return SparseIndex(count.contiguous(), offs, no_columns, count.new_empty(B, Hg, nqb, 0), block_m, block_n)
 
 
 def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads=None,
