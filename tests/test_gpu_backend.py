@@ -142,7 +142,7 @@ def test_sparse_layer_call_kernel_launches():
     assert 0 < launches <= LAUNCH_BOUND, launches
 
 
-LAUNCH_BOUND = 20   # the target; 20 measured on an H100 (2026-12-06, commit 6801a79)
+LAUNCH_BOUND = 20   # the target; 20 measured on an H100 at commit 6801a79, 19 at f2aa5db (2026-12-06)
 
 
 def test_vertical_slash_build_is_seven_kernels_whatever_the_budgets():
