@@ -167,3 +167,20 @@ def test_score_tilings_all_compute_the_shipped_scores():
     from fresh_checks import run_fresh
     run_fresh("score_tilings_interpreted", env=dict(os.environ, TRITON_INTERPRET="1", MCOMPILE_PATTERNS_TRITON="1"),
               timeout=900)
+
+
+def test_join_gguf_waits_for_the_last_chunk(tmp_path):
+    """benchmarks/gpu_env.sh's join_gguf joins `split -b 50M` chunks only once the last one is
+    short (each chunk arrives in its own device call): with the first chunk alone it joins
+    nothing, with all of them it rebuilds the file byte for byte."""
+    data = os.urandom((50 << 20) + 1000)
+    (tmp_path / "m").write_bytes(data)
+    subprocess.run(["split", "-b", "50M", "-d", "m", "c."], cwd=tmp_path, check=True)
+    (tmp_path / "c.01").rename(tmp_path / "later")
+    script = ('eval "$(sed -n \'/^join_gguf()/,/^}/p\' ' + str(ROOT / "benchmarks" / "gpu_env.sh") + ')"; '
+              'join_gguf c out')
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "later").rename(tmp_path / "c.01")
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "out").read_bytes() == data
