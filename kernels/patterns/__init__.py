@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from ..index import SparseIndex, index_memory_bytes
+from ..index import SparseIndex, index_memory_bytes, num_q_blocks
 
 NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
 from ._common import Law, StaticCache, device_index, index_cost, resolve_budget, use_triton
@@ -167,7 +167,7 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
         def cost(heads) -> int:
             columns = max(sizes[h][1] for h in heads)
             if all(get_pattern(plans[h].pattern).broadcast_lists for h in heads):
-                return 4 * batch * len(heads) * (2 * -(-n // block_m) + columns)
+                return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + columns)
             return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads), columns, block_m)
 
         split = []
