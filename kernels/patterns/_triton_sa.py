@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..sparse_attention import HAS_TRITON, tl, triton
 
 if HAS_TRITON:
-    from ._triton_select import digit_counts, next_digit, order_keys, take_top
+    from ._triton_select import digit_counts, next_digit, order_keys, ranked_keys, score_of_key, take_top
 
     @triton.jit
     def _sa_row_stats(Q, K, RPOS, W0, KVH, PART, ARRIVED, LSE, FIN,
@@ -173,44 +173,30 @@ if HAS_TRITON:
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
 
     @triton.jit
-    def _sa_select(COL, WIN, TOT, HEAD_ALPHA, HEAD_CAP, HEADS, COLS, VALS, COUNT, N, WIDTH,
-                   stride_cols, stride_vals, CHUNK: tl.constexpr):
-        """Stage 2 for one row of column scores: the fewest top-scored columns whose mass with
-        the window's reaches ``alpha`` of the total, at most the head's cap, ascending, then
-        INT32_BIG; their number in COUNT. Equal scores count by position, lowest first."""
-        bh = tl.program_id(0).to(tl.int64)
-        h = bh % HEADS
-        cap = tl.minimum(tl.load(HEAD_CAP + h), N)
-        need = (tl.load(HEAD_ALPHA + h) * tl.load(TOT + bh) - tl.load(WIN + bh)).to(tl.float64)
-        row = COL + bh * N
-        # the cap-th largest score (_triton_select's radix select)
-        prefix = tl.zeros([], tl.int64)
-        rem = cap
-        for p in tl.static_range(4):
-            counts = tl.zeros([256], tl.int32)
-            for c0 in range(0, N, CHUNK):
-                offs = c0 + tl.arange(0, CHUNK)
-                key = order_keys(tl.load(row + offs, mask=offs < N, other=0.0))
-                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
-            digit, rem = next_digit(counts, rem)
-            prefix = prefix * 256 + digit
-        # the cap candidates, ascending, with their scores
-        cols = COLS + bh * stride_cols
-        vals = VALS + bh * stride_vals
-        ncand = tl.zeros([], tl.int32)
-        ties = tl.zeros([], tl.int32)
-        mass = tl.zeros([], tl.float64)
-        for c0 in range(0, N, CHUNK):
-            offs = c0 + tl.arange(0, CHUNK)
-            s = tl.load(row + offs, mask=offs < N, other=0.0)
-            take, chunk_ties = take_top(order_keys(s), offs < N, prefix, ties, rem)
-            ties += chunk_ties
-            pos = ncand + tl.cumsum(take.to(tl.int32), 0) - 1
-            tl.store(cols + pos, offs, mask=take)
-            tl.store(vals + pos, s, mask=take)
-            ncand += tl.sum(take.to(tl.int32), 0)
-            mass += tl.sum(tl.where(take, s.to(tl.float64), 0.0), 0)
-        tl.debug_barrier()          # the candidates are read back by other threads below
+    def _alpha_cut_sorted(cols, vals, ncand, need, TILE: tl.constexpr):
+        """The alpha cut of ``ncand <= TILE`` candidates (ascending columns ``cols``, their
+        scores ``vals``) held at once: sorted by score, equal scores lower column first, the
+        fewest whose running mass reaches ``need`` (all of them when none does, none when
+        ``need <= 0``), compacted in place in ascending column order. Returns how many. One sort
+        in registers instead of a pass over the candidates per bit of the threshold."""
+        offs = tl.arange(0, TILE)
+        ok = offs < ncand
+        c = tl.load(cols + offs, mask=ok, other=0)
+        ranked = tl.where(ok, ranked_keys(order_keys(tl.load(vals + offs, mask=ok, other=0.0)), c), 0)
+        ranked_desc = tl.sort(ranked, descending=True)          # the candidates first: every one ranks above 0
+        running = tl.cumsum(score_of_key(ranked_desc >> 32).to(tl.float64), 0)
+        short = tl.sum((ok & (running < need)).to(tl.int32), 0)
+        take = tl.where(need <= 0.0, 0, tl.minimum(short + 1, ncand))
+        last = tl.max(tl.where(offs == take - 1, ranked_desc, 0), 0)      # the take-th largest key
+        keep = (offs < tl.where(take > 0, ncand, 0)) & (ranked >= last)
+        tl.debug_barrier()          # every thread has read its candidates before any is overwritten
+        tl.store(cols + tl.cumsum(keep.to(tl.int32), 0) - 1, c, mask=keep)
+        return take
+
+    @triton.jit
+    def _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK: tl.constexpr):
+        """:func:`_alpha_cut_sorted` for any number of candidates, ``CHUNK`` at a time: the
+        threshold key found one bit a pass over them (``mass``: all candidates' scores summed)."""
         # the fewest of them by score reaching `need`: the largest key t with mass(key >= t)
         # >= need, one bit a pass, then as many of the scores equal to t as `need` still takes
         t = tl.zeros([], tl.int64)
@@ -251,6 +237,51 @@ if HAS_TRITON:
             ties += chunk_ties
             tl.store(cols + kept + tl.cumsum(keep.to(tl.int32), 0) - 1, c, mask=keep)
             kept += tl.sum(keep.to(tl.int32), 0)
+        return kept
+
+    @triton.jit
+    def _sa_select(COL, WIN, TOT, HEAD_ALPHA, HEAD_CAP, HEADS, COLS, VALS, COUNT, N, WIDTH,
+                   stride_cols, stride_vals, CHUNK: tl.constexpr, SORT_TILE: tl.constexpr):
+        """Stage 2 for one row of column scores: the fewest top-scored columns whose mass with
+        the window's reaches ``alpha`` of the total, at most the head's cap, ascending, then
+        INT32_BIG; their number in COUNT. Equal scores count by position, lowest first."""
+        bh = tl.program_id(0).to(tl.int64)
+        h = bh % HEADS
+        cap = tl.minimum(tl.load(HEAD_CAP + h), N)
+        need = (tl.load(HEAD_ALPHA + h) * tl.load(TOT + bh) - tl.load(WIN + bh)).to(tl.float64)
+        row = COL + bh * N
+        # the cap-th largest score (_triton_select's radix select)
+        prefix = tl.zeros([], tl.int64)
+        rem = cap
+        for p in tl.static_range(4):
+            counts = tl.zeros([256], tl.int32)
+            for c0 in range(0, N, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                key = order_keys(tl.load(row + offs, mask=offs < N, other=0.0))
+                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
+            digit, rem = next_digit(counts, rem)
+            prefix = prefix * 256 + digit
+        # the cap candidates, ascending, with their scores
+        cols = COLS + bh * stride_cols
+        vals = VALS + bh * stride_vals
+        ncand = tl.zeros([], tl.int32)
+        ties = tl.zeros([], tl.int32)
+        mass = tl.zeros([], tl.float64)
+        for c0 in range(0, N, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            s = tl.load(row + offs, mask=offs < N, other=0.0)
+            take, chunk_ties = take_top(order_keys(s), offs < N, prefix, ties, rem)
+            ties += chunk_ties
+            pos = ncand + tl.cumsum(take.to(tl.int32), 0) - 1
+            tl.store(cols + pos, offs, mask=take)
+            tl.store(vals + pos, s, mask=take)
+            ncand += tl.sum(take.to(tl.int32), 0)
+            mass += tl.sum(tl.where(take, s.to(tl.float64), 0.0), 0)
+        tl.debug_barrier()          # the candidates are read back by other threads below
+        if ncand <= SORT_TILE:
+            kept = _alpha_cut_sorted(cols, vals, ncand, need, SORT_TILE)
+        else:
+            kept = _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK)
         tl.debug_barrier()
         for c0 in range(kept, WIDTH, CHUNK):
             offs = c0 + tl.arange(0, CHUNK)
@@ -259,6 +290,7 @@ if HAS_TRITON:
 
 
 SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time
+SELECT_SORT_TILE = 8192  # at most this many candidates are cut by one sort in registers (else a pass a bit)
 SELECT_WARPS = 16
 
 
@@ -273,6 +305,7 @@ def filter_columns(col, win, tot, head_alpha, head_cap, widest: int):
     count = torch.empty(B, Hg, dtype=torch.int32, device=col.device)
     col = col.contiguous()
     _sa_select[(B * Hg,)](col, win.contiguous(), tot.contiguous(), head_alpha, head_cap, head_cap.numel(), cols,
-                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS,
+                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, SORT_TILE=SELECT_SORT_TILE,
+                          num_warps=SELECT_WARPS,
                           enable_fp_fusion=False)   # alpha * total - window rounded as torch rounds it: no FMA
     return count, cols
