@@ -326,7 +326,8 @@ def test_block_sparse_planted():
 
 # --- sample_attention ----------------------------------------------------------------------------
 @pytest.mark.parametrize("n,params", [(300, {}), (777, {"alpha": 0.8, "window_frac": 0.05, "sample_frac": 0.1}),
-                                      (640, {"alpha": 0.99, "max_columns": 64, "count_window": False})])
+                                      (640, {"alpha": 0.99, "max_columns": 64, "count_window": False}),
+                                      (1000, {"alpha": 0.9, "sample_frac": 0.1, "max_samples": 5})])
 def test_sample_attention_random(n, params):
     q, k = _random_qk(n)
     ix = SA.build(q, k, params)
@@ -346,6 +347,19 @@ def test_sample_attention_random(n, params):
                 assert float(col[b, h, mine].sum()) >= float(need[b, h]) - 1e-4
     blocks, columns = SA.cost(n, params)
     assert int(ix.block_count[0, 0].sum()) == blocks and int(ix.column_count[0, 0].sum()) <= columns
+
+
+def test_sample_attention_samples_at_most_max_samples_rows():
+    """A fraction of the rows below the last 64 until that passes ``max_samples``, then
+    ``max_samples`` rows spread over them; bad counts are refused by name."""
+    for n, params, below in [(4096, {}, 4032 // 20 + 1), (40960, {}, 2045), (131072, {}, 2047),
+                             (1000, {"sample_frac": 0.1, "max_samples": 5}, 5), (50, {"max_samples": 1}, 0)]:
+        rows = SA.sample_rows(n, SA.validate(params))
+        assert len(rows) == below + min(64, n) and rows[-min(64, n):] == list(range(n - min(64, n), n)), n
+        assert rows == sorted(set(rows)) and rows[0] == 0 and len({b - a for a, b in zip(rows, rows[1:-64])}) <= 1
+    for bad in (0, -3, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="max_samples"):
+            SA.validate({"max_samples": bad})
 
 
 def test_sample_attention_planted():

@@ -33,14 +33,21 @@ NAME = "sample_attention"
 #   * window_frac in (0, 1]: the local window as a fraction of N (e.g. 0.08);
 #   * sample_frac in (0, 1], optional: the fraction of query rows sampled (default 0.05, our
 #     choice; the paper's value could not be checked here);
+#   * max_samples (count >= 1, optional, default 2048): at most this many rows sampled below the
+#     last 64 (the stride grows past N = max_samples / sample_frac, 40960 tokens by default). A
+#     column's score is a sum over the sampled rows, so its noise depends on how many are
+#     sampled, not on N, while a fixed fraction makes the sampling cost grow as N^2 (24% of the
+#     kernel's time at 128K on the H100, where 2048 rows, one per 64-row query block, cost 8%);
 #   * max_columns (count or fraction of N, default 0.1): a static cap on the number of
 #     columns, needed because the index has a fixed width;
 #   * count_window: whether the window's own mass counts towards alpha (see filter_columns).
-DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_columns": 0.1,
+DEFAULTS = {"alpha": 0.95, "window_frac": 0.08, "sample_frac": 0.05, "max_samples": 2048, "max_columns": 0.1,
             "count_window": True}
 BUDGETS = {"max_columns": 0}
-OPTIONAL = ("sample_frac", "max_columns", "count_window")
+OPTIONAL = ("sample_frac", "max_samples", "max_columns", "count_window")
 PARAM_SCHEMA = {"alpha": FRACTION_SCHEMA, "window_frac": FRACTION_SCHEMA, "sample_frac": FRACTION_SCHEMA,
+                "max_samples": {"type": "integer", "minimum": 1, "description": "the most query rows sampled "
+                                "below the last 64"},
                 "count_window": {"type": "boolean", "description": "true or false: whether the window's "
                                  "sampled mass counts toward alpha"}}
 LAST_Q = 64
@@ -51,6 +58,8 @@ def validate(params: dict | None) -> dict:
     for name in ("alpha", "window_frac", "sample_frac"):
         p[name] = check_fraction(name, p[name])
     p["max_columns"] = check_budget("max_columns", p["max_columns"], minimum=BUDGETS["max_columns"])
+    if isinstance(p["max_samples"], bool) or not isinstance(p["max_samples"], int) or p["max_samples"] < 1:
+        raise ValueError(f"parameter 'max_samples' must be an integer >= 1 (rows sampled), got {p['max_samples']!r}")
     if not isinstance(p["count_window"], bool):
         raise ValueError(f"parameter 'count_window' must be true or false, got {p['count_window']!r}")
     return p
@@ -65,13 +74,19 @@ def column_cap(n: int, p: dict) -> int:
     return resolve_budget(p["max_columns"], n)
 
 
-def sample_rows(n: int, sample_frac: float) -> list[int]:
-    """The sampled query rows: ``0, s, 2s, ...`` below the last 64 rows (stride
-    ``s = round(1 / sample_frac)``), plus the last 64 rows. This is one reading of
+def sample_stride(n: int, p: dict) -> int:
+    """The stride between sampled rows below the last 64 at length n: ``round(1 / sample_frac)``,
+    or wider where that would sample more than ``max_samples`` rows."""
+    below = n - min(LAST_Q, n)
+    return max(1, round(1.0 / p["sample_frac"]), -(-below // p["max_samples"]))
+
+
+def sample_rows(n: int, p: dict) -> list[int]:
+    """The sampled query rows of validated parameters ``p``: ``0, s, 2s, ...`` below the last
+    64 rows (``s = sample_stride(n, p)``), plus the last 64 rows. This is one reading of
     "query-guided sampling"; the paper's exact row choice could not be checked here."""
     L = min(LAST_Q, n)
-    stride = max(1, round(1.0 / sample_frac))
-    return list(range(0, n - L, stride)) + list(range(n - L, n))
+    return list(range(0, n - L, sample_stride(n, p))) + list(range(n - L, n))
 
 
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
@@ -91,9 +106,9 @@ def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 6
 
 def head_params(params) -> list[dict]:
     """A group's parameters, validated, one dict per head (``params`` one dict for every head,
-    or a list of one per head that agree on ``sample_frac`` and ``count_window``)."""
+    or a list of one per head that agree on ``sample_frac``, ``max_samples`` and ``count_window``)."""
     ps = [validate(p) for p in (params if isinstance(params, list) else [params])]
-    for name in ("sample_frac", "count_window"):
+    for name in ("sample_frac", "max_samples", "count_window"):
         if len({p[name] for p in ps}) > 1:
             raise ValueError(f"sample_attention: the heads of one build must share {name!r}, got "
                              f"{[p[name] for p in ps]}")
@@ -110,14 +125,14 @@ def _sampling(n: int, ps: list[dict], block_m: int, device):
 
     def make():
         L = min(LAST_Q, n)
-        stride = max(1, round(1.0 / ps[0]["sample_frac"]))
-        rows = torch.cat([torch.arange(0, n - L, stride, device=device), torch.arange(n - L, n, device=device)])
+        rows = torch.cat([torch.arange(0, n - L, sample_stride(n, ps[0]), device=device),
+                          torch.arange(n - L, n, device=device)])
         start = (rows // block_m) * block_m
         per_row = torch.tensor(windows[:1] if len(set(windows)) == 1 else windows, device=device)
         w0 = torch.clamp(start.view(1, -1) - (per_row.view(-1, 1) - 1), min=0)
         return (rows, w0, rows.to(torch.int32), w0.to(torch.int32),
                 torch.tensor(windows, dtype=torch.int32, device=device))
-    return _sampled.get((n, windows, ps[0]["sample_frac"], block_m, str(torch.device(device))), make, device)
+    return _sampled.get((n, windows, sample_stride(n, ps[0]), block_m, str(torch.device(device))), make, device)
 
 
 def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
@@ -140,7 +155,7 @@ def column_scores(q: torch.Tensor, k: torch.Tensor, params: dict | list | None =
     scale = D ** -0.5 if scale is None else scale
     dev = q.device
     L = min(LAST_Q, N)
-    stride = max(1, round(1.0 / ps[0]["sample_frac"]))
+    stride = sample_stride(N, ps[0])
     count_window = ps[0]["count_window"]
     rows_t, w0_rows, rpos, w0, windows = _sampling(N, ps, block_m, dev)
     if use_triton(dev) and D in (16, 32, 64, 128, 256):
@@ -396,7 +411,7 @@ def reference_selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = 
         hs = torch.tensor(list(heads))
         q, k = q[:, hs], k[:, hs // g]
     probs = dense_probs(q, k, scale)                                          # (B, H, N, N)
-    rows = torch.tensor(sample_rows(N, p["sample_frac"]))
+    rows = torch.tensor(sample_rows(N, p))
     pr = probs[:, :, rows]
     W = _window(N, p)
     r_start = (rows // block_m) * block_m

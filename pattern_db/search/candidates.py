@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from mcompile.kernels.index import causal_blocks
-from mcompile.kernels.patterns import PATTERNS, get_pattern, vertical_slash
+from mcompile.kernels.patterns import PATTERNS, get_pattern, sample_attention, vertical_slash
 
 from ..schema import Frac, params_to_json
 
@@ -74,8 +74,8 @@ def build_overhead(pattern: str, params: dict, n: int) -> float:
       * ``block_sparse``: mean-pooled blocks, one score per (query block, key block) pair:
         ``(N/64)^2 / 2`` pairs, i.e. ``1 / 4096``;
       * ``sample_attention``: the sampled rows (``sample_frac`` of the rows below the last 64,
-        each against its causal keys, plus the last 64 against all): about
-        ``sample_frac / 2 + 64 / N``;
+        at most ``max_samples``, each against its causal keys, plus the last 64 against all):
+        about ``sample_frac / 2 + 64 / N`` below 40960 tokens;
       * other patterns: 0 (unknown to this cost model).
     The search adds this to the kernel cost, so a dynamic pattern must recall more to win
     against a static one at the same kernel cost (what its index builder really costs)."""
@@ -87,8 +87,7 @@ def build_overhead(pattern: str, params: dict, n: int) -> float:
     if pattern == "sample_attention":
         p = get_pattern(pattern).validate(dict(params))
         last = min(64, n)
-        stride = max(1, round(1.0 / p["sample_frac"]))
-        rows = range(0, n - last, stride)
+        rows = range(0, n - last, sample_attention.sample_stride(n, p))
         pairs = sum(r + 1 for r in rows) + last * n
         return pairs / (n * n)
     return 0.0
