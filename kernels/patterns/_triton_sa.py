@@ -173,6 +173,38 @@ if HAS_TRITON:
         tl.store(COL + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
 
     @triton.jit
+    def _top_candidates(row, cols, vals, N, cap, CHUNK: tl.constexpr):
+        """The ``cap`` best of the ``N`` scores at ``row`` (equal scores lower column first),
+        written ascending by column to ``cols`` with their scores in ``vals``. Returns (how many,
+        their scores summed)."""
+        # the cap-th largest score (_triton_select's radix select)
+        prefix = tl.zeros([], tl.int64)
+        rem = cap
+        for p in tl.static_range(4):
+            counts = tl.zeros([256], tl.int32)
+            for c0 in range(0, N, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                key = order_keys(tl.load(row + offs, mask=offs < N, other=0.0))
+                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
+            digit, rem = next_digit(counts, rem)
+            prefix = prefix * 256 + digit
+        # the cap candidates, ascending, with their scores
+        ncand = tl.zeros([], tl.int32)
+        ties = tl.zeros([], tl.int32)
+        mass = tl.zeros([], tl.float64)
+        for c0 in range(0, N, CHUNK):
+            offs = c0 + tl.arange(0, CHUNK)
+            s = tl.load(row + offs, mask=offs < N, other=0.0)
+            take, chunk_ties = take_top(order_keys(s), offs < N, prefix, ties, rem)
+            ties += chunk_ties
+            pos = ncand + tl.cumsum(take.to(tl.int32), 0) - 1
+            tl.store(cols + pos, offs, mask=take)
+            tl.store(vals + pos, s, mask=take)
+            ncand += tl.sum(take.to(tl.int32), 0)
+            mass += tl.sum(tl.where(take, s.to(tl.float64), 0.0), 0)
+        return ncand, mass
+
+    @triton.jit
     def _alpha_cut_sorted(cols, vals, ncand, need, TILE: tl.constexpr):
         """The alpha cut of ``ncand <= TILE`` candidates (ascending columns ``cols``, their
         scores ``vals``) held at once: sorted by score, equal scores lower column first, the
@@ -249,39 +281,16 @@ if HAS_TRITON:
         h = bh % HEADS
         cap = tl.minimum(tl.load(HEAD_CAP + h), N)
         need = (tl.load(HEAD_ALPHA + h) * tl.load(TOT + bh) - tl.load(WIN + bh)).to(tl.float64)
-        row = COL + bh * N
-        # the cap-th largest score (_triton_select's radix select)
-        prefix = tl.zeros([], tl.int64)
-        rem = cap
-        for p in tl.static_range(4):
-            counts = tl.zeros([256], tl.int32)
-            for c0 in range(0, N, CHUNK):
-                offs = c0 + tl.arange(0, CHUNK)
-                key = order_keys(tl.load(row + offs, mask=offs < N, other=0.0))
-                counts += digit_counts(key, offs < N, prefix, 24 - 8 * p)
-            digit, rem = next_digit(counts, rem)
-            prefix = prefix * 256 + digit
-        # the cap candidates, ascending, with their scores
         cols = COLS + bh * stride_cols
         vals = VALS + bh * stride_vals
-        ncand = tl.zeros([], tl.int32)
-        ties = tl.zeros([], tl.int32)
-        mass = tl.zeros([], tl.float64)
-        for c0 in range(0, N, CHUNK):
-            offs = c0 + tl.arange(0, CHUNK)
-            s = tl.load(row + offs, mask=offs < N, other=0.0)
-            take, chunk_ties = take_top(order_keys(s), offs < N, prefix, ties, rem)
-            ties += chunk_ties
-            pos = ncand + tl.cumsum(take.to(tl.int32), 0) - 1
-            tl.store(cols + pos, offs, mask=take)
-            tl.store(vals + pos, s, mask=take)
-            ncand += tl.sum(take.to(tl.int32), 0)
-            mass += tl.sum(tl.where(take, s.to(tl.float64), 0.0), 0)
-        tl.debug_barrier()          # the candidates are read back by other threads below
-        if ncand <= SORT_TILE:
-            kept = _alpha_cut_sorted(cols, vals, ncand, need, SORT_TILE)
-        else:
-            kept = _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK)
+        kept = tl.zeros([], tl.int32)
+        if need > 0.0:              # else the window alone reaches alpha: no columns, no passes
+            ncand, mass = _top_candidates(COL + bh * N, cols, vals, N, cap, CHUNK)
+            tl.debug_barrier()      # the candidates are read back by other threads below
+            if ncand <= SORT_TILE:
+                kept = _alpha_cut_sorted(cols, vals, ncand, need, SORT_TILE)
+            else:
+                kept = _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK)
         tl.debug_barrier()
         for c0 in range(kept, WIDTH, CHUNK):
             offs = c0 + tl.arange(0, CHUNK)
