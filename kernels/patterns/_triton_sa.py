@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..sparse_attention import HAS_TRITON, tl, triton
 
 if HAS_TRITON:
-    from ._triton_select import digit_counts, next_digit, order_keys, ranked_keys, score_of_key, take_top
+    from ._triton_select import digit_counts, next_digit, order_keys, take_top
 
     @triton.jit
     def _sa_row_stats(Q, K, RPOS, W0, KVH, PART, ARRIVED, LSE, FIN,
@@ -205,30 +205,13 @@ if HAS_TRITON:
         return ncand, mass
 
     @triton.jit
-    def _alpha_cut_sorted(cols, vals, ncand, need, TILE: tl.constexpr):
-        """The alpha cut of ``ncand <= TILE`` candidates (ascending columns ``cols``, their
-        scores ``vals``) held at once: sorted by score, equal scores lower column first, the
-        fewest whose running mass reaches ``need`` (all of them when none does, none when
-        ``need <= 0``), compacted in place in ascending column order. Returns how many. One sort
-        in registers instead of a pass over the candidates per bit of the threshold."""
-        offs = tl.arange(0, TILE)
-        ok = offs < ncand
-        c = tl.load(cols + offs, mask=ok, other=0)
-        ranked = tl.where(ok, ranked_keys(order_keys(tl.load(vals + offs, mask=ok, other=0.0)), c), 0)
-        ranked_desc = tl.sort(ranked, descending=True)          # the candidates first: every one ranks above 0
-        running = tl.cumsum(score_of_key(ranked_desc >> 32).to(tl.float64), 0)
-        short = tl.sum((ok & (running < need)).to(tl.int32), 0)
-        take = tl.where(need <= 0.0, 0, tl.minimum(short + 1, ncand))
-        last = tl.max(tl.where(offs == take - 1, ranked_desc, 0), 0)      # the take-th largest key
-        keep = (offs < tl.where(take > 0, ncand, 0)) & (ranked >= last)
-        tl.debug_barrier()          # every thread has read its candidates before any is overwritten
-        tl.store(cols + tl.cumsum(keep.to(tl.int32), 0) - 1, c, mask=keep)
-        return take
-
-    @triton.jit
-    def _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK: tl.constexpr):
-        """:func:`_alpha_cut_sorted` for any number of candidates, ``CHUNK`` at a time: the
-        threshold key found one bit a pass over them (``mass``: all candidates' scores summed)."""
+    def _alpha_cut(cols, vals, ncand, need, mass, CHUNK: tl.constexpr):
+        """Of the ``ncand`` candidates (ascending columns ``cols``, their scores ``vals``,
+        ``mass`` their sum), the fewest by score, equal scores lower column first, whose mass
+        reaches ``need`` (all of them when none does), compacted in place in ascending column
+        order. Returns how many. The threshold key is found one bit a pass over the candidates,
+        ``CHUNK`` at a time (one sort in registers instead measured slower on the H100: 336
+        against 184 us at 32K for 9 heads of 3277 candidates, benchmarks/build_stages.py)."""
         # the fewest of them by score reaching `need`: the largest key t with mass(key >= t)
         # >= need, one bit a pass, then as many of the scores equal to t as `need` still takes
         t = tl.zeros([], tl.int64)
@@ -273,7 +256,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _sa_select(COL, WIN, TOT, HEAD_ALPHA, HEAD_CAP, HEADS, COLS, VALS, COUNT, N, WIDTH,
-                   stride_cols, stride_vals, CHUNK: tl.constexpr, SORT_TILE: tl.constexpr):
+                   stride_cols, stride_vals, CHUNK: tl.constexpr):
         """Stage 2 for one row of column scores: the fewest top-scored columns whose mass with
         the window's reaches ``alpha`` of the total, at most the head's cap, ascending, then
         INT32_BIG; their number in COUNT. Equal scores count by position, lowest first."""
@@ -284,13 +267,12 @@ if HAS_TRITON:
         cols = COLS + bh * stride_cols
         vals = VALS + bh * stride_vals
         kept = tl.zeros([], tl.int32)
-        if need > 0.0:              # else the window alone reaches alpha: no columns, no passes
+        # the window alone reaching alpha needs no columns and no passes (9 such heads at 32K on
+        # the H100: 187 -> 2.5 us)
+        if need > 0.0:
             ncand, mass = _top_candidates(COL + bh * N, cols, vals, N, cap, CHUNK)
             tl.debug_barrier()      # the candidates are read back by other threads below
-            if ncand <= SORT_TILE:
-                kept = _alpha_cut_sorted(cols, vals, ncand, need, SORT_TILE)
-            else:
-                kept = _alpha_cut_bisected(cols, vals, ncand, need, mass, CHUNK)
+            kept = _alpha_cut(cols, vals, ncand, need, mass, CHUNK)
         tl.debug_barrier()
         for c0 in range(kept, WIDTH, CHUNK):
             offs = c0 + tl.arange(0, CHUNK)
@@ -299,7 +281,6 @@ if HAS_TRITON:
 
 
 SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time
-SELECT_SORT_TILE = 8192  # at most this many candidates are cut by one sort in registers (else a pass a bit)
 SELECT_WARPS = 16
 
 
@@ -314,7 +295,6 @@ def filter_columns(col, win, tot, head_alpha, head_cap, widest: int):
     count = torch.empty(B, Hg, dtype=torch.int32, device=col.device)
     col = col.contiguous()
     _sa_select[(B * Hg,)](col, win.contiguous(), tot.contiguous(), head_alpha, head_cap, head_cap.numel(), cols,
-                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, SORT_TILE=SELECT_SORT_TILE,
-                          num_warps=SELECT_WARPS,
+                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS,
                           enable_fp_fusion=False)   # alpha * total - window rounded as torch rounds it: no FMA
     return count, cols

@@ -24,12 +24,6 @@ if HAS_TRITON:
         return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
 
     @triton.jit
-    def score_of_key(key):
-        """The float32 score whose :func:`order_keys` key is ``key`` (its inverse)."""
-        bits = (key.to(tl.int64) - 2147483648).to(tl.int32)
-        return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-
-    @triton.jit
     def digit_counts(key, valid, prefix, shift):
         """(256,) int32: of the valid keys whose bits above ``shift + 8`` are ``prefix``, how
         many have each value of the 8 bits at ``shift``."""
