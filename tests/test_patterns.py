@@ -484,6 +484,56 @@ def test_index_parts_count_broadcast_lists_once(monkeypatch):
     P._PER_PLAN.clear()
 
 
+def test_static_heads_share_a_part_only_where_their_widths_are_alike(monkeypatch):
+    """Past ``STATIC_PART_BYTES`` a dense head beside narrow A-shape heads gets a part of its
+    own (together they would pad every head to every key block); heads of alike widths share
+    one. Each part's index follows its heads' own patterns, and the layer's, assembled from the
+    parts, the plan."""
+    n, B = 4096, 1
+    narrow = HeadPlan("a_shape", {"n_init": 64, "n_local": 128})
+    window = HeadPlan("sliding_window", {"window": 192})
+    plan = LayerPlan((narrow, HeadPlan("dense", {}), window, narrow, HeadPlan("a_shape", {"n_init": 64, "n_local": 3000})))
+    sizes = P.head_sizes(n, plan)
+    assert sizes[1][0] == 64 and max(sizes[0][0], sizes[2][0]) <= 5 and sizes[4][0] > 45
+    P._PER_PLAN.clear()
+    assert P.index_parts(plan, n, B) == [(0, 1, 2, 3, 4)]      # 5 x 66 entries a query block: small
+    monkeypatch.setattr(P, "STATIC_PART_BYTES", 4 * 64 * 66 * 2)
+    P._PER_PLAN.clear()
+    assert P.index_parts(plan, n, B) == [(0, 2, 3), (1, 4)]
+    q, k = C.planted_qk(n, heads=5, kv_heads=1, batch=B, hot_columns=[9], seed=2)
+    for heads in P.index_parts(plan, n, B):
+        ix = P.build_part(q, k, plan, heads)
+        assert ix.max_blocks == max(sizes[h][0] for h in heads)
+        for j, h in enumerate(heads):
+            alone = P.build_head_group(q, k, plan.heads[h].pattern, plan.heads[h].params, [h])
+            assert torch.equal(_mask(ix, n)[:, j:j + 1], _mask(alone, n)), h
+    whole = _mask(P.build_layer_index(q, k, plan), n)
+    for h, hp in enumerate(plan.heads):
+        assert torch.equal(whole[:, h:h + 1], _mask(P.build_head_group(q, k, hp.pattern, hp.params, [h]), n)), h
+    P._PER_PLAN.clear()
+
+
+def test_static_cache_keeps_at_most_its_bytes():
+    """The least recently used entries go first once the kept bytes pass the cap, an entry
+    larger than the cap is not kept, and a dropped entry is made again when asked for."""
+    cache = C.StaticCache(max_bytes=3000)
+    made = []
+
+    def maker(key, numel):
+        return lambda: made.append(key) or torch.full((numel,), float(len(made)))
+    a = cache.get("a", maker("a", 250), "cpu")          # 1000 bytes each
+    cache.get("b", maker("b", 250), "cpu")
+    cache.get("c", maker("c", 250), "cpu")
+    assert cache.get("a", maker("a", 250), "cpu") is a and made == ["a", "b", "c"]
+    cache.get("d", maker("d", 250), "cpu")              # drops b, the least recently used
+    assert list(cache.recent) == ["c", "a", "d"] and cache.held() == 3000
+    cache.get("big", maker("big", 1000), "cpu")         # 4000 bytes: returned, not kept
+    assert "big" not in cache.recent and cache.held() == 3000
+    cache.get("b", maker("b", 250), "cpu")
+    assert made == ["a", "b", "c", "d", "big", "b"] and "c" not in cache.recent
+    assert C.held_bytes((a, [a[:10], torch.zeros(3)])) == 1000 + 12
+
+
 def test_build_layer_index_uniform_and_errors():
     n = 300
     q = torch.randn(1, 4, n, 16)

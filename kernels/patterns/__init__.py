@@ -74,7 +74,6 @@ def _make_groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
             for name, params, heads in groups.values()]
 
 
-STATIC_LAYER_BYTES = 64 << 20    # a layer's static heads' index is kept up to this size
 _static_indexes = StaticCache()   # static pattern and shape -> its (broadcast) index
 _static_layers = StaticCache()    # (plan id, shape) -> (plan, index of the plan's static heads)
 
@@ -148,7 +147,8 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
 def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, block_m: int = 64,
                 block_n: int = 64) -> list[tuple[int, ...]]:
     """The query heads of a layer as the parts its index is built in, each ascending: every
-    online pattern's group of heads (:func:`_groups`) and the static heads together. With a
+    online pattern's group of heads (:func:`_groups`), then the static heads, together where
+    their widths are alike (:func:`_static_parts`). With a
     ``budget`` (bytes), a part whose index at length ``n`` would take more is split: its heads
     widest first (:func:`head_sizes`: one head with many columns widens its part's index)
     while the next still fits, at least one a part; a pattern whose lists are broadcast over
@@ -156,12 +156,12 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
     Kept per plan, length and budget: no host work per call."""
     def make() -> list[tuple[int, ...]]:
         groups = _groups(layer_plan)
+        sizes = head_sizes(n, layer_plan, block_m, block_n)
         parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
-        static = sorted(h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads)
-        parts += [static] if static else []
+        static = [h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads]
+        parts += _static_parts(static, sizes, num_q_blocks(n, block_m), batch)
         if budget is None:
             return [tuple(p) for p in parts]
-        sizes = head_sizes(n, layer_plan, block_m, block_n)
         plans = _plan_heads(layer_plan)
 
         def cost(heads) -> int:
@@ -181,6 +181,31 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
                 left = left[take:]
         return split
     return per_plan(layer_plan, ("index parts", n, batch, budget, block_m, block_n), make)
+
+
+# Static heads share a part (one kernel launch, one cached index) while its index, every head's
+# lists padded to the widest head's, takes at most STATIC_PART_BYTES, or beyond that while the
+# widest is at most STATIC_PADDING times as wide as each head. A dense head beside A-shape heads
+# would otherwise pad them all to every key block: 144 MiB at 128K for one of SmolLM2's layers,
+# assembled anew each call, where alone it is a broadcast view of one head's list.
+STATIC_PART_BYTES = 4 << 20
+STATIC_PADDING = 2
+
+
+def _static_parts(static: list[int], sizes: list[tuple[int, int]], nqb: int, batch: int) -> list[list[int]]:
+    """The static heads in parts, each ascending: widest first, a head joins the part before
+    it while that part stays small or its widest is at most ``STATIC_PADDING`` times as wide."""
+    def width(h: int) -> int:          # the int32 entries a head's index holds per query block
+        return sum(sizes[h]) + 2
+    parts: list[list[int]] = []
+    for h in sorted(static, key=lambda h: (-width(h), h)):
+        widest = width(parts[-1][0]) if parts else 0
+        if parts and (4 * batch * nqb * widest * (len(parts[-1]) + 1) <= STATIC_PART_BYTES
+                      or widest <= STATIC_PADDING * width(h)):
+            parts[-1].append(h)
+        else:
+            parts.append([h])
+    return [sorted(p) for p in sorted(parts)]
 
 
 def build_part(q: torch.Tensor, k: torch.Tensor, layer_plan, heads: tuple[int, ...], block_m: int = 64,
@@ -213,8 +238,8 @@ def _part_groups(groups, heads: tuple[int, ...]) -> list[tuple[str, dict | list[
 
 def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> SparseIndex:
     """The index over the static groups' heads (ascending): built from the groups' cached
-    indexes once per plan, heads and shape and kept (up to ``STATIC_LAYER_BYTES`` each), so a
-    layer whose heads hold several static budgets costs no launches for them."""
+    indexes once per plan, heads and shape and kept (within ``_common.STATIC_CACHE_BYTES``), so
+    a layer whose heads hold several static budgets costs no launches for them."""
     if len(static) == 1:
         name, params, heads = static[0]
         return build_head_group(q, k, name, params, heads, block_m, block_n)
@@ -222,13 +247,15 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> Sparse
     local = {h: i for i, h in enumerate(heads)}
 
     def make():
-        parts = [([local[h] for h in hs], build_head_group(q, k, name, params, hs, block_m, block_n))
+        # the groups' own indexes are not kept: the part's holds what they do
+        parts = [([local[h] for h in hs], get_pattern(name).build(q, k, params, heads=hs, block_m=block_m,
+                                                                  block_n=block_n))
                  for name, params, hs in static]
         return layer_plan, _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
 
     # the entry holds the plan, so its id is not reused while the entry lives
     key = (id(layer_plan), tuple(heads), *q.shape[:3], block_m, block_n, str(q.device))
-    plan, index = _static_layers.get(key, make, q.device, keep=lambda v: v[1].memory_bytes() <= STATIC_LAYER_BYTES)
+    plan, index = _static_layers.get(key, make, q.device)
     if plan is not layer_plan:
         _, index = make()
     return index

@@ -256,34 +256,67 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
     return count, offs, w0
 
 
+# What the static caches may hold in all, per cache: what they keep stays allocated between
+# calls, above dense attention's peak (in the MLP, which holds nothing of ours). SmolLM2's
+# database keeps 18 MiB of static indexes at 32K and needs 233 MiB at 128K; past the cap the
+# least recently used entries are dropped and built again when next needed (under CUDA graphs
+# inside the graph, which costs no host time).
+STATIC_CACHE_BYTES = 16 << 20
+
+
+def held_bytes(value) -> int:
+    """Bytes of the tensors ``value`` holds (a tensor, a SparseIndex, or tuples and lists of
+    them), each storage counted once."""
+    storages: dict = {}
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            storages[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+        elif isinstance(v, SparseIndex):
+            for t in (v.block_count, v.block_offset, v.column_count, v.column_index, v.window):
+                walk(t)
+        elif isinstance(v, (tuple, list)):
+            for item in v:
+                walk(item)
+    walk(value)
+    return sum(storages.values())
+
+
 class StaticCache:
     """Values that depend on the length and parameters alone (static indexes, sampled rows,
-    window blocks), kept per key: later calls cost no launches. The most recent ``entries``
-    are kept; nothing is stored while a CUDA graph captures (its memory belongs to the graph),
-    and an entry read while one captures is kept for good (the graph reads its memory on
-    every replay)."""
+    window blocks), kept per key: later calls cost no launches. The most recent entries are
+    kept, at most ``entries`` of them and ``max_bytes`` in all (a larger one is not kept);
+    nothing is stored while a CUDA graph captures (its memory belongs to the graph), and an
+    entry read while one captures is kept for good (the graph reads its memory on every
+    replay)."""
 
-    def __init__(self, entries: int = 64):
+    def __init__(self, entries: int = 64, max_bytes: int | None = None):
         self.entries = entries
-        self.recent: OrderedDict = OrderedDict()
+        self.max_bytes = STATIC_CACHE_BYTES if max_bytes is None else max_bytes
+        self.recent: OrderedDict = OrderedDict()     # key -> (value, bytes)
         self.read_by_graphs: dict = {}
 
-    def get(self, key, make: Callable[[], Any], device, keep: Callable[[Any], bool] = lambda value: True):
-        """The value under ``key``, made by ``make()`` and kept (where ``keep(value)``) if absent."""
+    def held(self) -> int:
+        """Bytes the recent entries hold (those read by graphs aside)."""
+        return sum(b for _, b in self.recent.values())
+
+    def get(self, key, make: Callable[[], Any], device):
+        """The value under ``key``, made by ``make()`` and kept if absent."""
         capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
         value = self.read_by_graphs.get(key)
         if value is not None:
             return value
-        value = self.recent.get(key)
-        if value is not None:
+        entry = self.recent.get(key)
+        if entry is not None:
             self.recent.move_to_end(key)
             if capturing:
-                self.read_by_graphs[key] = self.recent.pop(key)
-            return value
+                self.read_by_graphs[key] = self.recent.pop(key)[0]
+            return entry[0]
         value = make()
-        if not capturing and keep(value):
-            self.recent[key] = value
-            while len(self.recent) > self.entries:
+        size = held_bytes(value)
+        if not capturing and size <= self.max_bytes:
+            self.recent[key] = (value, size)
+            while len(self.recent) > self.entries or self.held() > self.max_bytes:
                 self.recent.popitem(last=False)
         return value
 
