@@ -184,3 +184,39 @@ def test_join_gguf_waits_for_the_last_chunk(tmp_path):
     (tmp_path / "later").rename(tmp_path / "c.01")
     subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_memory_peak_finds_what_is_live_at_the_peak(monkeypatch):
+    """benchmarks/memory_peak.py replays an allocator trace: the peak is where the most was
+    allocated at once (not the largest single allocation, not the last moment), and what was
+    live then is named by the first frames outside torch."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import memory_peak
+
+    def frame(name, line):
+        return {"filename": f"/x/{name}", "line": line, "name": "f"}
+    ours, graph, torch_frame = frame("runtime.py", 1), frame("c3po.py", 7), {"filename": "/t/torch/nn.py", "line": 2, "name": "g"}
+    trace = [{"action": "alloc", "addr": 1, "size": 100, "frames": [torch_frame, graph]},
+             {"action": "alloc", "addr": 2, "size": 50, "frames": [ours]},
+             {"action": "free_requested", "addr": 1, "size": 100},
+             {"action": "free_completed", "addr": 1, "size": 100},
+             {"action": "alloc", "addr": 3, "size": 120, "frames": [ours]},     # 170 live
+             {"action": "free_requested", "addr": 3, "size": 120},
+             {"action": "alloc", "addr": 4, "size": 160, "frames": []}]        # 210 live: the peak
+    above, live = memory_peak.live_at_peak(trace)
+    assert above == 210 and sorted(e["addr"] for e in live) == [2, 4]
+    assert memory_peak.site(trace[0]) == "c3po.py:7:f" and memory_peak.site(trace[6]) == "?"
+
+
+def test_static_cache_counts_what_the_caches_keep(tmp_path, monkeypatch):
+    """benchmarks/static_cache.py on the shipped SmolLM2 database at 4K: every searched layer
+    runs at least one part, the static ones are built and kept within the caches' cap."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import static_cache
+    from mcompile.kernels.patterns import _common
+    out = tmp_path / "static.json"
+    assert static_cache.main(["--db", str(ROOT / "pattern_db/databases/smollm2-135m.json"), "--lengths", "4K",
+                              "--out", str(out)]) == 0
+    row, = json.loads(out.read_text())["rows"]
+    assert row["n"] == 4096 and row["parts"] >= 30 > row["static_parts"] > 0
+    assert 0 < row["cached_mib"] <= 2 * _common.STATIC_CACHE_BYTES / 2**20
