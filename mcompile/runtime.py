@@ -236,7 +236,7 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
     """Build the index and run the kernel one part at a time (``patterns.index_parts``: each
-    online pattern's heads and the static heads, split where an index would pass
+    online pattern's heads and the static heads of alike widths, split where an index would pass
     :func:`index_budget`), each part's index built, run over its heads of the one output and
     freed before the next, so no layer-wide index is padded to its widest head or copied
     together; then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""

@@ -9,8 +9,8 @@ and one import line below.
 :func:`build_layer_index` builds one index over all query heads of a layer from its
 :class:`~mcompile.plan.LayerPlan`: heads sharing pattern and parameters are built together
 in one batched call (a Python loop over groups, never over heads), and so are the heads of a
-pattern whose budgets may differ per head (``Pattern.per_head``); the static heads' part
-is built once per shape and kept; each part is padded to the common widths and written into
+pattern whose budgets may differ per head (``Pattern.per_head``); the static heads' parts
+are built once per shape and kept (within the static caches' cap); each part is padded to the common widths and written into
 the layer's index. The runtime instead takes a layer in the parts of :func:`index_parts`,
 each built by :func:`build_part` and run by the kernel over its own heads, so no layer-wide
 index is ever materialised.
@@ -123,7 +123,7 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
 
     No host synchronisation: all sizes follow from N and the parameters. The launches follow
     the patterns, not the heads or their budgets: each online pattern's heads are built in one
-    call (:func:`_groups`), and the static heads' part of the index is built once per shape
+    call (:func:`_groups`), and the static heads' parts of the index are built once per shape
     and kept (:func:`_static_part`). When one part covers every head it is returned as built
     (it may hold broadcast views, e.g. the static patterns' single row of offsets); otherwise
     the layer's index is materialised at the widest part's widths and each part written into
