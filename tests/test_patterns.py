@@ -513,25 +513,30 @@ def test_static_heads_share_a_part_only_where_their_widths_are_alike(monkeypatch
     P._PER_PLAN.clear()
 
 
-def test_static_cache_keeps_at_most_its_bytes():
-    """The least recently used entries go first once the kept bytes pass the cap, an entry
-    larger than the cap is not kept, and a dropped entry is made again when asked for."""
-    cache = C.StaticCache(max_bytes=3000)
+def test_static_cache_keeps_at_most_its_bytes_and_keeps_hitting_under_a_cycle():
+    """A forward reads the same keys in order every call. With more than fit, the first kept
+    stay and keep hitting (least-recently-used replacement would miss every read); entries
+    unread for ``stale_reads`` reads give way to new ones (another length's keys); an entry
+    larger than the cap is never kept; the bytes kept never pass the cap."""
+    cache = C.StaticCache(max_bytes=3000, stale_reads=8)
     made = []
 
-    def maker(key, numel):
-        return lambda: made.append(key) or torch.full((numel,), float(len(made)))
-    a = cache.get("a", maker("a", 250), "cpu")          # 1000 bytes each
-    cache.get("b", maker("b", 250), "cpu")
-    cache.get("c", maker("c", 250), "cpu")
-    assert cache.get("a", maker("a", 250), "cpu") is a and made == ["a", "b", "c"]
-    cache.get("d", maker("d", 250), "cpu")              # drops b, the least recently used
-    assert list(cache.recent) == ["c", "a", "d"] and cache.held() == 3000
-    cache.get("big", maker("big", 1000), "cpu")         # 4000 bytes: returned, not kept
-    assert "big" not in cache.recent and cache.held() == 3000
-    cache.get("b", maker("b", 250), "cpu")
-    assert made == ["a", "b", "c", "d", "big", "b"] and "c" not in cache.recent
-    assert C.held_bytes((a, [a[:10], torch.zeros(3)])) == 1000 + 12
+    def read(key, numel=250):                          # 250 floats: 1000 bytes
+        return cache.get(key, lambda: made.append(key) or torch.full((numel,), float(len(made))), "cpu")
+    for _ in range(3):
+        for key in "abcde":
+            read(key)
+        assert cache.held() <= 3000
+    assert made == list("abcde") + list("de") * 2 and list(cache.recent) == list("abc")
+    first = read("a")
+    assert read("a") is first and made[-1] == "e"
+    read("big", 1000)                                  # 4000 bytes: returned, never kept
+    assert "big" not in cache.recent
+    for _ in range(3):                                 # another length: its keys take over once
+        for key in "xyz":                              # a, b and c are stale
+            read(key)
+    assert list(cache.recent) == list("xyz") and cache.held() == 3000
+    assert C.held_bytes((first, [first[:10], torch.zeros(3)])) == 1000 + 12
 
 
 def test_build_layer_index_uniform_and_errors():

@@ -258,10 +258,15 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
 
 # What the static caches may hold in all, per cache: what they keep stays allocated between
 # calls, above dense attention's peak (in the MLP, which holds nothing of ours). SmolLM2's
-# database keeps 18 MiB of static indexes at 32K and needs 233 MiB at 128K; past the cap the
-# least recently used entries are dropped and built again when next needed (under CUDA graphs
-# inside the graph, which costs no host time).
-STATIC_CACHE_BYTES = 16 << 20
+# database keeps 16 MiB of static indexes at 32K and would keep 233 MiB at 128K; past the cap
+# what is not kept is built again each call (under CUDA graphs inside the graph, which costs no
+# host time).
+STATIC_CACHE_BYTES = 32 << 20
+# An entry gives way to a new one only once it has gone this many reads of its cache unread.
+# A forward reads the same keys in the same order every call: replacing the least recently
+# used entry at once would, whenever they do not all fit, evict each entry just before it is
+# read again and keep none; this way those kept first keep being read.
+STATIC_CACHE_STALE_READS = 256
 
 
 def held_bytes(value) -> int:
@@ -284,40 +289,55 @@ def held_bytes(value) -> int:
 
 class StaticCache:
     """Values that depend on the length and parameters alone (static indexes, sampled rows,
-    window blocks), kept per key: later calls cost no launches. The most recent entries are
-    kept, at most ``entries`` of them and ``max_bytes`` in all (a larger one is not kept);
-    nothing is stored while a CUDA graph captures (its memory belongs to the graph), and an
-    entry read while one captures is kept for good (the graph reads its memory on every
-    replay)."""
+    window blocks), kept per key: later calls cost no launches. At most ``entries`` of them and
+    ``max_bytes`` in all are kept (a larger one never); a new value takes the place of the
+    least recently read entries only where they have gone ``stale_reads`` reads unread, else it
+    is returned and not kept. Nothing is stored while a CUDA graph captures (its memory belongs
+    to the graph), and an entry read while one captures is kept for good (the graph reads its
+    memory on every replay)."""
 
-    def __init__(self, entries: int = 64, max_bytes: int | None = None):
+    def __init__(self, entries: int = 64, max_bytes: int | None = None, stale_reads: int | None = None):
         self.entries = entries
         self.max_bytes = STATIC_CACHE_BYTES if max_bytes is None else max_bytes
-        self.recent: OrderedDict = OrderedDict()     # key -> (value, bytes)
+        self.stale_reads = STATIC_CACHE_STALE_READS if stale_reads is None else stale_reads
+        self.recent: OrderedDict = OrderedDict()     # key -> [value, bytes, read number], least recent first
         self.read_by_graphs: dict = {}
+        self.reads = 0
+        self.made = 0                                # values made (reads that missed)
 
     def held(self) -> int:
         """Bytes the recent entries hold (those read by graphs aside)."""
-        return sum(b for _, b in self.recent.values())
+        return sum(entry[1] for entry in self.recent.values())
+
+    def _room(self, size: int) -> bool:
+        """Whether a value of ``size`` bytes fits once stale entries give way (they do)."""
+        held = self.held()
+        while self.recent and (len(self.recent) >= self.entries or held + size > self.max_bytes):
+            oldest = next(iter(self.recent.values()))
+            if self.reads - oldest[2] <= self.stale_reads:
+                return False
+            held -= self.recent.popitem(last=False)[1][1]
+        return held + size <= self.max_bytes
 
     def get(self, key, make: Callable[[], Any], device):
-        """The value under ``key``, made by ``make()`` and kept if absent."""
+        """The value under ``key``, made by ``make()`` and kept (where there is room) if absent."""
+        self.reads += 1
         capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
         value = self.read_by_graphs.get(key)
         if value is not None:
             return value
         entry = self.recent.get(key)
         if entry is not None:
+            entry[2] = self.reads
             self.recent.move_to_end(key)
             if capturing:
                 self.read_by_graphs[key] = self.recent.pop(key)[0]
             return entry[0]
         value = make()
+        self.made += 1
         size = held_bytes(value)
-        if not capturing and size <= self.max_bytes:
-            self.recent[key] = (value, size)
-            while len(self.recent) > self.entries or self.held() > self.max_bytes:
-                self.recent.popitem(last=False)
+        if not capturing and self._room(size):
+            self.recent[key] = [value, size, self.reads]
         return value
 
 
