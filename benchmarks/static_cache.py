@@ -41,7 +41,7 @@ def cached_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", default="pattern_db/databases/smollm2-135m.json")
+    parser.add_argument("--db", default=str(Path(__file__).parent.parent / "pattern_db" / "databases" / "smollm2-135m.json"))
     parser.add_argument("--lengths", type=lengths, default="32K,128K")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['static_parts']} of them static", flush=True)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"static_cache_{Path(args.db).stem}.json"
     out.write_text(json.dumps({"benchmark": "static_cache", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-                               "date": datetime.date.today().isoformat(), "db": args.db, "rows": rows}, indent=1) + "\n")
+                               "date": datetime.date.today().isoformat(), "db": Path(args.db).name, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -296,7 +296,7 @@ class StaticCache:
     to the graph), and an entry read while one captures is kept for good (the graph reads its
     memory on every replay)."""
 
-    def __init__(self, entries: int = 64, max_bytes: int | None = None, stale_reads: int | None = None):
+    def __init__(self, entries: int = 1024, max_bytes: int | None = None, stale_reads: int | None = None):
         self.entries = entries
         self.max_bytes = STATIC_CACHE_BYTES if max_bytes is None else max_bytes
         self.stale_reads = STATIC_CACHE_STALE_READS if stale_reads is None else stale_reads
@@ -310,7 +310,8 @@ class StaticCache:
         return sum(entry[1] for entry in self.recent.values())
 
     def _room(self, size: int) -> bool:
-        """Whether a value of ``size`` bytes fits once stale entries give way (they do)."""
+        """Whether a value of ``size`` bytes fits, dropping the least recently read entries
+        that have gone ``stale_reads`` reads unread to make room."""
         held = self.held()
         while self.recent and (len(self.recent) >= self.entries or held + size > self.max_bytes):
             oldest = next(iter(self.recent.values()))
