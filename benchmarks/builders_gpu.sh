@@ -15,6 +15,8 @@
 #                 index) and the vertical-slash selection's candidates per row
 #     score_tilings the builders' score passes under each tiling against the shipped one (not
 #                 in the default steps: run it when tuning for another GPU)
+#     memory_peak what is live at SmolLM2's peak at 32K and 128K, dense against both plans (not
+#                 in the default steps)
 #
 # SmolLM2's GGUF comes from $MCOMPILE_GGUF_SMOLLM2 or the chunks $CHUNKS/s.NN (split -d -b 50M);
 # the rest as benchmarks/gpu_env.sh says.
@@ -63,6 +65,11 @@ step_patterns() {
 
 step_build_stages() {
   $PYTHON benchmarks/build_stages.py --out "$R/build_stages_smollm2_shape_$GPU.json"
+}
+
+step_memory_peak() {
+  $PYTHON benchmarks/memory_peak.py --model smollm2 --lengths 32K,128K --variants dense,database,default \
+    --out "$R/memory_peak_smollm2_$GPU.json"
 }
 
 step_score_tilings() {
