@@ -157,18 +157,22 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
     def make() -> list[tuple[int, ...]]:
         groups = _groups(layer_plan)
         sizes = head_sizes(n, layer_plan, block_m, block_n)
-        parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
-        static = [h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads]
-        parts += _static_parts(static, sizes, num_q_blocks(n, block_m), batch)
-        if budget is None:
-            return [tuple(p) for p in parts]
         plans = _plan_heads(layer_plan)
 
+        def padded(heads) -> int:       # every head's lists as wide as the widest's
+            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
+                                      max(sizes[h][1] for h in heads), block_m)
+
         def cost(heads) -> int:
-            columns = max(sizes[h][1] for h in heads)
             if all(get_pattern(plans[h].pattern).broadcast_lists for h in heads):
-                return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + columns)
-            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads), columns, block_m)
+                return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + max(sizes[h][1] for h in heads))
+            return padded(heads)
+
+        parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
+        static = [h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads]
+        parts += _static_parts(static, sizes, padded)
+        if budget is None:
+            return [tuple(p) for p in parts]
 
         split = []
         for part in parts:
@@ -192,16 +196,16 @@ STATIC_PART_BYTES = 4 << 20
 STATIC_PADDING = 2
 
 
-def _static_parts(static: list[int], sizes: list[tuple[int, int]], nqb: int, batch: int) -> list[list[int]]:
+def _static_parts(static: list[int], sizes: list[tuple[int, int]], padded) -> list[list[int]]:
     """The static heads in parts, each ascending: widest first, a head joins the part before
-    it while that part stays small or its widest is at most ``STATIC_PADDING`` times as wide."""
+    it while that part stays small (``padded(heads)``: its index's bytes) or its widest is at
+    most ``STATIC_PADDING`` times as wide."""
     def width(h: int) -> int:          # the int32 entries a head's index holds per query block
         return sum(sizes[h]) + 2
     parts: list[list[int]] = []
     for h in sorted(static, key=lambda h: (-width(h), h)):
-        widest = width(parts[-1][0]) if parts else 0
-        if parts and (4 * batch * nqb * widest * (len(parts[-1]) + 1) <= STATIC_PART_BYTES
-                      or widest <= STATIC_PADDING * width(h)):
+        if parts and (padded(parts[-1] + [h]) <= STATIC_PART_BYTES
+                      or width(parts[-1][0]) <= STATIC_PADDING * width(h)):
             parts[-1].append(h)
         else:
             parts.append([h])
@@ -248,7 +252,7 @@ def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> Sparse
 
     def make():
         # the groups' own indexes are not kept: the part's holds what they do
-        parts = [([local[h] for h in hs], get_pattern(name).build(q, k, params, heads=hs, block_m=block_m,
+        parts = [([local[h] for h in hs], get_pattern(name).build(q, k, params or {}, heads=hs, block_m=block_m,
                                                                   block_n=block_n))
                  for name, params, hs in static]
         return layer_plan, _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)

@@ -278,8 +278,7 @@ def held_bytes(value) -> int:
         if isinstance(v, torch.Tensor):
             storages[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
         elif isinstance(v, SparseIndex):
-            for t in (v.block_count, v.block_offset, v.column_count, v.column_index, v.window):
-                walk(t)
+            walk((*v.tensors(), v.window))
         elif isinstance(v, (tuple, list)):
             for item in v:
                 walk(item)
