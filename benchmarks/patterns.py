@@ -28,7 +28,8 @@ import torch
 
 from mcompile.cli_types import ints
 from mcompile.cli_types import names as name_list
-from mcompile.kernels.patterns import PATTERNS, build_layer_index, index_cost
+from mcompile.kernels.index import BlockRanges
+from mcompile.kernels.patterns import PATTERNS, build_part, index_cost, index_parts
 from mcompile.plan import LayerPlan
 from timing import time_ms  # benchmarks/timing.py
 
@@ -160,9 +161,11 @@ def main(argv=None):
              f"{'blocks/qblk':>11} {'cols/qblk':>9} {'density':>8} {'index MB':>9}"
     print(header)
     print("-" * len(header))
-    # Per (length, pattern): the median time of ``build_layer_index`` and of the sparse kernel
-    # with that index, their ratio (the target: <= 10% at 128K), the blocks and columns the
-    # index lists, the fraction of causal (row, key) pairs computed, and the index's memory.
+    # Per (length, pattern): the median time of the index the runtime builds (``build_part`` over
+    # the layer's one part: a static pattern's BlockRanges, kept, builds nothing) and of the
+    # sparse kernel with that index, their ratio (the target: <= 10% at 128K), the blocks and
+    # columns the index lists, the fraction of causal (row, key) pairs computed, and the
+    # index's memory.
     # Dense causal SDPA is timed for reference up to ``--dense-max``.
     for n in lengths:
         q, k, v = make_inputs(n, args.heads, args.kv_heads, args.head_dim, dtype, device, args.inputs)
@@ -179,21 +182,26 @@ def main(argv=None):
             plan = LayerPlan.uniform(nm, args.heads, **params)
             row = {"n": n, "pattern": nm, "params": params, "dense_sdpa_s": dense_t}
             try:
-                build_t, build_reps = measure(lambda: build_layer_index(q, k, plan), device,
+                (heads,) = index_parts(plan, n)           # every head on one pattern: one part
+                build_t, build_reps = measure(lambda: build_part(q, k, plan, heads), device,
                                               args.warmup, args.reps, args.budget_s)
-                index = build_layer_index(q, k, plan)
+                index = build_part(q, k, plan, heads)
+                ranges = isinstance(index, BlockRanges)
+                listed = index.to_index().expand(1, args.heads) if ranges else index
                 row.update(build_s=build_t, build_reps=build_reps)
-                nqb = index.num_q_blocks
-                blocks, cols = index_cost(index)
+                nqb = listed.num_q_blocks
+                blocks, cols = index_cost(listed)
                 row.update(blocks_per_qblock=blocks / (args.heads * nqb), columns_per_qblock=cols / (args.heads * nqb),
-                           max_blocks=index.max_blocks, max_columns=index.max_columns,
-                           index_bytes=index.memory_bytes())
+                           max_blocks=listed.max_blocks, max_columns=listed.max_columns,
+                           index_bytes=index.spans.nbytes if ranges else index.memory_bytes())
                 if index_pairs is not None:
-                    row["density"] = index_pairs(index, n) / (args.heads * dense_causal_pairs(n))
+                    row["density"] = index_pairs(listed, n) / (args.heads * dense_causal_pairs(n))
+                run_index = index if device.type == "cuda" else listed     # the CPU op takes lists
                 if kernel is not None and not (nm == "dense" and n > args.dense_max):
-                    kt, kreps = measure(lambda: kernel(q, k, v, index), device, args.warmup, args.reps, args.budget_s)
+                    kt, kreps = measure(lambda: kernel(q, k, v, run_index), device, args.warmup, args.reps,
+                                        args.budget_s)
                     row.update(kernel_s=kt, kernel_reps=kreps, build_over_kernel=build_t / kt)
-                del index
+                del index, listed, run_index
             except torch.cuda.OutOfMemoryError as e:
                 row["error"] = f"OOM: {str(e).splitlines()[0]}"
             except Exception as e:  # noqa: BLE001 - record and continue

@@ -1,14 +1,15 @@
-"""What a database's static heads keep allocated between calls, what a call builds again, and how
+"""What a database's static heads keep allocated between calls, what a call makes again, and how
 many parts a prefill runs.
 
     python benchmarks/static_cache.py --db pattern_db/databases/smollm2-135m.json --lengths 32K,128K
 
 Per length, three passes over every layer as ``runtime.sparse_call`` makes them (three
 prefills): the layer's parts (``patterns.index_parts`` under ``runtime.index_budget``), each
-static part built (``patterns.build_part``; the online parts need q and k, and keep nothing).
-Then the bytes the static caches hold (``_common.StaticCache``, what stays allocated after a
-call, above dense attention's peak), the static indexes the last pass made again (each a few
-launches: what did not stay cached), and the parts: each is one launch of the sparse kernel.
+static part built (``patterns.build_part``: the spans of a ``BlockRanges``, or a static
+pattern's index; the online parts need q and k, and keep nothing). Then the bytes the static
+caches hold (``_common.StaticCache``, what stays allocated after a call, above dense
+attention's peak), the static values the last pass made again (what did not stay cached), and
+the parts: each is one launch of the sparse kernel.
 No kernel runs, so the CPU gives the GPU's numbers (the indexes are the same tensors). The
 lengths run in order in one process, as a server's prompts would.
 
@@ -31,7 +32,7 @@ from mcompile.runtime import index_budget
 from pattern_db.io import loads
 
 
-CACHES = (P._static_indexes, P._static_layers)
+CACHES = (P._static_indexes, P._block_ranges)
 
 
 def cached_bytes() -> int:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                      "parts": parts, "static_parts": static_parts, "cache_cap_mib": _common.STATIC_CACHE_BYTES / 2**20})
         r = rows[-1]
         print(f"{n:>8d}: static caches hold {r['cached_mib']:7.1f} MiB (cap {r['cache_cap_mib']:.0f} MiB a cache), "
-              f"{r['made_again']} static indexes made again a call; {r['parts']} kernel parts a prefill, "
+              f"{r['made_again']} static values made again a call; {r['parts']} kernel parts a prefill, "
               f"{r['static_parts']} of them static", flush=True)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"static_cache_{Path(args.db).stem}.json"
     out.write_text(json.dumps({"benchmark": "static_cache", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

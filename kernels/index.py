@@ -110,6 +110,108 @@ class SparseIndex:
         return total
 
 
+NO_WINDOW = 1 << 30   # a per-row window no sequence reaches: a head without one beside heads with one
+
+
+@dataclass
+class BlockRanges:
+    """A static index that the kernel computes instead of reading: per query head two spans of
+    keys, and per query block ``[start, last]`` of ``block_m`` rows the key blocks that tile
+      * the sinks ``[0, sink_end)`` (``sink_end`` a multiple of ``block_n``), and
+      * the union of its rows' windows of ``local`` keys, ``[start - local + 1, last]``, tiled
+        forward from its first key;
+    one range ``[0, last]`` in aligned blocks where the two meet (``start - local + 1 <=
+    sink_end``). A-shape, sliding windows (``sink_end = 0``) and dense causal attention
+    (``local >= N``) are all of this form, so a layer's static heads take one kernel launch and
+    no memory for their index however their budgets differ. :func:`span_blocks` lists the same
+    blocks (the builders' and the reference's source); :meth:`to_index` materialises them.
+
+    ``spans`` int32 (H, 2) on the device, the rows ``(sink_end, local)`` of ``host_spans``;
+    ``window`` as :attr:`SparseIndex.window`."""
+
+    spans: torch.Tensor
+    host_spans: tuple[tuple[int, int], ...]
+    seq_len: int
+    block_m: int = 64
+    block_n: int = 64
+    window: torch.Tensor | None = None
+
+    @staticmethod
+    def make(host_spans, seq_len: int, block_m: int = 64, block_n: int = 64, windows=None,
+             device: torch.device | str | None = None) -> "BlockRanges":
+        """From ``(sink_end, local)`` per head (ints) and optionally a per-row window per head
+        (an int, or None for none); ValueError naming a bad span."""
+        host_spans = tuple((int(s), int(w)) for s, w in host_spans)
+        for h, (sink_end, local) in enumerate(host_spans):
+            if sink_end < 0 or sink_end % block_n or local < 1:
+                raise ValueError(f"BlockRanges: head {h} has sink_end {sink_end}, local {local}: sink_end "
+                                 f"must be a multiple of block_n = {block_n} and >= 0, local >= 1")
+        spans = torch.tensor(host_spans, dtype=torch.int32, device=device).view(-1, 2)
+        window = None
+        if windows is not None and any(w is not None for w in windows):
+            window = torch.tensor([NO_WINDOW if w is None else int(w) for w in windows], dtype=torch.int32,
+                                  device=device)
+        return BlockRanges(spans, host_spans, seq_len, block_m, block_n, window)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.host_spans)
+
+    @property
+    def num_q_blocks(self) -> int:
+        return num_q_blocks(self.seq_len, self.block_m)
+
+    @property
+    def device(self) -> torch.device:
+        return self.spans.device
+
+    def to_index(self) -> SparseIndex:
+        """The same blocks as a (1, H, ...) :class:`SparseIndex` on the spans' device (no host
+        synchronisation: its widths follow from ``host_spans``)."""
+        count, offsets = span_blocks(self.seq_len, self.spans[:, 0:1], self.spans[:, 1:2], self.block_m,
+                                     self.block_n, span_width(self.seq_len, self.host_spans, self.block_m,
+                                                              self.block_n))
+        h, nqb = count.shape
+        return SparseIndex(count.view(1, h, nqb), offsets.view(1, h, nqb, -1),
+                           torch.zeros(1, h, nqb, dtype=torch.int32, device=self.device),
+                           torch.zeros(1, h, nqb, 0, dtype=torch.int32, device=self.device),
+                           self.block_m, self.block_n, self.window)
+
+
+def span_width(n: int, host_spans, block_m: int = 64, block_n: int = 64) -> int:
+    """The most blocks a query block lists under any of ``(sink_end, local)``: its sinks
+    plus its window's union, never more than the key blocks of the sequence."""
+    nkb = num_q_blocks(n, block_n)
+    return max((min(nkb, sink_end // block_n + num_q_blocks(min(local, n) - 1 + block_m, block_n))
+                for sink_end, local in host_spans), default=0)
+
+
+def span_blocks(n: int, sink_end, local, block_m: int = 64, block_n: int = 64,
+                width: int | None = None, device: torch.device | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks of :class:`BlockRanges` with these spans, the arithmetic the kernel does:
+    ``sink_end`` and ``local`` ints or (H, 1) int tensors. Returns (count int32 (..., NQB),
+    offsets int32 (..., NQB, width)), entries past the count 0; ``width`` defaults to
+    :func:`span_width` (int spans only); ``device`` that of tensor spans."""
+    if width is None:
+        width = span_width(n, [(int(sink_end), int(local))], block_m, block_n)
+    if isinstance(sink_end, torch.Tensor):
+        device = sink_end.device
+    start = torch.arange(num_q_blocks(n, block_m), device=device, dtype=torch.int64) * block_m
+    end = torch.clamp(start + block_m, max=n)                      # one past the block's last row
+    local = torch.as_tensor(local, device=device).long()
+    sink_end = torch.as_tensor(sink_end, device=device).long()
+    w0 = torch.clamp(start - (local - 1), min=0)                   # the window union's first key
+    merged = w0 <= sink_end
+    n_first = torch.where(merged, (end + block_n - 1) // block_n, sink_end // block_n)
+    count = torch.where(merged, n_first, n_first + (end - w0 + block_n - 1) // block_n)
+    j = torch.arange(width, device=device, dtype=torch.int64)
+    n_first, w0, count = n_first.unsqueeze(-1), w0.unsqueeze(-1), count.unsqueeze(-1)
+    offsets = torch.where(j < n_first, j * block_n, w0 + (j - n_first) * block_n)
+    offsets = torch.where(j < count, offsets, 0)
+    return count.squeeze(-1).to(torch.int32), offsets.to(torch.int32)
+
+
 def num_q_blocks(seq_len: int, block_m: int) -> int:
     return (seq_len + block_m - 1) // block_m
 

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .index import SparseIndex
+from .index import BlockRanges, SparseIndex
 from .reference import sparse_attention_reference
 
 OP_NAME = "mcompile::sparse_attention"
@@ -104,7 +104,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     return (out, lse) if return_lse else out
 
 
-def sparse_attention_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
+def sparse_attention_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex | BlockRanges,
                           out: torch.Tensor, heads: tuple[int, ...] | None = None,
                           scale: float | None = None) -> torch.Tensor:
     """Sparse attention written into ``out`` (like q) at the query heads ``heads`` that the
@@ -112,7 +112,8 @@ def sparse_attention_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ind
     calls it once per part of a layer (``patterns.index_parts``), inside its own opaque op, so
     the layer's output is written in place and no layer-wide index exists. CUDA (and the CPU
     under ``MCOMPILE_CPU_KERNEL=triton``) launches the kernel over those heads; the CPU
-    reference computes them and copies them in. Returns ``out``."""
+    reference computes them (a :class:`BlockRanges` materialised) and copies them in. Returns
+    ``out``."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if q.is_cuda or (q.device.type == "cpu" and cpu_backend() == "triton"):
@@ -120,6 +121,8 @@ def sparse_attention_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ind
         from .sparse_attention import sparse_attention as _launch   # lazy: imports triton
         rows = None if heads is None else device_index(heads, q.device, torch.int32)
         return _launch(q, k, v, index, scale=scale, out=out, heads=rows)
+    if isinstance(index, BlockRanges):
+        index = index.to_index()
     if heads is None:
         return out.copy_(sparse_attention_reference(q, k, v, index, scale=scale))
     group = q.shape[1] // k.shape[1]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .index import SparseIndex, check_index, num_q_blocks
+from .index import BlockRanges, SparseIndex, check_index, num_q_blocks
 
 # Every Triton kernel of the package is a module-level ``@triton.jit`` function under
 # ``if HAS_TRITON:`` in a kernel module (this one, and ``patterns/_triton_*.py``, which reuse
@@ -148,10 +148,19 @@ if HAS_TRITON:
         return acc, l_i, m_ij
 
     @triton.jit
+    def _block_start(blk_ptr, i, stride_bok, n_first, w0, INDEX_BLOCK_N: tl.constexpr, RANGES: tl.constexpr):
+        """The first key of the ``i``-th listed block: read from the index's list, or (RANGES)
+        ``i`` blocks from key 0 within the first ``n_first``, from ``w0`` after them."""
+        if RANGES:
+            return tl.where(i < n_first, i * INDEX_BLOCK_N, w0 + (i - n_first) * INDEX_BLOCK_N)
+        return tl.load(blk_ptr + i * stride_bok)
+
+    @triton.jit
     def _sparse_attn_fwd(
         Q, K, V, Out, Lse,
         K_desc, V_desc,                # TMA descriptors of K/V (B, Hkv, N, D) when USE_TMA
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        Spans,                         # int32 (INDEX_HEADS, 2) (sink_end, local) a head (RANGES)
         Window, stride_wh,             # per-query-head sliding window (read when HAS_WINDOW)
         Heads, INDEX_HEADS,            # the layer's query head of each of the index's heads (HAS_HEADS)
         qk_scale,
@@ -175,6 +184,7 @@ if HAS_TRITON:
         RETURN_LSE: tl.constexpr,
         HAS_WINDOW: tl.constexpr,      # rows also drop keys <= row - window
         HAS_HEADS: tl.constexpr,       # the index covers INDEX_HEADS of q's heads, listed in Heads
+        RANGES: tl.constexpr,          # blocks from Spans (index.BlockRanges), no lists, no columns
         USE_TMA: tl.constexpr,         # listed blocks through TMA descriptors (Hopper+)
         WARP_SPEC: tl.constexpr,       # Triton's automatic warp specialisation of stage 1
         DOT_PRECISION: tl.constexpr,
@@ -256,12 +266,26 @@ if HAS_TRITON:
         # index row of this (batch, head, query block); int64 offsets (32 x 16K x 16K > 2^31)
         qb64 = qb.to(tl.int64)
         blk_ptr = (BlockOffset + off_b * stride_bob + ix_h * stride_boh + qb64 * stride_bom)
-        n_blocks = tl.load(BlockCount + off_b * stride_bcb + ix_h * stride_bch + qb64 * stride_bcm)
+        if RANGES:
+            # the blocks follow from the head's spans (index.span_blocks does the same): the
+            # first n_first from key 0 (the sinks, or everything up to the diagonal where the
+            # window reaches them), then the window's union tiled forward from w0
+            sink_end = tl.load(Spans + ix_h * 2)
+            local = tl.load(Spans + ix_h * 2 + 1)
+            q_end = tl.minimum((qb + 1) * INDEX_BLOCK_M, N_CTX)
+            w0 = tl.maximum(qb * INDEX_BLOCK_M - (local - 1), 0)
+            merged = w0 <= sink_end
+            n_first = tl.where(merged, tl.cdiv(q_end, INDEX_BLOCK_N), sink_end // INDEX_BLOCK_N)
+            n_blocks = tl.where(merged, n_first, n_first + tl.cdiv(q_end - w0, INDEX_BLOCK_N))
+        else:
+            n_first = 0
+            w0 = 0
+            n_blocks = tl.load(BlockCount + off_b * stride_bcb + ix_h * stride_bch + qb64 * stride_bcm)
         n_safe = tl.maximum(n_blocks - NUM_DIAG, 0)
 
         # ---- stage 1: blocks wholly below the diagonal: no masks (but the window's) ----
         for i in tl.range(0, n_safe, warp_specialize=WARP_SPEC):
-            start_n = tl.load(blk_ptr + i * stride_bok)
+            start_n = _block_start(blk_ptr, i, stride_bok, n_first, w0, INDEX_BLOCK_N, RANGES)
             if not USE_TMA:
                 k_blk = k_base + start_n.to(tl.int64) * stride_kn   # int64 once per block
                 v_blk = v_base + start_n.to(tl.int64) * stride_kn
@@ -280,7 +304,7 @@ if HAS_TRITON:
         #      clamped (pointers) or zero-filled (TMA) and always masked, since a valid row
         #      r < N_CTX only keeps keys <= r ----
         for i in range(n_safe, n_blocks):
-            start_n = tl.load(blk_ptr + i * stride_bok)
+            start_n = _block_start(blk_ptr, i, stride_bok, n_first, w0, INDEX_BLOCK_N, RANGES)
             for j in tl.static_range(INDEX_BLOCK_N // BLOCK_N):
                 keys = start_n + j * BLOCK_N + offs_n
                 if USE_TMA:
@@ -297,7 +321,10 @@ if HAS_TRITON:
         # ---- stage 3: single columns, gathered BLOCK_N at a time (slots past the count
         #      read key 0 and are masked) ----
         col_ptr = (ColumnIndex + off_b * stride_cib + ix_h * stride_cih + qb64 * stride_cim)
-        n_cols = tl.load(ColumnCount + off_b * stride_ccb + ix_h * stride_cch + qb64 * stride_ccm)
+        if RANGES:
+            n_cols = 0
+        else:
+            n_cols = tl.load(ColumnCount + off_b * stride_ccb + ix_h * stride_cch + qb64 * stride_ccm)
         for c0 in range(0, n_cols, BLOCK_N):
             c_ok = (c0 + offs_n) < n_cols
             cols = tl.load(col_ptr + (c0 + offs_n) * stride_cik, mask=c_ok, other=0)
@@ -383,6 +410,15 @@ def _validate(q, k, v, index: SparseIndex):
     return B, Hq, Hkv, N, D
 
 
+def _ranges_lists(ranges: BlockRanges, batch: int) -> SparseIndex:
+    """What the launcher reads of a :class:`BlockRanges`' index: its shapes and window, over
+    empty lists the kernel never reads (its counts and starts come from the spans)."""
+    nothing = _placeholder(ranges.device)
+    counts = nothing.view(1, 1, 1).expand(batch, ranges.num_heads, ranges.num_q_blocks)
+    lists = nothing.expand(batch, ranges.num_heads, ranges.num_q_blocks, 0)
+    return SparseIndex(counts, lists, counts, lists, ranges.block_m, ranges.block_n, ranges.window)
+
+
 @functools.lru_cache(maxsize=None)
 def _placeholder(device: torch.device) -> torch.Tensor:
     """A list for the kernel to point at where an index has none (never read), made once per
@@ -390,7 +426,7 @@ def _placeholder(device: torch.device) -> torch.Tensor:
     return torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=device)
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex,
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: SparseIndex | BlockRanges,
                      scale: float | None = None, return_lse: bool = False, *,
                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
                      config: KernelConfig | tuple | None = None, debug: bool | None = None,
@@ -398,7 +434,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     """Launch the Triton kernel: q (B, Hq, N, D), k/v (B, Hkv, N, D) (any strides with a
     contiguous last dim) -> out like q [, lse (B, Hq, N) float32].
 
-    ``index`` may be (B, Hq) or broadcast (1 -> B, 1 -> Hq). ``heads`` (int32 or int64 (H,) on
+    ``index`` may be (B, Hq) or broadcast (1 -> B, 1 -> Hq), or a :class:`BlockRanges` over
+    the same heads (every batch row alike), whose blocks the kernel computes. ``heads`` (int32 or int64 (H,) on
     q's device, distinct values in [0, Hq)): the index covers only these query heads, its head
     ``j`` being q's head ``heads[j]``; ``out`` (and ``lse``) must then be given, and only
     those heads' rows of them are written. ``config`` (a
@@ -408,6 +445,12 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
     CPU tensors run the same kernel in Triton's interpreter (slow: tests)."""
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; use mcompile.kernels.ops.sparse_attention")
+    ranges = index if isinstance(index, BlockRanges) else None
+    if ranges is not None:
+        if ranges.seq_len != q.shape[2] or ranges.spans.device != q.device:
+            raise ValueError(f"BlockRanges for {ranges.seq_len} tokens on {ranges.spans.device}, q has "
+                             f"{q.shape[2]} on {q.device}")
+        index = _ranges_lists(ranges, q.shape[0])
     B, Hq, Hkv, N, D = _validate(q, k, v, index)
     index_heads = Hq
     if heads is not None:
@@ -418,12 +461,14 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
         if out is None or (return_lse and lse is None):
             raise ValueError("an index over some heads writes into a given out (and lse)")
         index_heads = heads.numel()
+    if ranges is not None and ranges.num_heads != index_heads:
+        raise ValueError(f"BlockRanges over {ranges.num_heads} heads, the call covers {index_heads}")
     if tuple(index.block_count.shape[:2]) != (B, index_heads):
         index = index.expand(B, index_heads)
     if debug is None:
         debug = os.environ.get("MCOMPILE_DEBUG_INDEX", "0") == "1"
     if debug:
-        check_index(index, N, B, index_heads)
+        check_index(index if ranges is None else ranges.to_index().expand(B, index_heads), N, B, index_heads)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if not scale > 0:
@@ -482,6 +527,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             q, k, v, out, lse,
             k_desc, v_desc,
             bc, bo, cc, ci,
+            bc if ranges is None else ranges.spans,
             window, stride_wh,
             bc if heads is None else heads, index_heads,
             scale * 1.4426950408889634,
@@ -500,6 +546,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: S
             RETURN_LSE=return_lse,
             HAS_WINDOW=index.window is not None,
             HAS_HEADS=heads is not None,
+            RANGES=ranges is not None,
             USE_TMA=use_tma,
             WARP_SPEC=bool(warp_spec) and not interpret,
             # fp32 on the GPU: 3xTF32 (near-fp32; plain "ieee" FMA code takes ptxas ~1 min)

@@ -241,6 +241,7 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     freed before the next, so no layer-wide index is padded to its widest head or copied
     together; then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
     build_part, sparse_attention_into = _sparse_backend()
+    from .kernels.index import BlockRanges
     from .kernels.patterns import index_parts
     from .kernels.tail import dense_tail_, tail_work
     B, hq, n, _ = q.shape
@@ -253,21 +254,24 @@ def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int
     for heads in parts:
         index = build_part(q, k, plan, heads, scale=scale)
         block_m, block_n = index.block_m, index.block_n
+        # what the checks and counts read: the lists (a BlockRanges' own, materialised)
+        listed = index.to_index() if isinstance(index, BlockRanges) and (cfg.debug or cfg.stats or site_cost is not None) \
+            else index
         if cfg.debug:
             from .kernels.index import check_index
-            check_index(index, n)
+            check_index(listed, n)
         if cfg.stats:
-            blocks, columns, dense = index_work(index, B, len(heads), n)
+            blocks, columns, dense = index_work(listed, B, len(heads), n)
             # the tail's blocks replace those the index lists for the same rows
             tail = B * len(heads) * tail_work(n, tail_rows, index.block_m, index.block_n)
-            listed = _tail_listed(index, B, len(heads), n, tail_rows)
-            _report.record_work(cfg.key, blocks - listed[0] + tail, columns - listed[1], dense)
+            in_tail = _tail_listed(listed, B, len(heads), n, tail_rows)
+            _report.record_work(cfg.key, blocks - in_tail[0] + tail, columns - in_tail[1], dense)
         if site_cost is not None:       # the cost gate asked to measure this length
             work = torch.stack([t.expand(B, len(heads), -1).sum(dtype=torch.int64)
-                                for t in (index.block_count, index.column_count)])
+                                for t in (listed.block_count, listed.column_count)])
             counts = work if counts is None else counts + work
         sparse_attention_into(q, k, v, index, out, None if len(heads) == hq else heads, scale)
-        del index
+        del index, listed
     if tail_rows:
         dense_tail_(q, k, v, out, tail_rows, scale, block_m, block_n)
     if counts is not None:

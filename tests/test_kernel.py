@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mcompile.kernels import ops
-from mcompile.kernels.index import (SparseIndex, check_index, dense_causal_index, dense_causal_pairs,
+from mcompile.kernels.index import (BlockRanges, SparseIndex, check_index, dense_causal_index, dense_causal_pairs,
                                     empty_index, index_memory_bytes, index_pairs, num_q_blocks)
 from mcompile.kernels.reference import (index_to_mask, sparse_attention_reference,
                                         sparse_attention_reference_blocks)
@@ -316,6 +316,38 @@ def test_kernel_writes_an_index_over_some_heads(device, structure, dtype):
     assert torch.isnan(out[:, others]).all() and torch.isnan(lse[:, others]).all()
     with pytest.raises(ValueError, match="given out"):
         sparse_attention(q, k, v, index, heads=rows)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("structure,dtype,bm,bn,cfg", [
+    (None, torch.float16, 64, 64, None), ("sinks", torch.bfloat16, 64, 64, None),
+    ("diagonal", torch.float32, 128, 64, None), ("sinks", torch.float16, 64, 64, (64, 64, 4, 2, True)),
+    (None, torch.bfloat16, 64, 128, (32, 64, 4, 2, False))])
+def test_kernel_computes_block_ranges(device, structure, dtype, bm, bn, cfg):
+    """A BlockRanges index (the kernel computes each head's blocks from two numbers) gives the
+    reference over the same blocks listed (``to_index``), with unlike spans per head (sinks
+    and a window, one aligned range where they meet, dense, a window alone with its per-row
+    bound), over some heads of the output (GQA 3:1) and over all of them."""
+    B, Hkv, G, N, D = 2, 2, 3, 333, 64
+    q, k, v = _qkv(B, G * Hkv, Hkv, N, D, dtype, device, gen=bm + bn, structure=structure)
+    heads = [5, 0, 3, 1]
+    ranges = BlockRanges.make([(bn, 70), (0, N), (2 * bn, 200), (0, 90)], N, bm, bn,
+                              [None, None, None, 90], device=device)
+    listed = ranges.to_index()
+    check_index(listed.expand(B, len(heads)), N)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=device)
+    rows = torch.tensor(heads, dtype=torch.int32, device=device)
+    sparse_attention(q, k, v, ranges, return_lse=True, out=out, lse=lse, heads=rows, config=cfg, debug=True)
+    kv = [h // G for h in heads]
+    _check(out[:, heads], lse[:, heads], *_ref(q[:, heads], k[:, kv], v[:, kv], listed), dtype, "ranges")
+    others = [h for h in range(G * Hkv) if h not in heads]
+    assert torch.isnan(out[:, others]).all()
+    every = BlockRanges.make([(bn, 1 + 40 * h) for h in range(G * Hkv)], N, bm, bn, device=device)
+    out, lse = _run(q, k, v, every, config=cfg)
+    _check(out, lse, *_ref(q, k, v, every.to_index()), dtype, "ranges, every head")
+    with pytest.raises(ValueError, match="BlockRanges over 4 heads"):
+        sparse_attention(q, k, v, ranges, out=out, heads=rows[:3])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -99,7 +99,8 @@ def _ops(fn) -> int:
 def test_launches_follow_the_patterns_not_the_budgets():
     """A layer whose nine heads hold nine vertical-slash budgets, three block-sparse and three
     A-shape ones costs the torch operations of one with two budgets per pattern; a layer of
-    static heads alone costs none after its first call, however many budgets it holds."""
+    static heads alone is one part of spans that costs none after its first call, however many
+    budgets it holds."""
     n = 512
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 15, n, 32, generator=g), torch.randn(1, 3, n, 32, generator=g)
@@ -118,13 +119,15 @@ def test_launches_follow_the_patterns_not_the_budgets():
 
     static = LayerPlan(tuple(HeadPlan("a_shape", {"n_init": 64, "n_local": 64 * (1 + i)}) for i in range(12))
                        + tuple(HeadPlan("sliding_window", {"window": 100 + i}) for i in range(3)))
-    first = P.build_layer_index(q, k, static)
-    assert _ops(lambda: P.build_layer_index(q, k, static)) == 0
-    again = P.build_layer_index(q, k, static)
-    assert all(a is b for a, b in zip(first.tensors(), again.tensors()))
+    parts = P.index_parts(static, n, 1, budget=1 << 20)
+    assert parts == [tuple(range(15))]
+    first = P.build_part(q, k, static, parts[0])
+    assert _ops(lambda: P.build_part(q, k, static, parts[0])) == 0
+    assert P.build_part(q, k, static, parts[0]) is first
     want = torch.cat([index_to_mask(P.build_head_group(q, k, h.pattern, h.params, [i]), n)
                       for i, h in enumerate(static.heads)], 1)
-    assert torch.equal(index_to_mask(again, n), want)
+    assert torch.equal(index_to_mask(first.to_index(), n), want)
+    assert torch.equal(index_to_mask(P.build_layer_index(q, k, static), n), want)
 
 
 def test_mixed_budgets_on_the_triton_paths_interpreted():

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from mcompile.kernels.index import NO_WINDOW, BlockRanges, check_index, span_blocks, span_width
 from mcompile.kernels import patterns as P
 from mcompile.kernels.patterns import _common as C
 from mcompile.kernels.patterns import block_sparse as BS
@@ -435,18 +436,19 @@ def test_build_layer_index_mixed(monkeypatch):
             calls.append((_n, tuple(kw["heads"])))
             return _b(*a, **kw)
         monkeypatch.setitem(P.PATTERNS, name, dataclasses.replace(pat, build=counted))
-    monkeypatch.setattr(P, "_static_indexes", C.StaticCache())
-    monkeypatch.setattr(P, "_static_layers", C.StaticCache())
+    monkeypatch.setattr(P, "_block_ranges", C.StaticCache())
     plan = LayerPlan(tuple(MIXED))
     ix = P.build_layer_index(q, k, plan)
     _check(ix, n, 2, 8)
-    # one batched call per (pattern, params) group, never per head
+    # one batched call per (pattern, params) group, never per head; the static heads (dense,
+    # a_shape, sliding_window) are one part of spans, built by no pattern's build
     online = [("vertical_slash", (0, 6)), ("block_sparse", (3,)), ("sample_attention", (4,))]
-    assert sorted(calls) == sorted(online + [("dense", (1,)), ("a_shape", (2, 7)), ("sliding_window", (5,))])
-    # the static heads' part is kept: a second call builds the online groups only
+    assert sorted(calls) == sorted(online)
+    assert P.index_parts(plan, n) == [(0, 6), (3,), (4,), (1, 2, 5, 7)]
+    # the static heads' spans are kept: a second call makes none
     calls.clear()
     again = P.build_layer_index(q, k, plan)
-    assert sorted(calls) == sorted(online)
+    assert sorted(calls) == sorted(online) and P._block_ranges.made == 1
     assert torch.equal(_mask(again, n), _mask(ix, n))
     assert (ix.max_blocks, ix.max_columns) == P.layer_sizes(n, plan)
     m = _mask(ix, n)
@@ -484,33 +486,61 @@ def test_index_parts_count_broadcast_lists_once(monkeypatch):
     P._PER_PLAN.clear()
 
 
-def test_static_heads_share_a_part_only_where_their_widths_are_alike(monkeypatch):
-    """Past ``STATIC_PART_BYTES`` a dense head beside narrow A-shape heads gets a part of its
-    own (together they would pad every head to every key block); heads of alike widths share
-    one. Each part's index follows its heads' own patterns, and the layer's, assembled from the
-    parts, the plan."""
-    n, B = 4096, 1
+def test_static_heads_of_any_widths_share_one_part_of_spans():
+    """Static heads with spans (dense, A-shape of any budget, a sliding window) are one part
+    however unlike their widths: a BlockRanges of two numbers a head, no index. Its blocks are
+    each head's own pattern's, and the layer's index, assembled from the parts, the plan's."""
+    n, B = 4096, 2
     narrow = HeadPlan("a_shape", {"n_init": 64, "n_local": 128})
     window = HeadPlan("sliding_window", {"window": 192})
-    plan = LayerPlan((narrow, HeadPlan("dense", {}), window, narrow, HeadPlan("a_shape", {"n_init": 64, "n_local": 3000})))
+    plan = LayerPlan((narrow, HeadPlan("dense", {}), window, HeadPlan("block_sparse", {"top_k": 3}),
+                      HeadPlan("a_shape", {"n_init": 0, "n_local": 3000})))
     sizes = P.head_sizes(n, plan)
     assert sizes[1][0] == 64 and max(sizes[0][0], sizes[2][0]) <= 5 and sizes[4][0] > 45
-    P._PER_PLAN.clear()
-    assert P.index_parts(plan, n, B) == [(0, 1, 2, 3, 4)]      # 5 x 66 entries a query block: small
-    monkeypatch.setattr(P, "STATIC_PART_BYTES", 4 * 64 * 66 * 2)
-    P._PER_PLAN.clear()
-    assert P.index_parts(plan, n, B) == [(0, 2, 3), (1, 4)]
+    assert P.index_parts(plan, n, B, budget=1 << 10) == [(3,), (0, 1, 2, 4)]
     q, k = C.planted_qk(n, heads=5, kv_heads=1, batch=B, hot_columns=[9], seed=2)
-    for heads in P.index_parts(plan, n, B):
-        ix = P.build_part(q, k, plan, heads)
-        assert ix.max_blocks == max(sizes[h][0] for h in heads)
-        for j, h in enumerate(heads):
-            alone = P.build_head_group(q, k, plan.heads[h].pattern, plan.heads[h].params, [h])
-            assert torch.equal(_mask(ix, n)[:, j:j + 1], _mask(alone, n)), h
+    ranges = P.build_part(q, k, plan, (0, 1, 2, 4))
+    assert isinstance(ranges, BlockRanges)
+    assert ranges.host_spans == ((64, 128), (0, n), (0, 192), (0, 3000))
+    assert ranges.window.tolist() == [NO_WINDOW, NO_WINDOW, 192, NO_WINDOW]
+    listed = ranges.to_index()
+    check_index(listed.expand(B, 4), n)
+    assert listed.max_blocks == max(sizes[h][0] for h in (0, 1, 2, 4))
+    for j, h in enumerate((0, 1, 2, 4)):
+        alone = P.build_head_group(q, k, plan.heads[h].pattern, plan.heads[h].params, [h])
+        assert torch.equal(_mask(listed, n)[:, j:j + 1], _mask(alone, n)[:1]), h
+    assert P.build_part(q, k, plan, (0, 1, 2, 4)) is ranges           # kept: made once per plan and length
     whole = _mask(P.build_layer_index(q, k, plan), n)
     for h, hp in enumerate(plan.heads):
         assert torch.equal(whole[:, h:h + 1], _mask(P.build_head_group(q, k, hp.pattern, hp.params, [h]), n)), h
-    P._PER_PLAN.clear()
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 700, 4096])
+@pytest.mark.parametrize("block_m,block_n", [(64, 64), (128, 64), (64, 128), (32, 64)])
+def test_span_blocks_list_the_union_of_sinks_and_windows(n, block_m, block_n):
+    """``span_blocks`` (the kernel's arithmetic) against the selection it stands for, made the
+    obvious way: per query block, the aligned sink blocks and the key blocks tiling the rows'
+    window union, the two merged into one aligned range where they meet."""
+    for sink_end, local in [(0, 1), (0, 100), (block_n, 1), (2 * block_n, 250), (block_n, n + 5), (0, n)]:
+        count, offsets = span_blocks(n, sink_end, local, block_m, block_n)
+        assert offsets.shape[-1] == span_width(n, [(sink_end, local)], block_m, block_n)
+        for qb in range(count.shape[0]):
+            start, end = qb * block_m, min(qb * block_m + block_m, n)
+            w0 = max(0, start - local + 1)
+            if w0 <= sink_end:
+                want = list(range(0, end, block_n))
+            else:
+                want = list(range(0, sink_end, block_n)) + list(range(w0, end, block_n))
+            assert offsets[qb, :count[qb]].tolist() == want, (sink_end, local, qb)
+
+
+def test_block_ranges_refuse_bad_spans():
+    with pytest.raises(ValueError, match="head 1 has sink_end 10"):
+        BlockRanges.make([(0, 5), (10, 5)], 100)
+    with pytest.raises(ValueError, match="local 0"):
+        BlockRanges.make([(64, 0)], 100)
+    with pytest.raises(ValueError, match="dynamic"):
+        dataclasses.replace(P.get_pattern("block_sparse"), spans=P.get_pattern("a_shape").spans)
 
 
 def test_static_cache_keeps_at_most_its_bytes_and_keeps_hitting_under_a_cycle():
@@ -543,9 +573,10 @@ def test_build_layer_index_uniform_and_errors():
     n = 300
     q = torch.randn(1, 4, n, 16)
     k = torch.randn(1, 2, n, 16)
-    ix = P.build_layer_index(q, k, LayerPlan.uniform("a_shape", 4, n_init=64, n_local=100))
-    assert ix.block_offset.stride(1) == 0                           # static: one broadcast row
+    plan = LayerPlan.uniform("a_shape", 4, n_init=64, n_local=100)
+    ix = P.build_layer_index(q, k, plan)
     _check(ix, n, 1, 4)
+    assert isinstance(P.build_part(q, k, plan, (0, 1, 2, 3)), BlockRanges)    # the runtime's: spans
     with pytest.raises(ValueError, match="plan has 3 heads"):
         P.build_layer_index(q, k, LayerPlan.uniform("dense", 3))
     with pytest.raises(ValueError):

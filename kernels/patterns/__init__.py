@@ -9,11 +9,12 @@ and one import line below.
 :func:`build_layer_index` builds one index over all query heads of a layer from its
 :class:`~mcompile.plan.LayerPlan`: heads sharing pattern and parameters are built together
 in one batched call (a Python loop over groups, never over heads), and so are the heads of a
-pattern whose budgets may differ per head (``Pattern.per_head``); the static heads' parts
-are built once per shape and kept (within the static caches' cap); each part is padded to the common widths and written into
-the layer's index. The runtime instead takes a layer in the parts of :func:`index_parts`,
-each built by :func:`build_part` and run by the kernel over its own heads, so no layer-wide
-index is ever materialised.
+pattern whose budgets may differ per head (``Pattern.per_head``); the heads of static
+patterns with spans (dense, A-shape, sliding windows) are one :class:`BlockRanges` whatever
+their budgets; each part is padded to the common widths and written into the layer's index.
+The runtime instead takes a layer in the parts of :func:`index_parts`, each built by
+:func:`build_part` and run by the kernel over its own heads, so no layer-wide index is ever
+materialised, and the static heads' blocks are computed by the kernel, never stored.
 """
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ import functools
 
 import torch
 
-from ..index import SparseIndex, index_memory_bytes, num_q_blocks
-
-NO_WINDOW = 1 << 30   # a window no sequence reaches: the heads of a layer without one
+from ..index import NO_WINDOW, BlockRanges, SparseIndex, index_memory_bytes, num_q_blocks
 from ._common import Law, StaticCache, device_index, index_cost, resolve_budget, use_triton
 from .registry import PATTERNS, Pattern, get_pattern, register_pattern, unregister_pattern, validate_params
 
@@ -75,7 +74,7 @@ def _make_groups(layer_plan) -> list[tuple[str, dict | list[dict], list[int]]]:
 
 
 _static_indexes = StaticCache()   # static pattern and shape -> its (broadcast) index
-_static_layers = StaticCache()    # (plan id, shape) -> (plan, index of the plan's static heads)
+_block_ranges = StaticCache()     # (plan id, heads, shape) -> (plan, BlockRanges of those heads)
 
 
 def build_head_group(q: torch.Tensor, k: torch.Tensor, pattern: str, params: dict | list | None,
@@ -123,11 +122,10 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
 
     No host synchronisation: all sizes follow from N and the parameters. The launches follow
     the patterns, not the heads or their budgets: each online pattern's heads are built in one
-    call (:func:`_groups`), and the static heads' parts of the index are built once per shape
-    and kept (:func:`_static_part`). When one part covers every head it is returned as built
-    (it may hold broadcast views, e.g. the static patterns' single row of offsets); otherwise
-    the layer's index is materialised at the widest part's widths and each part written into
-    its heads."""
+    call (:func:`_groups`), and the heads with spans are one :class:`BlockRanges`, materialised
+    here (:meth:`BlockRanges.to_index`). When one part covers every head it is returned as
+    built (it may hold broadcast views); otherwise the layer's index is materialised at the
+    widest part's widths and each part written into its heads."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"build_layer_index: q and k must be (B, H, N, D), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}")
@@ -137,18 +135,21 @@ def build_layer_index(q: torch.Tensor, k: torch.Tensor, layer_plan, block_m: int
     heads_plan = _plan_heads(layer_plan)
     if len(heads_plan) != Hq:
         raise ValueError(f"build_layer_index: the plan has {len(heads_plan)} heads, q has {Hq}")
-    parts = index_parts(layer_plan, N, B, None, block_m, block_n)
+    parts = [(heads, build_part(q, k, layer_plan, heads, block_m, block_n, scale=scale))
+             for heads in index_parts(layer_plan, N, B, None, block_m, block_n)]
+    parts = [(heads, ix.to_index().expand(B, len(heads)) if isinstance(ix, BlockRanges) else ix)
+             for heads, ix in parts]
     if len(parts) == 1:             # one part: all the heads, in order
-        return build_part(q, k, layer_plan, parts[0], block_m, block_n, scale=scale)
-    return _assemble([(heads, build_part(q, k, layer_plan, heads, block_m, block_n, scale=scale))
-                      for heads in parts], B, Hq, q.device, block_m, block_n)
+        return parts[0][1]
+    return _assemble(parts, B, Hq, q.device, block_m, block_n)
 
 
 def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, block_m: int = 64,
                 block_n: int = 64) -> list[tuple[int, ...]]:
     """The query heads of a layer as the parts its index is built in, each ascending: every
-    online pattern's group of heads (:func:`_groups`), then the static heads, together where
-    their widths are alike (:func:`_static_parts`). With a
+    online pattern's group of heads (:func:`_groups`), then the heads whose patterns have spans,
+    all together (one :class:`BlockRanges`, one launch, whatever their widths), then each
+    other static pattern's group. With a
     ``budget`` (bytes), a part whose index at length ``n`` would take more is split: its heads
     widest first (:func:`head_sizes`: one head with many columns widens its part's index)
     while the next still fits, at least one a part; a pattern whose lists are broadcast over
@@ -164,13 +165,17 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
                                       max(sizes[h][1] for h in heads), block_m)
 
         def cost(heads) -> int:
+            if all(get_pattern(plans[h].pattern).spans is not None for h in heads):
+                return 0                    # BlockRanges: no index, never split
             if all(get_pattern(plans[h].pattern).broadcast_lists for h in heads):
                 return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + max(sizes[h][1] for h in heads))
             return padded(heads)
 
         parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
-        static = [h for name, _, heads in groups if not get_pattern(name).dynamic for h in heads]
-        parts += _static_parts(static, sizes, padded)
+        ranged = sorted(h for name, _, heads in groups if get_pattern(name).spans is not None for h in heads)
+        parts += [ranged] if ranged else []
+        parts += [heads for name, _, heads in groups if not get_pattern(name).dynamic
+                  and get_pattern(name).spans is None]
         if budget is None:
             return [tuple(p) for p in parts]
 
@@ -187,45 +192,18 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
     return per_plan(layer_plan, ("index parts", n, batch, budget, block_m, block_n), make)
 
 
-# Static heads share a part (one kernel launch, one cached index) while its index, every head's
-# lists padded to the widest head's, takes at most STATIC_PART_BYTES, or beyond that while the
-# widest is at most STATIC_PADDING times as wide as each head. A dense head beside A-shape heads
-# would otherwise pad them all to every key block: 144 MiB at 128K for one of SmolLM2's layers,
-# assembled anew each call, where alone it is a broadcast view of one head's list.
-STATIC_PART_BYTES = 4 << 20
-STATIC_PADDING = 2
-
-
-def _static_parts(static: list[int], sizes: list[tuple[int, int]], padded) -> list[list[int]]:
-    """The static heads in parts, each ascending: widest first, a head joins the part before
-    it while that part stays small (``padded(heads)``: its index's bytes) or its widest is at
-    most ``STATIC_PADDING`` times as wide."""
-    def width(h: int) -> int:          # the int32 entries a head's index holds per query block
-        return sum(sizes[h]) + 2
-    parts: list[list[int]] = []
-    for h in sorted(static, key=lambda h: (-width(h), h)):
-        if parts and (padded(parts[-1] + [h]) <= STATIC_PART_BYTES
-                      or width(parts[-1][0]) <= STATIC_PADDING * width(h)):
-            parts[-1].append(h)
-        else:
-            parts.append([h])
-    return [sorted(p) for p in sorted(parts)]
-
-
 def build_part(q: torch.Tensor, k: torch.Tensor, layer_plan, heads: tuple[int, ...], block_m: int = 64,
-               block_n: int = 64, *, scale: float | None = None) -> SparseIndex:
+               block_n: int = 64, *, scale: float | None = None) -> SparseIndex | BlockRanges:
     """The index over ``heads`` (one part of :func:`index_parts`: heads of one online group,
     or static heads): (B, len(heads), ...), or broadcast views where the part covers every
-    head of a static pattern. q and k hold all the layer's heads."""
+    head of a static pattern, or the :class:`BlockRanges` of heads whose patterns have spans
+    (the kernel computes their blocks). q and k hold all the layer's heads."""
     groups = _groups(layer_plan)
-    if len(groups) == 1 and len(heads) == q.shape[1]:
-        name, params, _ = groups[0]
-        return build_head_group(q, k, name, params, None, block_m, block_n, scale)
     inside = per_plan(layer_plan, ("part groups", heads), lambda: _part_groups(groups, heads))
-    if get_pattern(inside[0][0]).dynamic:
-        name, params, hs = inside[0]
-        return build_head_group(q, k, name, params, hs, block_m, block_n, scale)
-    return _static_part(q, k, layer_plan, inside, block_m, block_n)
+    if all(get_pattern(name).spans is not None for name, _, _ in inside):
+        return _ranges_part(q, layer_plan, inside, heads, block_m, block_n)
+    name, params, hs = inside[0]          # one group: its heads built in one call
+    return build_head_group(q, k, name, params, None if len(hs) == q.shape[1] else hs, block_m, block_n, scale)
 
 
 def _part_groups(groups, heads: tuple[int, ...]) -> list[tuple[str, dict | list[dict], list[int]]]:
@@ -240,29 +218,27 @@ def _part_groups(groups, heads: tuple[int, ...]) -> list[tuple[str, dict | list[
     return out
 
 
-def _static_part(q, k, layer_plan, static, block_m: int, block_n: int) -> SparseIndex:
-    """The index over the static groups' heads (ascending): built from the groups' cached
-    indexes once per plan, heads and shape and kept (within ``_common.STATIC_CACHE_BYTES``), so
-    a layer whose heads hold several static budgets costs no launches for them."""
-    if len(static) == 1:
-        name, params, heads = static[0]
-        return build_head_group(q, k, name, params, heads, block_m, block_n)
-    heads = sorted(h for _, _, hs in static for h in hs)
-    local = {h: i for i, h in enumerate(heads)}
+def _ranges_part(q, layer_plan, inside, heads: tuple[int, ...], block_m: int, block_n: int) -> BlockRanges:
+    """The :class:`BlockRanges` of ``heads`` (ascending), whose groups' patterns all have
+    spans: each head's ``Pattern.spans`` at q's length, made once per plan, heads and shape and
+    kept (a few bytes)."""
+    n = q.shape[2]
 
     def make():
-        # the groups' own indexes are not kept: the part's holds what they do
-        parts = [([local[h] for h in hs], get_pattern(name).build(q, k, params or {}, heads=hs, block_m=block_m,
-                                                                  block_n=block_n))
-                 for name, params, hs in static]
-        return layer_plan, _assemble(parts, q.shape[0], len(heads), q.device, block_m, block_n)
+        spans = {}
+        for name, params, hs in inside:
+            for i, h in enumerate(hs):
+                p = params[i] if isinstance(params, list) else params
+                spans[h] = get_pattern(name).spans(n, p or {}, block_m, block_n)
+        return layer_plan, BlockRanges.make([spans[h][:2] for h in heads], n, block_m, block_n,
+                                            [spans[h][2] for h in heads], q.device)
 
     # the entry holds the plan, so its id is not reused while the entry lives
-    key = (id(layer_plan), tuple(heads), *q.shape[:3], block_m, block_n, str(q.device))
-    plan, index = _static_layers.get(key, make, q.device)
+    key = (id(layer_plan), heads, n, block_m, block_n, str(q.device))
+    plan, ranges = _block_ranges.get(key, make, q.device)
     if plan is not layer_plan:
-        _, index = make()
-    return index
+        _, ranges = make()
+    return ranges
 
 
 def _assemble(parts: list, B: int, H: int, dev, block_m: int, block_n: int) -> SparseIndex:

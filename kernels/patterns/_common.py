@@ -257,10 +257,11 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
 
 
 # What the static caches may hold in all, per cache: what they keep stays allocated between
-# calls, above dense attention's peak (in the MLP, which holds nothing of ours). SmolLM2's
-# database keeps 16 MiB of static indexes at 32K and would keep 233 MiB at 128K; past the cap
-# what is not kept is built again each call (under CUDA graphs inside the graph, which costs no
-# host time).
+# calls, above dense attention's peak (in the MLP, which holds nothing of ours). The built-in
+# static patterns keep a few bytes a layer (BlockRanges' spans); a static pattern without spans
+# keeps its index (a broadcast row of blocks a query block) and SampleAttention its sampled rows;
+# past the cap what is not kept is built again each call (under CUDA graphs inside the graph,
+# which costs no host time).
 STATIC_CACHE_BYTES = 32 << 20
 # An entry gives way to a new one only once it has gone this many reads of its cache unread.
 # A forward reads the same keys in the same order every call: replacing the least recently

@@ -12,14 +12,15 @@ Selection per query block ``[start, last]``:
   * when the two meet (``start - n_local + 1 <= S``) one range ``[0, last]`` in aligned blocks.
 Like ``sliding_window``, the local part is the per-query-block union of the rows' windows (a
 row sees up to ``block_m - 1`` keys older than its own window); sinks are whole key blocks.
+These are :class:`~mcompile.kernels.index.BlockRanges` spans (:func:`spans`): the runtime
+passes the two numbers per head and the kernel computes the blocks.
 """
 from __future__ import annotations
 
 import torch
 
-from ..index import SparseIndex
-from ._common import (block_union_mask, cdiv, plot_selection, q_blocks, resolve_budget,
-                      static_index, tile_ranges, with_budgets)
+from ..index import SparseIndex, span_blocks
+from ._common import block_union_mask, cdiv, plot_selection, resolve_budget, static_index, with_budgets
 from .registry import Pattern, register_or_demo
 
 NAME = "a_shape"
@@ -31,24 +32,17 @@ def validate(params: dict | None) -> dict:
     return with_budgets(params, DEFAULTS, BUDGETS, NAME)
 
 
-def _blocks(n: int, p: dict, block_m: int, block_n: int, device):
-    n_init = resolve_budget(p["n_init"], n)
-    n_local = max(1, resolve_budget(p["n_local"], n))
-    start, last = q_blocks(n, block_m, device)
-    sink_end = torch.full_like(start, cdiv(n_init, block_n) * block_n)
-    w0 = torch.clamp(start - (n_local - 1), min=0)
-    merged = w0 <= sink_end
-    zero = torch.zeros_like(start)
-    # range 0: sinks (or everything when merged); range 1: the local window (empty when merged)
-    s0 = zero
-    e0 = torch.where(merged, last + 1, torch.minimum(sink_end, last + 1))
-    s1 = torch.where(merged, last + 1, w0)
-    e1 = last + 1
-    nkb = cdiv(n, block_n)
-    m1 = min(cdiv(n_local - 1 + block_m, block_n), nkb)
-    width = min(nkb, cdiv(n_init, block_n) + m1)      # bounds both the split and merged cases
-    return tile_ranges(torch.stack([s0, s1], -1), torch.stack([e0, e1], -1), [width, m1], block_n,
-                       width=width)
+def spans(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int, None]:
+    """(sink_end, local, window) of :class:`~mcompile.kernels.index.BlockRanges` at length n:
+    the sinks in whole key blocks, the local window in tokens, no per-row window."""
+    p = validate(params)
+    return (cdiv(resolve_budget(p["n_init"], n), block_n) * block_n,
+            max(1, resolve_budget(p["n_local"], n)), None)
+
+
+def _blocks(n: int, params: dict, block_m: int, block_n: int, device):
+    sink_end, local, _ = spans(n, params, block_m, block_n)
+    return span_blocks(n, sink_end, local, block_m, block_n, device=device)
 
 
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
@@ -92,4 +86,4 @@ def demo(path: str = "a_shape.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#1f77b4",
-                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
+                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, spans=spans, doc=__doc__), __name__)

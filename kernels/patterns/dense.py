@@ -20,6 +20,12 @@ def validate(params: dict | None) -> dict:
     return with_defaults(params, DEFAULTS, (), NAME)
 
 
+def spans(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int, None]:
+    """(sink_end, local, window) of :class:`~mcompile.kernels.index.BlockRanges`: a window as
+    long as the sequence, every key up to the diagonal."""
+    return 0, max(1, n), None
+
+
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
     return cdiv(n, block_n), 0
 
@@ -50,4 +56,4 @@ def demo(path: str = "dense.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#444444", short="dense",
-                                   dynamic=False, defaults=DEFAULTS, doc=__doc__), __name__)
+                                   dynamic=False, defaults=DEFAULTS, spans=spans, doc=__doc__), __name__)

@@ -70,6 +70,12 @@ class Pattern:
     # cut): its heads' index then costs one column list a head, not one a query block, and the
     # runtime's index budget (``index_parts``) counts it so
     broadcast_lists: bool = False
+    # spans(n, params, block_m=64, block_n=64) -> (sink_end, local, window or None), for a
+    # static pattern whose blocks are sinks plus the union of its rows' windows
+    # (``index.BlockRanges``): the kernel computes them from these numbers, so its heads keep no
+    # index in memory and share one launch whatever their budgets. ``build`` must list the same
+    # blocks (``index.span_blocks``). None: the index ``build`` returns is used.
+    spans: Callable | None = None
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -78,6 +84,8 @@ class Pattern:
         if unknown:
             raise ValueError(f"pattern {self.name!r}: {unknown} declared but not in its defaults "
                              f"{list(self.defaults)}")
+        if self.spans is not None and self.dynamic:
+            raise ValueError(f"pattern {self.name!r}: spans describe a static pattern's blocks, and it is dynamic")
 
 
 def register_pattern(pattern: Pattern, *, replace: bool = False) -> Pattern:

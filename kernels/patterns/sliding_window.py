@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..index import SparseIndex
-from ._common import plot_selection, resolve_budget, static_index, window_blocks, with_budgets
+from ..index import SparseIndex, span_blocks
+from ._common import plot_selection, resolve_budget, static_index, with_budgets
 from .registry import Pattern, register_or_demo
 
 NAME = "sliding_window"
@@ -31,15 +31,25 @@ def _window(n: int, params: dict) -> int:
     return max(1, resolve_budget(params["window"], n))
 
 
+def spans(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int, int]:
+    """(sink_end, local, window) of :class:`~mcompile.kernels.index.BlockRanges` at length n:
+    no sinks, the window's union, and the window itself for the per-row bound."""
+    window = _window(n, validate(params))
+    return 0, window, window
+
+
+def _blocks(n: int, params: dict | None, block_m: int, block_n: int, device):
+    _, local, _ = spans(n, params, block_m, block_n)
+    return span_blocks(n, 0, local, block_m, block_n, device=device)
+
+
 def sizes(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
-    p = validate(params)
-    count, offs, _ = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
+    count, offs = _blocks(n, params, block_m, block_n, "cpu")
     return offs.shape[-1], 0
 
 
 def cost(n: int, params: dict | None = None, block_m: int = 64, block_n: int = 64) -> tuple[int, int]:
-    p = validate(params)
-    count, _, _ = window_blocks(n, _window(n, p), block_m, block_n, "cpu")
+    count, _ = _blocks(n, params, block_m, block_n, "cpu")
     return int(count.sum()), 0
 
 
@@ -48,9 +58,8 @@ def build(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, heads
     p = validate(params)
     B, Hq, N, _ = q.shape
     H = Hq if heads is None else len(heads)
-    window = _window(N, p)
-    count, offs, _ = window_blocks(N, window, block_m, block_n, q.device)
-    return static_index(count, offs, B, H, block_m, block_n).with_window(window)
+    count, offs = _blocks(N, p, block_m, block_n, q.device)
+    return static_index(count, offs, B, H, block_m, block_n).with_window(_window(N, p))
 
 
 def exact_mask(n: int, window: int, device=None) -> torch.Tensor:
@@ -74,4 +83,4 @@ def demo(path: str = "sliding_window.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#9467bd",
-                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
+                                   dynamic=False, defaults=DEFAULTS, budgets=BUDGETS, spans=spans, doc=__doc__), __name__)
