@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "extrapolation": f"ms * {args.extrapolate_to} / {args.layers}", "rows": rows}, indent=1))
             print(f"wrote {out}")
+        # every rank leaves together: a rank that tears its process group down while another
+        # still writes can abort the other's gloo threads ("terminate called without an active
+        # exception", seen once in the CPU test)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
