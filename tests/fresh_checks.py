@@ -241,15 +241,17 @@ def triton_builders_interpreted():
     assert ix.block_offset[0, 0, 9, :4].tolist() == [0, 64, 128, 576]
     # SampleAttention's stage 2 in one kernel (outputs poisoned) takes what torch's stable sort
     # takes from the same scores: random scores, per-head alpha and caps (some binding), all
-    # scores equal (ties everywhere, alpha reached exactly), a window that reaches alpha alone;
-    # 128 scores a pass, so the passes span several chunks
+    # scores equal (ties everywhere, alpha reached exactly), a window that reaches alpha alone,
+    # skewed scores; 128 scores a pass, so the passes span several chunks
     from mcompile.kernels.patterns import _triton_sa
     _triton_sa.SELECT_CHUNK = 128
     rand = torch.rand(2, 3, 700, generator=g)
     cases = [(rand, torch.full((2, 3), 50.0), 10 * torch.rand(2, 3, generator=g), 0.9, 100),
              (rand, torch.full((2, 3), 50.0), 10 * torch.rand(2, 3, generator=g), [0.5, 0.99, 0.2], [30, 200, 5]),
              (torch.full((1, 2, 300), 0.25), torch.full((1, 2), 10.0), torch.tensor([[1.0, 0.9]]), 0.6, 40),
-             (rand, torch.full((2, 3), 50.0), torch.full((2, 3), 49.0), 0.9, 64)]
+             (rand, torch.full((2, 3), 50.0), torch.full((2, 3), 49.0), 0.9, 64),
+             (torch.rand(1, 3, 3000, generator=g) ** 4, torch.full((1, 3), 400.0), torch.full((1, 3), 5.0),
+              [0.5, 0.9, 0.99], [2000, 1500, 2500])]      # skewed, hundreds kept: the cut spans its chunks
     with _poisoned_empty():
         for col, tot, win, alpha, cap in cases:
             (count, cols), (want_count, want_cols) = _both(lambda: SA.filter_columns(col, win, tot, alpha, cap))
