@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                     if not P.get_pattern(heads_plan[heads[0]].pattern).dynamic:
                         static_parts += 1
                         P.build_part(q, k, plan, heads)
-        rows.append({"n": n, "cached_mib": cached_bytes() / 2**20, "made_again": sum(c.made for c in CACHES) - made,
+        rows.append({"n": n, "cached_bytes": cached_bytes(), "cached_mib": cached_bytes() / 2**20, "made_again": sum(c.made for c in CACHES) - made,
                      "parts": parts, "static_parts": static_parts, "cache_cap_mib": _common.STATIC_CACHE_BYTES / 2**20})
         r = rows[-1]
-        print(f"{n:>8d}: static caches hold {r['cached_mib']:7.1f} MiB (cap {r['cache_cap_mib']:.0f} MiB a cache), "
+        print(f"{n:>8d}: static caches hold {r['cached_bytes']:>10,d} bytes (cap {r['cache_cap_mib']:.0f} MiB a cache), "
               f"{r['made_again']} static values made again a call; {r['parts']} kernel parts a prefill, "
               f"{r['static_parts']} of them static", flush=True)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"static_cache_{Path(args.db).stem}.json"

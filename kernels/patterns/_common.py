@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..index import SparseIndex, num_q_blocks
+from ..index import BlockRanges, SparseIndex, num_q_blocks
 
 INT32_BIG = torch.iinfo(torch.int32).max
 
@@ -271,7 +271,7 @@ STATIC_CACHE_STALE_READS = 256
 
 
 def held_bytes(value) -> int:
-    """Bytes of the tensors ``value`` holds (a tensor, a SparseIndex, or tuples and lists of
+    """Bytes of the tensors ``value`` holds (a tensor, a SparseIndex or BlockRanges, or tuples and lists of
     them), each storage counted once."""
     storages: dict = {}
 
@@ -280,6 +280,8 @@ def held_bytes(value) -> int:
             storages[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
         elif isinstance(v, SparseIndex):
             walk((*v.tensors(), v.window))
+        elif isinstance(v, BlockRanges):
+            walk((v.spans, v.window))
         elif isinstance(v, (tuple, list)):
             for item in v:
                 walk(item)
