@@ -2,7 +2,8 @@
 
 The last stage of the pipeline (find sites -> resolve plan -> build index -> one kernel): one
 program computes ``BLOCK_M`` query rows (``index.block_m`` or a divisor of it) of one query
-head, reading the index row of their query block:
+head, reading the index row of their query block (or, for a ``BlockRanges``, computing its
+blocks from the head's two spans: the static patterns keep no index):
   stage 0  load the query tile once;
   stage 1  online softmax over the listed key blocks wholly at or below the query block's first
            row: no masks, no bounds checks (the flash-attention loop);
