@@ -236,10 +236,11 @@ def _cost_gate(cfg: SiteConfig, plan: LayerPlan, window: int, q, tail_rows: int,
 
 def sparse_call(cfg: SiteConfig, plan: LayerPlan, q, k, v, scale, tail_rows: int = 0, site_cost=None):
     """Build the index and run the kernel one part at a time (``patterns.index_parts``: each
-    online pattern's heads and the static heads of alike widths, split where an index would pass
-    :func:`index_budget`), each part's index built, run over its heads of the one output and
-    freed before the next, so no layer-wide index is padded to its widest head or copied
-    together; then recompute the last ``tail_rows`` rows densely (kernels/tail.py)."""
+    online pattern's heads, split where an index would pass :func:`index_budget`, and the static
+    heads as one ``BlockRanges`` whose blocks the kernel computes), each part's index built, run
+    over its heads of the one output and freed before the next, so no layer-wide index is padded
+    to its widest head or copied together; then recompute the last ``tail_rows`` rows densely
+    (kernels/tail.py)."""
     build_part, sparse_attention_into = _sparse_backend()
     from .kernels.index import BlockRanges
     from .kernels.patterns import index_parts

@@ -114,7 +114,7 @@ def test_launches_follow_the_patterns_not_the_budgets():
     few, many = plan(2), plan(9)
     assert [len(P._groups(p)) for p in (few, many)] == [4, 5]      # one per online pattern, one per A-shape budget
     for p in (few, many):
-        P.build_layer_index(q, k, p)                                          # static parts built and kept
+        P.build_layer_index(q, k, p)                                          # warm: Triton, the kept spans
     assert _ops(lambda: P.build_layer_index(q, k, many)) == _ops(lambda: P.build_layer_index(q, k, few))
 
     static = LayerPlan(tuple(HeadPlan("a_shape", {"n_init": 64, "n_local": 64 * (1 + i)}) for i in range(12))
