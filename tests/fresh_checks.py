@@ -349,6 +349,62 @@ def mixed_budgets_interpreted():
         assert torch.equal(index_to_mask(a, n), alone), n
 
 
+# --- what the Triton kernels are launched with ---------------------------------------------------------
+def record_kernel_launches():
+    """Under Triton's interpreter, one sparse call of a layer that mixes every pattern (bf16, GQA
+    3:1, the builders' Triton paths): each kernel launch's name and argument types, written as
+    JSON to $MCOMPILE_LAUNCHES_OUT for test_compile_hopper.py to compile for the GPU."""
+    import inspect
+    import json
+
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    from mcompile import runtime
+    from mcompile.kernels import ops
+    from mcompile.kernels.patterns import _common as C
+    from mcompile.plan import HeadPlan, LayerPlan
+
+    launches = []
+    run = InterpretedFunction.run
+
+    def typed(value):
+        if isinstance(value, torch.Tensor):
+            return "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
+                          torch.int32: "i32", torch.int64: "i64", torch.bool: "i1", torch.uint8: "u8"}[value.dtype]
+        if isinstance(value, TensorDescriptor):
+            return f"tensordesc<{typed(value.base)[1:]}{list(value.block_shape)}>"
+        if isinstance(value, bool):
+            return "i1"
+        if isinstance(value, int):
+            return "i32" if -2**31 <= value < 2**31 else "i64"
+        if isinstance(value, float):
+            return "fp32"
+        return None
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        fn = self.fn
+        params = list(inspect.signature(fn).parameters.values())
+        constexpr = {p.name for p in params if "constexpr" in str(p.annotation)}
+        values = dict(zip((p.name for p in params), args)) | {k: v for k, v in kwargs.items() if k in {p.name for p in params}}
+        launches.append({"module": fn.__module__, "name": fn.__name__,
+                         "signature": {k: "constexpr" if k in constexpr or v is None else typed(v) for k, v in values.items()},
+                         "constexprs": {k: v for k, v in values.items() if k in constexpr or v is None},
+                         "options": {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages", "enable_fp_fusion")}})
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording
+    ops.set_cpu_backend("triton")
+    plan = LayerPlan((HeadPlan("vertical_slash", {"vertical_size": 30, "slash_size": 100}), HeadPlan("dense"),
+                      HeadPlan("a_shape", {"n_init": 64, "n_local": 128}), HeadPlan("block_sparse", {"top_k": 3}),
+                      HeadPlan("sample_attention"), HeadPlan("sliding_window", {"window": 100})))
+    q, k = C.planted_qk(700, heads=6, kv_heads=2, d=64, hot_columns=[3, 100], diagonals=[40], dtype=torch.bfloat16)
+    cfg = runtime.SiteConfig(key="launches", layer=0, plan=plan, min_len=16)
+    runtime.sparse_call(cfg, plan, q, k, k, None, tail_rows=64)
+    kinds = {(launch["name"], json.dumps(launch["constexprs"], sort_keys=True, default=str)): launch for launch in launches}
+    Path(os.environ["MCOMPILE_LAUNCHES_OUT"]).write_text(json.dumps(list(kinds.values()), default=str))
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
     print(f"{sys.argv[1]}: ok")
