@@ -32,12 +32,14 @@ from mcompile.runtime import index_budget
 from pattern_db.io import loads
 
 
-CACHES = (P._static_indexes, P._block_ranges)
+def caches():
+    """The static caches, as the patterns module holds them now."""
+    return P._static_indexes, P._block_ranges
 
 
 def cached_bytes() -> int:
     """Bytes the static caches hold, each storage once."""
-    return _common.held_bytes([entry[0] for cache in CACHES for entry in cache.recent.values()])
+    return _common.held_bytes([entry[0] for cache in caches() for entry in cache.recent.values()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         q = torch.empty(1, model.num_heads, n, model.head_dim, dtype=torch.bfloat16)
         k = torch.empty(1, model.num_kv_heads, n, model.head_dim, dtype=torch.bfloat16)
         for _ in range(3):
-            made = sum(cache.made for cache in CACHES)
+            made = sum(cache.made for cache in caches())
             parts = static_parts = 0
             for plan in plans:
                 if plan is None or plan.is_dense:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not P.get_pattern(heads_plan[heads[0]].pattern).dynamic:
                         static_parts += 1
                         P.build_part(q, k, plan, heads)
-        rows.append({"n": n, "cached_bytes": cached_bytes(), "cached_mib": cached_bytes() / 2**20, "made_again": sum(c.made for c in CACHES) - made,
+        rows.append({"n": n, "cached_bytes": cached_bytes(), "cached_mib": cached_bytes() / 2**20, "made_again": sum(c.made for c in caches()) - made,
                      "parts": parts, "static_parts": static_parts, "cache_cap_mib": _common.STATIC_CACHE_BYTES / 2**20})
         r = rows[-1]
         print(f"{n:>8d}: static caches hold {r['cached_bytes']:>10,d} bytes (cap {r['cache_cap_mib']:.0f} MiB a cache), "
