@@ -405,6 +405,54 @@ def record_kernel_launches():
     Path(os.environ["MCOMPILE_LAUNCHES_OUT"]).write_text(json.dumps(list(kinds.values()), default=str))
 
 
+def compile_for_hopper():
+    """Every launch $MCOMPILE_LAUNCHES_OUT lists (record_kernel_launches), and the sparse kernel
+    over BlockRanges through TMA descriptors (d128), compiled for sm_90 down to a cubin with
+    Triton's compiler and the ptxas it ships: no GPU. Skipped (passes) on a Triton whose
+    ahead-of-time entry points moved."""
+    import importlib
+    import inspect
+    import json
+
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        return
+    hopper = GPUTarget("cuda", 90, 32)
+    # what the interpreter launches with and the GPU does not: bf16 dots in fp32, IEEE precision
+    on_the_gpu = {"DOT_FP32": False, "DOT_PRECISION": "tf32", "DOT_IEEE": False}
+
+    def compile_(kernel, signature, constexprs, **options):
+        try:
+            compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=hopper,
+                                      options=options)
+        except Exception as e:
+            raise AssertionError(f"{kernel.fn.__name__} {constexprs}: {e}") from e
+        assert compiled.asm["ptx"] and compiled.asm["cubin"], kernel.fn.__name__
+
+    launches = json.loads(Path(os.environ["MCOMPILE_LAUNCHES_OUT"]).read_text())
+    names = {launch["name"] for launch in launches}
+    assert {"_sparse_attn_fwd", "_vs_sums", "_vs_columns", "_bs_select", "_sa_select", "_tail_partial"} <= names
+    assert {launch["constexprs"]["RANGES"] for launch in launches if launch["name"] == "_sparse_attn_fwd"} == {True, False}
+    for launch in launches:
+        kernel = getattr(importlib.import_module(launch["module"]), launch["name"])
+        compile_(kernel, launch["signature"], {k: on_the_gpu.get(k, v) for k, v in launch["constexprs"].items()},
+                 **launch["options"])
+    from mcompile.kernels import sparse_attention as sparse
+    pointers = {**{n: "*bf16" for n in ("Q", "K", "V", "Out")}, "Lse": "*fp32", "qk_scale": "fp32",
+                **{n: "*i32" for n in ("BlockCount", "BlockOffset", "ColumnCount", "ColumnIndex", "Spans", "Window",
+                                       "Heads")},
+                "K_desc": "tensordesc<bf16[1,1,64,128]>", "V_desc": "tensordesc<bf16[1,1,64,128]>"}
+    constexprs = dict(HEAD_DIM=128, INDEX_BLOCK_M=64, BLOCK_M=64, INDEX_BLOCK_N=64, BLOCK_N=64, NUM_DIAG=2,
+                      RETURN_LSE=False, HAS_WINDOW=False, HAS_HEADS=True, RANGES=True, USE_TMA=True, WARP_SPEC=False,
+                      DOT_PRECISION="tf32", DOT_FP32=False)
+    signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32")
+                 for n in inspect.signature(sparse._sparse_attn_fwd.fn).parameters}
+    compile_(sparse._sparse_attn_fwd, signature, constexprs, num_warps=4, num_stages=3)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
     print(f"{sys.argv[1]}: ok")
