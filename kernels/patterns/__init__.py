@@ -160,16 +160,13 @@ def index_parts(layer_plan, n: int, batch: int = 1, budget: int | None = None, b
         sizes = head_sizes(n, layer_plan, block_m, block_n)
         plans = _plan_heads(layer_plan)
 
-        def padded(heads) -> int:       # every head's lists as wide as the widest's
-            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads),
-                                      max(sizes[h][1] for h in heads), block_m)
-
         def cost(heads) -> int:
             if all(get_pattern(plans[h].pattern).spans is not None for h in heads):
                 return 0                    # BlockRanges: no index, never split
+            columns = max(sizes[h][1] for h in heads)
             if all(get_pattern(plans[h].pattern).broadcast_lists for h in heads):
-                return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + max(sizes[h][1] for h in heads))
-            return padded(heads)
+                return 4 * batch * len(heads) * (2 * num_q_blocks(n, block_m) + columns)
+            return index_memory_bytes(batch, len(heads), n, max(sizes[h][0] for h in heads), columns, block_m)
 
         parts = [heads for name, _, heads in groups if get_pattern(name).dynamic]
         ranged = sorted(h for name, _, heads in groups if get_pattern(name).spans is not None for h in heads)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..index import BlockRanges, SparseIndex, num_q_blocks
+from ..index import BlockRanges, SparseIndex, num_q_blocks, span_blocks
 
 INT32_BIG = torch.iinfo(torch.int32).max
 
@@ -207,30 +207,6 @@ def compact(values: torch.Tensor, keep: torch.Tensor, width: int | None = None
     return count, out[..., :L]
 
 
-def tile_ranges(starts: torch.Tensor, ends: torch.Tensor, max_per_range: Sequence[int],
-                block_n: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocks covering key ranges ``[starts[..., r], ends[..., r])`` tiled forward from each
-    start: starts ``s, s + block_n, ...`` while ``< end``. Ranges must be sorted and the tiling
-    of one must end at or before the next start (the caller guarantees it). Returns
-    (count int32 (...), offsets int32 (..., width)); ``width`` (default ``sum(max_per_range)``)
-    must bound the number of blocks of any row."""
-    parts, valid = [], []
-    for r, mx in enumerate(max_per_range):
-        if mx <= 0:
-            continue
-        j = torch.arange(mx, device=starts.device, dtype=torch.int64) * block_n
-        offs = starts[..., r:r + 1] + j
-        parts.append(offs)
-        valid.append(offs < ends[..., r:r + 1])
-    if not parts:
-        shape = starts.shape[:-1]
-        return (torch.zeros(shape, dtype=torch.int32, device=starts.device),
-                torch.zeros(*shape, 0, dtype=torch.int32, device=starts.device))
-    offs = torch.cat(parts, -1)
-    keep = torch.cat(valid, -1)
-    return compact(offs, keep, width)
-
-
 def static_index(count: torch.Tensor, offsets: torch.Tensor, batch: int, heads: int,
                  block_m: int, block_n: int) -> SparseIndex:
     """An index whose blocks are the same for every (batch, head): (NQB,) counts and
@@ -248,12 +224,11 @@ def window_blocks(n: int, window: int, block_m: int, block_n: int, device
     """Blocks covering, for each query block, the union of its rows' windows
     ``[r - window + 1, r]``: keys ``[max(0, start - window + 1), last]``, tiled forward from the
     first key (the last block may run past the diagonal; the kernel masks it).
-    Returns (count (NQB,), offsets (NQB, MAX), w0 (NQB,) int64 first key)."""
-    start, last = q_blocks(n, block_m, device)
-    w0 = torch.clamp(start - (window - 1), min=0)
-    mx = min(cdiv(window - 1 + block_m, block_n), cdiv(n, block_n))
-    count, offs = tile_ranges(w0.unsqueeze(-1), (last + 1).unsqueeze(-1), [mx], block_n)
-    return count, offs, w0
+    Returns (count (NQB,), offsets (NQB, MAX), w0 (NQB,) int64 first key): the blocks are
+    :func:`~mcompile.kernels.index.span_blocks` with no sinks, as a sliding window's."""
+    start, _ = q_blocks(n, block_m, device)
+    count, offs = span_blocks(n, 0, window, block_m, block_n, device=device)
+    return count, offs, torch.clamp(start - (window - 1), min=0)
 
 
 # What the static caches may hold in all, per cache: what they keep stays allocated between
