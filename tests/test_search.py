@@ -244,6 +244,33 @@ def test_search_scores_roundtrip_and_determinism():
     np.testing.assert_allclose(again.cost, a.cost, atol=1e-6)
 
 
+def test_scores_priced_again_from_their_density():
+    """``SearchScores.priced``: every candidate's cost from the density it computed, as
+    ``score_sample`` prices it (the measured GPU time at the price length, or without a cost
+    model the density plus the builder's score work); scores without densities are refused."""
+    from mcompile.kernels.cost_model import shipped
+    from mcompile.pattern_db.cost import relative_time
+    n = 4096
+    cands = make_candidates(n, (0.1, 0.3), None)
+    rng = np.random.default_rng(3)
+    density = rng.uniform(0.05, 0.9, (2, len(cands), 3))
+    scores = SearchScores(length=n, candidates=cands, layers=[0, 1], num_heads=3, cost=density * 0 - 1,
+                          recall=density, error=1 - density, density=density)
+    blocks = scores.priced(64)
+    for j, c in enumerate(cands):
+        assert np.allclose(blocks.cost[:, j], density[:, j] + build_overhead(c.pattern, c.params, n))
+    assert np.array_equal(scores.cost, density * 0 - 1) and blocks.density is density
+    model = shipped()
+    if model is not None:
+        timed = scores.priced(64, model, 32768)
+        i, j, h = 1, len(cands) - 1, 2
+        assert timed.cost[i, j, h] == relative_time(model, cands[j].pattern, density[i, j, h], 32768, 64, 3)
+        assert not np.allclose(timed.cost, scores.priced(64, model, 8192).cost)
+    with pytest.raises(ValueError, match="no densities"):
+        SearchScores(length=n, candidates=cands, layers=[0], num_heads=3, cost=density[:1], recall=density[:1],
+                     error=density[:1]).priced(64)
+
+
 def test_prompt_windows_are_deterministic_and_split_calibration_from_heldout():
     tokens = list(range(100_000))
     a = prompt_windows(tokens, 1000, 4, seed=3, bos=7)
@@ -438,4 +465,12 @@ def test_search_at_two_lengths_fits_laws_through_the_chosen_budgets(tmp_path, ca
     assert not any(isinstance(v, Law) for layer in alone.layers[:2] for head in layer.heads for v in head.params.values())
     assert main([*args, "--lengths", "4096", "--out", str(tmp_path / "x.json")]) == 1
     assert "no scores at [4096]; it has [1024, 2048]" in capsys.readouterr().err
+    # another price length: every candidate priced again from the density it computed
+    at8k, details8k = tmp_path / "at8k.json", tmp_path / "details8k.json"
+    assert main([*args, "--price-length", "8192", "--out", str(at8k), "--details", str(details8k)]) == 0
+    assert load_db(at8k).provenance.budget["priced_at"] == 8192
+    repriced = np.array(json.loads(details8k.read_text())["scores"]["cost"])
+    assert np.allclose(repriced, result.scores.priced(64, shipped(), 8192).cost, atol=1e-6)
+    if shipped() is not None:     # a head's GPU time against dense's depends on the length
+        assert not np.allclose(repriced, result.scores.cost, atol=1e-3)
     torch._dynamo.reset()

@@ -130,7 +130,9 @@ def reselect(args: argparse.Namespace, config):
     """The plan at ``config``'s budget from the scores in ``args.from_details``; the calibration
     (samples, text, seed, levels) is the scored search's, whatever the other flags say, and so
     are its lengths unless ``--lengths`` picks some of them (the plan then chosen at the longest
-    picked, the laws fitted across those picked)."""
+    picked, the laws fitted across those picked). ``--cost`` and ``--price-length`` are this
+    call's: where they differ from the search's, every candidate is priced again from the
+    density it computed (``SearchScores.priced``)."""
     import dataclasses
 
     from transformers import AutoConfig
@@ -165,6 +167,15 @@ def reselect(args: argparse.Namespace, config):
     hf_config = AutoConfig.from_pretrained(checkpoint_dir(args.model))
     name = args.name or KNOWN_NAMES.get(args.model) or Path(args.model).name
     identity = ModelIdentity.from_hf_config(hf_config, name=name)
+    pricing = (config.cost, config.price_length)
+    if (scored.get("cost", config.cost), scored.get("price_length", config.price_length)) != pricing:
+        from mcompile.kernels.cost_model import shipped
+        model = shipped() if config.cost == "time" else None
+        try:
+            scores, *shorter = (s.priced(identity.head_dim, model, config.price_length) for s in (scores, *shorter))
+        except ValueError as e:
+            raise ValueError(f"--from-details: {path}: --cost {config.cost} --price-length {config.price_length} "
+                             f"differ from the search's, and {e}") from None
     command = getattr(args, "command_line", None) or command_line()
     return select(identity, scores, config, offsets=details.get("offsets", []), timings=details.get("timings"),
                   command=command, shorter=shorter)

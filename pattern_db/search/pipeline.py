@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -176,6 +176,18 @@ class SearchScores:
     def kernel_density(self) -> np.ndarray:
         return self.cost if self.density is None else self.density
 
+    def priced(self, head_dim: int, cost_model=None, price_length: int | None = None) -> "SearchScores":
+        """These scores with every candidate priced again from the density it computed
+        (``candidate_costs``): a plan re-selected from a details file at another price length or
+        cost is priced as a search with those options would price it. Scores that recorded no
+        density (older details files) cannot be, and are refused."""
+        if self.density is None:
+            raise ValueError("these scores hold no densities (a details file from before they were recorded): "
+                             "they can only be used as they were priced")
+        cost = np.stack([candidate_costs(self.candidates, layer, self.length, head_dim, self.num_heads,
+                                         cost_model, price_length) for layer in self.density])
+        return replace(self, cost=cost.reshape(self.density.shape))
+
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "SearchScores":
         return cls(length=obj["length"], candidates=[Candidate.from_obj(c) for c in obj["candidates"]],
@@ -233,26 +245,30 @@ def _sample_attention_scores(q, k, params: Sequence[dict], scale) -> dict:
     return out
 
 
+def candidate_costs(candidates: Sequence[Candidate], density: np.ndarray, n: int, head_dim: int, heads: int,
+                    cost_model=None, price_length: int | None = None) -> np.ndarray:
+    """(C, H) cost of each candidate on each head from the density it computed at length n: the
+    head's GPU time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``)
+    at ``price_length`` (default: n), or without a model the density plus the index builder's
+    own score work (``build_overhead``)."""
+    from ..cost import relative_time
+    if cost_model is None:
+        return density + np.array([build_overhead(c.pattern, c.params, n) for c in candidates])[:, None]
+    at = price_length or n
+    return np.array([[relative_time(cost_model, c.pattern, float(x), at, head_dim, heads) for x in row]
+                     for c, row in zip(candidates, density)])
+
+
 def score_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Candidate], *,
                  scale: float | None = None, max_query_blocks: int | None = None,
                  cost_model=None, price_length: int | None = None) -> tuple[np.ndarray, int]:
-    """One layer of one sample: (4, C, H) array of cost, recall, output error and density (the
-    kernel's computed tiles of dense causal); and the rows scored. The cost is the head's GPU
-    time of dense attention's from ``cost_model`` (``pattern_db.cost.relative_time``) at
-    ``price_length`` (default: this length) with the density measured here, or without a model
-    the density plus the index builder's own score work (``build_overhead``)."""
-    from ..cost import relative_time
+    """One layer of one sample: (4, C, H) array of cost (``candidate_costs``), recall, output
+    error and density (the kernel's computed tiles of dense causal); and the rows scored."""
     n = q.shape[2]
     idx = build_indexes(q, k, candidates, scale)
     ls = score_layer(q, k, v, idx, scale=scale, query_blocks=scored_query_blocks(n, max_query_blocks))
     density = ls.cost.numpy()
-    if cost_model is None:
-        cost = density + np.array([build_overhead(c.pattern, c.params, n) for c in candidates])[:, None]
-    else:
-        d, heads = q.shape[-1], q.shape[1]
-        at = price_length or n
-        cost = np.array([[relative_time(cost_model, c.pattern, float(x), at, d, heads) for x in row]
-                         for c, row in zip(candidates, density)])
+    cost = candidate_costs(candidates, density, n, q.shape[-1], q.shape[1], cost_model, price_length)
     return np.stack([cost, ls.recall.numpy(), ls.error.numpy(), density]), ls.rows
 
 
