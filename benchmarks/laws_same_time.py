@@ -67,11 +67,12 @@ def matched_budget(args, work: Path, goal: float) -> tuple[float, Path]:
 
 
 def evaluate(args, db: Path, out: Path) -> dict:
+    """``mcompile eval``'s JSON for the plan in ``db`` at the target length."""
     argv = ["eval", "--model", args.model, "--length", str(args.target), "--windows", str(args.windows),
             "--db", str(db), "--device", args.device, "--out", str(out)]
     if mcompile_main(argv) != 0:
         raise SystemExit(f"mcompile {' '.join(argv)} failed")
-    return json.loads(out.read_text())["perplexity"]
+    return json.loads(out.read_text())
 
 
 def main(argv=None) -> int:
@@ -95,12 +96,12 @@ def main(argv=None) -> int:
     goal = costs(short_db, [args.target])[args.target]["time_vs_dense"]
     target_budget, target_db = matched_budget(args, args.work, goal)
     plans = {"short": (args.budget, short_db), "target": (target_budget, target_db)}
-    rows = {}
+    rows, evaluated = {}, {}
     for name, (budget, db) in plans.items():
+        evaluated = evaluate(args, db, args.work / f"eval_{name}.json")
         rows[name] = {"calibration": short if name == "short" else [args.target], "budget": round(budget, 4),
                       "cost": costs(db, [short[0], args.target]), "db": json.loads(db.read_text()),
-                      "eval": evaluate(args, db, args.work / f"eval_{name}.json")}
-    evaluated = json.loads((args.work / "eval_short.json").read_text())
+                      "eval": evaluated["perplexity"]}
     result = {"benchmark": "laws_same_time", "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/laws_same_time.py", *(argv or sys.argv[1:])]),
               "model": args.model, "target": args.target, "device": evaluated.get("device", args.device),
