@@ -205,38 +205,24 @@ if HAS_TRITON:
         return ncand, mass
 
     @triton.jit
-    def _alpha_cut(cols, vals, ncand, need, mass, CHUNK: tl.constexpr, CUT_CHUNK: tl.constexpr):
+    def _alpha_cut(cols, vals, ncand, need, mass, CHUNK: tl.constexpr):
         """Of the ``ncand`` candidates (ascending columns ``cols``, their scores ``vals``,
         ``mass`` their sum), the fewest by score, equal scores lower column first, whose mass
         reaches ``need`` (all of them when none does), compacted in place in ascending column
-        order. Returns how many. The threshold key is found 4 bits a pass: each pass sums the
-        candidates' scores by their next 4 bits into 16 bins, ``CUT_CHUNK`` rows of them held
-        in registers over the chunks, so a pass ends in one reduction (8 of them; one bit a
-        pass took 32, and one sort in registers measured slower still on the H100: 336 against
-        184 us at 32K for 9 heads of 3277 candidates, benchmarks/build_stages.py)."""
+        order. Returns how many. The threshold key is found one bit a pass over the candidates,
+        ``CHUNK`` at a time (one sort in registers instead measured slower on the H100: 336
+        against 184 us at 32K for 9 heads of 3277 candidates, benchmarks/build_stages.py)."""
         # the fewest of them by score reaching `need`: the largest key t with mass(key >= t)
-        # >= need, digit by digit from the top (the largest digit whose mass, with the mass of
-        # the keys above the digits fixed so far, reaches need), then as many of the scores
-        # equal to t as `need` still takes
-        bins = tl.arange(0, 16)
+        # >= need, one bit a pass, then as many of the scores equal to t as `need` still takes
         t = tl.zeros([], tl.int64)
-        above = tl.zeros([], tl.float64)        # mass of the keys above t's digits fixed so far
-        for p in tl.static_range(8):
-            shift = 28 - 4 * p
-            acc = tl.zeros([CUT_CHUNK, 16], tl.float64)
-            for c0 in range(0, ncand, CUT_CHUNK):
-                offs = c0 + tl.arange(0, CUT_CHUNK)
-                ok = offs < ncand
-                s = tl.load(vals + offs, mask=ok, other=0.0)
-                key = order_keys(s)
-                match = ok & ((key >> (shift + 4)) == (t >> (shift + 4)))
-                key_bin = (key >> shift) & 15
-                acc += tl.where(match[:, None] & (key_bin[:, None] == bins[None, :]), s.to(tl.float64)[:, None], 0.0)
-            hist = tl.sum(acc, 0)                                                   # (16,)
-            at_least = above + tl.sum(tl.where(bins[None, :] >= bins[:, None], hist[None, :], 0.0), 1)
-            digit = tl.max(tl.where(at_least >= need, bins, 0), 0)
-            above += tl.sum(tl.where(bins > digit, hist, 0.0), 0)
-            t += digit.to(tl.int64) << shift
+        for b in tl.static_range(32):
+            cand = t + (1 << (31 - b))
+            above = tl.zeros([], tl.float64)
+            for c0 in range(0, ncand, CHUNK):
+                offs = c0 + tl.arange(0, CHUNK)
+                s = tl.load(vals + offs, mask=offs < ncand, other=0.0)
+                above += tl.sum(tl.where((offs < ncand) & (order_keys(s) >= cand), s.to(tl.float64), 0.0), 0)
+            t = tl.where(above >= need, cand, t)
         mass_gt = tl.zeros([], tl.float64)
         n_eq = tl.zeros([], tl.int32)
         v_t = tl.zeros([], tl.float64)
@@ -270,7 +256,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _sa_select(COL, WIN, TOT, HEAD_ALPHA, HEAD_CAP, HEADS, COLS, VALS, COUNT, N, WIDTH,
-                   stride_cols, stride_vals, CHUNK: tl.constexpr, CUT_CHUNK: tl.constexpr):
+                   stride_cols, stride_vals, CHUNK: tl.constexpr):
         """Stage 2 for one row of column scores: the fewest top-scored columns whose mass with
         the window's reaches ``alpha`` of the total, at most the head's cap, ascending, then
         INT32_BIG; their number in COUNT. Equal scores count by position, lowest first."""
@@ -286,7 +272,7 @@ if HAS_TRITON:
         if need > 0.0:
             ncand, mass = _top_candidates(COL + bh * N, cols, vals, N, cap, CHUNK)
             tl.debug_barrier()      # the candidates are read back by other threads below
-            kept = _alpha_cut(cols, vals, ncand, need, mass, CHUNK, CUT_CHUNK)
+            kept = _alpha_cut(cols, vals, ncand, need, mass, CHUNK)
         tl.debug_barrier()
         for c0 in range(kept, WIDTH, CHUNK):
             offs = c0 + tl.arange(0, CHUNK)
@@ -295,7 +281,6 @@ if HAS_TRITON:
 
 
 SELECT_CHUNK = 8192      # column scores one program of _sa_select holds at a time
-CUT_CHUNK = 256          # candidates in the alpha cut's (CUT_CHUNK, 16) fp64 bins (1024 spills 1.5 KB at 16 warps, sm90)
 SELECT_WARPS = 16
 
 
@@ -310,7 +295,6 @@ def filter_columns(col, win, tot, head_alpha, head_cap, widest: int):
     count = torch.empty(B, Hg, dtype=torch.int32, device=col.device)
     col = col.contiguous()
     _sa_select[(B * Hg,)](col, win.contiguous(), tot.contiguous(), head_alpha, head_cap, head_cap.numel(), cols,
-                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK,
-                          CUT_CHUNK=min(SELECT_CHUNK, CUT_CHUNK), num_warps=SELECT_WARPS,
+                          vals, count, N, widest, widest, widest, CHUNK=SELECT_CHUNK, num_warps=SELECT_WARPS,
                           enable_fp_fusion=False)   # alpha * total - window rounded as torch rounds it: no FMA
     return count, cols
