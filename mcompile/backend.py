@@ -4,8 +4,9 @@ Found through the ``torch_dynamo_backends`` entry point (pyproject.toml), so
 ``torch.compile(model, backend="minference")`` needs no ``import mcompile``. This module must
 not call ``register_backend`` for the same name (Dynamo asserts on duplicates).
 
-find sites -> resolve plan -> rewrite into mcompile::attention -> Inductor, each distinct decoder
-layer compiled once (passes/layerwise.py; the flat graph where that does not apply).
+find sites -> resolve plan -> [compress the returned cache] -> rewrite into mcompile::attention ->
+Inductor, each distinct decoder layer compiled once (passes/layerwise.py; the flat graph where
+that does not apply).
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import torch
 import torch.fx as fx
 
 from . import attention_op  # noqa: F401  (registers mcompile::attention)
+from . import kv_compress  # noqa: F401  (registers mcompile::kv_compress)
 from . import reporting as _report
 from .capture import CaptureWriter
 from .cuda_graphs import CudaGraphRunner
 from .options import Options
+from .passes.kv_compress import compress_cache_outputs
 from .passes.layerwise import compile_layerwise, float_inputs
 from .passes.rewrite import classify_site, rewrite_sites
 from .passes.sites import AttentionSite, find_attention_sites
@@ -132,16 +135,24 @@ def minference_backend(gm: fx.GraphModule, example_inputs: list[Any], options: d
     shard = head_shard(opts.tensor_parallel, example_inputs, sites[0].num_heads, sites[0].head_dim) if rewritten else None
     plan_for, source = resolve_plans(opts, sites, shard) if rewritten else (None, "-")
     capture = CaptureWriter.open(opts.capture_dir, opts.overwrite) if rewritten and opts.mode == "capture" else None
+    # the cache a prefill leaves, compressed (option kv_compress): before the rewrite, which
+    # erases the SDPA nodes the pass places its op after
+    kv = opts.kv_compression()
+    kv_outcome = compress_cache_outputs(gm, sites, kv.budget, kv.window, kv.kernel) if kv and rewritten else {}
     keys = {}
     for s in sites:
         keys[s.ordinal] = key = f"{graph_id}#{s.ordinal}"
         plan = plan_for(s.layer, s.num_heads) if s.rewrite else None
+        compressed = kv_outcome.get(s.ordinal) == "compressed"
         if s.rewrite:
             register_site(SiteConfig(key, s.layer, plan, opts.min_len, mask_recognised=s.mask is not None,
                                      dropout_p=float(s.dropout_p), capture=capture, debug=opts.debug,
                                      stats=opts.stats, dense_tail=opts.dense_tail, cost_model=opts.cost_model,
-                                     cuda_graphs=cuda_graphs))
-        _report.add_site(_row(key, graph_id, s, plan, shard))
+                                     cuda_graphs=cuda_graphs, kv_keep=kv.keep if compressed else 0))
+        row = _row(key, graph_id, s, plan, shard)
+        if kv is not None and s.rewrite:
+            row.kv_cache = kv.describe() if compressed else kv_outcome[s.ordinal]
+        _report.add_site(row)
     if rewritten:
         rewrite_sites(gm, sites, keys)
     log.info("graph %s: rewrote %d of %d attention site(s); plan from %s", graph_id, len(rewritten), len(sites),

@@ -36,6 +36,7 @@ class Options:
     cost_model: bool = True          # GPU: run dense where the measured cost model predicts sparse is slower
     cuda_graphs: bool = False        # GPU: replay each length's prefill as CUDA graphs (mode="reduce-overhead")
     tensor_parallel: Any = None      # None: detect head sharding from DTensor parameters; False; a 1-D DeviceMesh; {"degree", "rank"}
+    kv_compress: Any = None          # None, or {"method": "snapkv", "budget", "window", "kernel"} (mcompile/kv_compress.py)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "Options":
@@ -68,6 +69,7 @@ class Options:
             name = self.plan.get("pattern") if isinstance(self.plan, dict) else self.plan
             if not isinstance(name, str) or name not in PATTERNS:
                 raise bad("plan", f'None, a pattern name in {list(PATTERNS)}, or {{"pattern": name, **params}}')
+        self.kv_compression()
         if not isinstance(self.capture_dir, (str, os.PathLike)) or not str(self.capture_dir):
             raise bad("capture_dir", "a directory path")
         if not (isinstance(self.log, str) and self.log.lower() in LOG_LEVELS) and not isinstance(self.log, int):
@@ -83,6 +85,11 @@ class Options:
     @property
     def log_level(self) -> int:
         return self.log if isinstance(self.log, int) else getattr(logging, self.log.upper())
+
+    def kv_compression(self):
+        """The ``kv_compress`` option as a ``KVCompress``, or None; OptionError when bad."""
+        from .kv_compress import KVCompress   # here, not at the top: it imports torch
+        return KVCompress.from_option(self.kv_compress)
 
     def forced_plan(self) -> tuple[str, dict[str, Any]] | None:
         if self.plan is None:

@@ -50,6 +50,7 @@ class SiteRow:
     work: list = field(default_factory=lambda: [0, 0, 0])  # with options stats=True: computed blocks, columns, dense blocks
     head_plans: list = field(default_factory=list)        # one "pattern(k=v,...)" per query head
     shard: str = ""                # under tensor parallelism: "rank 1/2: heads 4-7" (the model's query heads)
+    kv_cache: str = ""             # with the kv_compress option: what the cache keeps ("kept 4160 of 32768", or why not)
 
 
 def format_value(value: Any) -> str:
@@ -119,6 +120,12 @@ def record_work(key: str, blocks: int, columns: int, dense_blocks: int) -> None:
         row.work = [row.work[0] + blocks, row.work[1] + columns, row.work[2] + dense_blocks]
 
 
+def record_kv_kept(key: str, kept: int, total: int) -> None:
+    row = _rows.get(key)
+    if row is not None:
+        row.kv_cache = f"kept {kept} of {total}"
+
+
 def reset() -> None:
     """Forget every site (the compiled graphs keep working; their rows come back when they compile again)."""
     with _lock:
@@ -149,7 +156,8 @@ class Report:
     def __str__(self) -> str:
         if not self.rows:
             return "mcompile: no attention sites compiled yet"
-        table = [COLUMNS]
+        kv = any(r.kv_cache for r in self.rows)
+        table = [COLUMNS + (("kv cache",) if kv else ())]
         graphs = []                      # (index into table where the graph's rows start, graph id)
         for r in self.rows:
             if not graphs or graphs[-1][1] != r.graph:
@@ -157,7 +165,7 @@ class Report:
             heads = f"{r.heads}/{r.kv_heads} d{r.head_dim}" + (f" ({r.shard})" if r.shard else "")
             site = (str(r.layer), heads, r.mask, r.plan)
             for decision, calls in (r.calls.most_common() or [(r.decision, 0)]):
-                table.append((*site, decision, str(calls)))
+                table.append((*site, decision, str(calls)) + ((r.kv_cache or "-",) if kv else ()))
         lines = text_table(table[0], table[1:])
         out = lines[:2]
         starts = dict(graphs)

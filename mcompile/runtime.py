@@ -62,6 +62,7 @@ class SiteConfig:
     dense_tail: int = 64            # the last this-many rows of a sparse call attend to every key
     cost_model: bool = True         # on the GPU, run dense where the measured cost model says sparse is slower
     cuda_graphs: bool = False       # calls replay from CUDA graphs: routes settle before recording, host time is free
+    kv_keep: int = 0                # the cache keeps at most this many of the call's keys (option kv_compress; 0: all)
     _sparse: dict | None = None     # window -> cached (plan, report line) of the sparse path
     _costs: dict | None = None      # window -> cost_gate.SiteCost
     _routes: dict = field(default_factory=dict)   # call signature -> settled route (see run_site)
@@ -344,6 +345,8 @@ def _settle_before_capture(cfg: SiteConfig, signature, q, k, v, q_offset, kv_off
 
 
 def run_site(cfg: SiteConfig, q, k, v, padding, q_offset, kv_offset, is_causal, window, scale):
+    if cfg.kv_keep:
+        _report.record_kv_kept(cfg.key, min(k.shape[2], cfg.kv_keep), k.shape[2])
     if cfg.capture is not None:
         cfg.capture.record(cfg.layer, q, k, v)
         _report.record_decision(cfg.key, "dense: capture mode")
