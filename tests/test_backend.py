@@ -10,7 +10,7 @@ from mcompile import reporting
 from mcompile.eval.evaluate import layer_plans
 from fresh_checks import run_fresh
 from plan_reference import plan_logits
-from tiny_models import COMMON, FAMILIES, MAIN_FAMILIES, tiny_inputs, tiny_model
+from tiny_models import COMMON, FAMILIES, MAIN_FAMILIES, fresh_dynamo, tiny_inputs, tiny_model  # noqa: F401 (autouse)
 
 # MInference's default vertical-slash budgets cover every key at these tiny lengths: what runs
 # sparsely with it must equal dense.
@@ -22,12 +22,6 @@ DROPPING = {"min_len": 16, "dense_tail": 0, "plan": {"pattern": "a_shape", "n_in
 DROP_LEN = 384
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    reporting.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _logits(model, ids, mask, use_cache):

@@ -9,20 +9,13 @@ import transformers
 
 import mcompile
 from mcompile import kv_compress as KV
-from mcompile import reporting
-from tiny_models import tiny_inputs, tiny_model
+from tiny_models import fresh_dynamo, tiny_inputs, tiny_model  # noqa: F401 (autouse)
 
 BUDGET, WINDOW, KERNEL = 48, 16, 5
 OPTION = {"method": "snapkv", "budget": BUDGET, "window": WINDOW, "kernel": KERNEL}
 PROMPT = 200
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    reporting.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def reference_positions(q, k, budget, window, kernel, scale):

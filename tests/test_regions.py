@@ -8,19 +8,11 @@ import transformers
 
 import mcompile
 import mcompile.backend as backend
-from mcompile import reporting
-from tiny_models import COMMON, tiny_inputs
+from tiny_models import COMMON, fresh_dynamo, tiny_inputs  # noqa: F401 (autouse)
 
 SPARSE = {"min_len": 16, "plan": "vertical_slash"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    reporting.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _model(family: str = "llama", layers: int = 4):

@@ -1,6 +1,7 @@
 """Tiny random-weight decoder models built from transformers configs (no downloads)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 
@@ -35,3 +36,15 @@ def tiny_inputs(batch: int, length: int, pad: int = 0, seed: int = 1) -> tuple[t
         mask[1, :pad] = 0
         ids[1, :pad] = 0
     return ids, mask
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from nothing and reports only its own sites (autouse in every module
+    that imports it)."""
+    from mcompile import reporting     # here: fresh_checks.py checks a process that has not imported mcompile
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    reporting.reset()
+    yield
+    torch._dynamo.reset()
