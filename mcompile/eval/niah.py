@@ -79,12 +79,16 @@ def greedy(model, prefill, ids: torch.Tensor, max_new_tokens: int, eos: set[int]
     out = prefill(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
                   logits_to_keep=1)
     tokens = []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(tok))
         if tokens[-1] in eos:
             break
-        out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
+        # positions from the prompt's length, not the cache's: a compressed cache (option
+        # kv_compress) holds fewer positions than the prompt had
+        position = torch.tensor([ids.shape[1] + step], device=ids.device)
+        out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True, cache_position=position,
+                    position_ids=position[None])
     return tokens
 
 
