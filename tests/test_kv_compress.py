@@ -69,6 +69,32 @@ def test_positions_match_the_reference(case, monkeypatch):
         assert got[0, 0, :budget].tolist() == list(range(budget))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_planted_keys_are_kept_at_length(device):
+    """A long prompt (three chunks of scores) whose window attends to five planted keys far more
+    than to any other: the budget of five max-pool widths keeps exactly those keys and their
+    neighbours, whatever the precision (bf16 on the GPU)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = torch.Generator().manual_seed(11)
+    B, Hq, Hkv, N, D, window, kernel = 1, 4, 2, 40000, 64, 32, 7
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q = torch.randn(B, Hq, N, D, generator=g)
+    k = torch.randn(B, Hkv, N, D, generator=g)
+    direction = torch.nn.functional.normalize(torch.randn(Hkv, D, generator=g), dim=-1)
+    q[:, :, -window:] = 8 * direction.repeat_interleave(Hq // Hkv, 0)[None, :, None] \
+        + 0.1 * torch.randn(B, Hq, window, D, generator=g)
+    hot = [5, 9000, 17000, 25001, 39900]
+    k[:, :, hot] = 8 * direction[None, :, None]
+    budget = len(hot) * kernel
+    keys, values = torch.ops.mcompile.kv_compress(q.to(device, dtype), k.to(device, dtype), (2 * k).to(device, dtype),
+                                                  None, budget, window, kernel, D ** -0.5)
+    want = sorted(p for h in hot for p in range(h - kernel // 2, h + kernel // 2 + 1)) + list(range(N - window, N))
+    assert keys.shape == (B, Hkv, budget + window, D)
+    torch.testing.assert_close(keys.float().cpu(), k[:, :, want].to(dtype).float())
+    torch.testing.assert_close(values.float().cpu(), 2 * k[:, :, want].to(dtype).float())
+
+
 def test_op_keeps_the_chosen_keys_and_values():
     g = torch.Generator().manual_seed(3)
     q, k, v = torch.randn(1, 4, 120, 8, generator=g), torch.randn(1, 2, 120, 8, generator=g), torch.randn(1, 2, 120, 8, generator=g)
