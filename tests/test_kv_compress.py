@@ -211,3 +211,15 @@ def test_a_padded_batch_is_refused():
 def test_bad_options_are_named(value, message):
     with pytest.raises(mcompile.OptionError, match=message):
         mcompile.Options.from_dict({"kv_compress": value})
+
+
+def test_no_recompile_per_length():
+    """The kept length is min(N, budget + window) in the graph's shapes: lengths on either side
+    of it share one dynamic graph after the first, static one."""
+    compiled = torch.compile(tiny_model("llama"), backend="minference", options={"min_len": 16, "kv_compress": OPTION})
+    with torch.no_grad():
+        for n in (60, PROMPT, 260, 40):
+            ids, _ = tiny_inputs(1, n)
+            cache = compiled(ids, use_cache=True).past_key_values
+            assert [layer.keys.shape[2] for layer in cache.layers] == [min(n, BUDGET + WINDOW)] * 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
