@@ -17,7 +17,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from .sites import AttentionSite
+from .sites import AttentionSite, inherit_site_meta
 
 
 def _returned(output: fx.Node) -> set[fx.Node]:
@@ -56,8 +56,7 @@ def compress_cache_outputs(gm: fx.GraphModule, sites: list[AttentionSite], budge
             with graph.inserting_after(keys):
                 values = graph.call_function(operator.getitem, (kept, 1))
             for node in (kept, keys, values):
-                node.meta.update({k: site.node.meta[k] for k in ("stack_trace", "nn_module_stack", "source_fn_stack")
-                                  if k in site.node.meta})
+                inherit_site_meta(node, site.node)
             replace[site.key], replace[site.value] = keys, values
             outcome[site.ordinal] = "compressed"
     if replace:

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .masks import recognise_mask
-from .sites import AttentionSite, target_name, writes_in_place
+from .sites import AttentionSite, inherit_site_meta, target_name, writes_in_place
 
 
 def classify_site(site: AttentionSite) -> None:
@@ -77,8 +77,7 @@ def rewrite_sites(gm: fx.GraphModule, sites: list[AttentionSite], keys: dict[int
         )
         with graph.inserting_before(site.node):
             new = graph.call_function(op, args)
-        new.meta.update({k: site.node.meta[k] for k in ("stack_trace", "nn_module_stack", "source_fn_stack")
-                         if k in site.node.meta})
+        inherit_site_meta(new, site.node)
         site.node.replace_all_uses_with(new)
         graph.erase_node(site.node)
     # the recognised masks' subgraphs are dead now; in-place calls whose own result goes unused

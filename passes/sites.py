@@ -76,6 +76,13 @@ class AttentionSite:
         return "unrecognised"
 
 
+def inherit_site_meta(node: fx.Node, site_node: fx.Node) -> None:
+    """Label ``node`` as the site's call is labelled (its layer, for passes/layerwise.py; its
+    source line, for Inductor's comments)."""
+    node.meta.update({k: site_node.meta[k] for k in ("stack_trace", "nn_module_stack", "source_fn_stack")
+                      if k in site_node.meta})
+
+
 def _value(node: Any) -> Any:
     return node.meta.get("example_value") if isinstance(node, fx.Node) else None
 
