@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from mcompile.cli_types import length, lengths, names
 from mcompile.kernels import sparse_attention as sa
 from mcompile.kernels.index import SparseIndex, dense_causal_index, dense_causal_pairs, index_pairs
-from mcompile.kernels.patterns.vertical_slash import DEFAULTS as VS_DEFAULTS
+from mcompile.kernels.patterns.vertical_slash import MINFERENCE_COUNTS as VS_DEFAULTS
 from mcompile.kernels.sparse_attention import KernelConfig, sparse_attention
 from timing import time_ms  # benchmarks/timing.py
 

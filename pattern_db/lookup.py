@@ -30,7 +30,7 @@ from .io import load_db, read_json_file
 
 DATABASES_DIR = Path(__file__).with_name("databases")
 DEFAULT_PATTERN = vertical_slash.NAME
-DEFAULT_PARAMS: dict[str, int] = dict(vertical_slash.DEFAULTS)
+DEFAULT_PARAMS: dict[str, int] = dict(vertical_slash.MINFERENCE_COUNTS)
 
 
 def default_layer_plan(num_heads: int) -> LayerPlan:

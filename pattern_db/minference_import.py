@@ -25,8 +25,8 @@ from .identity import ModelIdentity
 from .io import read_json_file
 
 # MInference's own fallback for layers missing at the end of a file and heads missing in a layer
-MINFERENCE_DEFAULT = ("vertical_and_slash", vertical_slash.DEFAULTS["vertical_size"],
-                      vertical_slash.DEFAULTS["slash_size"])
+MINFERENCE_DEFAULT = ("vertical_and_slash", vertical_slash.MINFERENCE_COUNTS["vertical_size"],
+                      vertical_slash.MINFERENCE_COUNTS["slash_size"])
 SUPPORTED = ("vertical_and_slash", "stream_llm", "a_shape", "block_sparse", "dense")
 # MInference's block_sparse_kernel keeps the top 100 key blocks of 64 per query block
 BLOCK_SPARSE_TOP_K = 100

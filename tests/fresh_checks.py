@@ -182,7 +182,11 @@ def triton_builders_interpreted():
     # vertical-slash: scores (fused passes + diagonal skew) and the whole build
     for n, params, heads in [(300, {"vertical_size": 40, "slash_size": 120}, None),
                              (777, {"vertical_size": 0.05, "slash_size": 0.2}, [1, 2]),
-                             (40, {}, None), (129, {"vertical_size": 30, "slash_size": 1.0}, [3])]:
+                             (40, {}, None), (129, {"vertical_size": 30, "slash_size": 1.0}, [3]),
+                             # counts per (batch, head) from the scores' mass, under per-head caps
+                             (300, {"vertical_size": 100, "slash_size": 200, "coverage": 0.9}, None),
+                             (777, [{"vertical_size": 60, "slash_size": 150, "coverage": 0.6},
+                                    {"vertical_size": 400, "slash_size": 500, "coverage": 0.6}], [1, 2])]:
         q, k = C.planted_qk(n, heads=4, kv_heads=2, batch=2, d=128, hot_columns=[3, 30],
                             diagonals=[20, 90], local=2.0)
         (v1, s1), (v2, s2) = _both(lambda: VS.scores(q, k, heads))

@@ -147,3 +147,13 @@ def test_pooled_perplexity_over_windows():
     assert agg["perplexity_change"] == pytest.approx((440 ** 0.5) / 20 - 1)
     assert agg["top1_agreement"] == pytest.approx(0.85) and agg["density"] == pytest.approx(0.25)
     assert pooled([a])["perplexity_change"] == pytest.approx(0.1)
+
+
+def test_eval_plan_takes_a_name_or_a_json_object():
+    import argparse
+
+    from mcompile.eval.cli import plan_option
+    assert plan_option("vertical_slash") == "vertical_slash"
+    assert plan_option('{"pattern": "vertical_slash", "coverage": 0.9}') == {"pattern": "vertical_slash", "coverage": 0.9}
+    with pytest.raises(argparse.ArgumentTypeError, match="not a pattern name or a JSON object"):
+        plan_option('{"pattern": vertical_slash}')

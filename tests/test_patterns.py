@@ -90,7 +90,8 @@ def test_registry():
                                "block_sparse", "sample_attention"}
     for name, pat in P.PATTERNS.items():
         assert pat.name == name and callable(pat.build) and callable(pat.reference_mask)
-        assert pat.validate({}) == pat.defaults
+        # an optional parameter whose default is None (off) is left out
+        assert pat.validate({}) == {k: v for k, v in pat.defaults.items() if v is not None or k not in pat.optional}
     with pytest.raises(KeyError, match="unknown sparse pattern"):
         P.get_pattern("nope")
     with pytest.raises(ValueError, match="already registered"):
@@ -265,6 +266,82 @@ def test_vertical_slash_planted():
     # diagonals merge into ranges: the 100 forced ones alone cost 3 blocks per query block
     only_forced = VS.build(q, k, {"vertical_size": 30, "slash_size": 100})
     assert int(only_forced.block_count.max()) == 3
+
+
+def _fewest_holding(scores, forced, coverage, floor, cap):
+    """coverage_counts the obvious way, one (batch, head) at a time in float64: the forced
+    entries, then the others by score, until their sum reaches the fraction of the total."""
+    B, H, n = scores.shape
+    out = torch.zeros(B, H, dtype=torch.long)
+    for b in range(B):
+        for h in range(H):
+            row = scores[b, h].double()
+            need = coverage * float(row.sum())
+            held, count = float(row[:forced].sum()), min(forced, n)
+            for x in sorted(row[forced:].tolist(), reverse=True):
+                if held >= need:
+                    break
+                held, count = held + x, count + 1
+            head_cap = cap if isinstance(cap, int) else cap[h]
+            out[b, h] = min(max(count, floor), head_cap, n)
+    return out
+
+
+@pytest.mark.parametrize("coverage", [0.3, 0.9, 0.999, 1.0])
+def test_vertical_slash_coverage_counts_are_the_fewest_entries_holding_the_mass(coverage):
+    planted = C.planted_qk(1000, heads=2, batch=2, hot_columns=[5, 300, 700], diagonals=[150, 400], seed=3)
+    for q, k in (_random_qk(700), planted):
+        v, s = VS.reference_scores(q, k)
+        heads = v.shape[1]
+        for scores, forced, floor in ((v, VS.FORCED_COLUMNS, VS.MIN_VERTICAL), (s, VS.FORCED_DIAGONALS, VS.MIN_SLASH)):
+            for cap in (5000, [400, 120, 90, 700][:heads]):
+                got = VS.coverage_counts(scores, forced, coverage, floor, cap)
+                assert got.dtype == torch.int32
+                assert torch.equal(got.long(), _fewest_holding(scores, forced, coverage, floor, cap)), (coverage, cap)
+
+
+def test_vertical_slash_coverage_keeps_what_holds_the_mass_and_drops_the_rest():
+    """With ``coverage`` each (batch, head) takes the top of its own selection: fewer entries
+    where the mass is concentrated (planted heads), the caps where it is spread (random
+    heads). The index is the reference's (float64 scores, MInference's merge)."""
+    n = 4096
+    hot, diags = [300, 2700], [150, 1400]
+    q, k = C.planted_qk(n, heads=2, hot_columns=[5] + hot, diagonals=diags, seed=1)
+    capped = {"vertical_size": 600, "slash_size": 300}
+    params = {**capped, "coverage": 0.5}
+    ix, full = VS.build(q, k, params), VS.build(q, k, capped)
+    _check(ix, n)
+    assert torch.equal(_mask(ix, n), VS.reference_mask(q, k, params))
+    cols, dists = VS.selection(q, k, params)
+    full_cols, full_dists = VS.selection(q, k, capped)
+    v, s = VS.scores(q, k)
+    kv = VS.coverage_counts(v, VS.FORCED_COLUMNS, 0.5, VS.MIN_VERTICAL, 600)
+    ks = VS.coverage_counts(s, VS.FORCED_DIAGONALS, 0.5, VS.MIN_SLASH, 300)
+    assert bool((kv < 600).all()) and bool((ks < 300).all())              # concentrated: under the caps
+    for h in range(2):
+        assert set(hot) <= set(cols[0, h].tolist()) and set(diags) <= set(dists[0, h].tolist())
+        # the first counts of the capped selection, the rest dropped (INT32_BIG / the main diagonal)
+        top_cols = set(VS._top_per_head(v[:, h:h + 1] + (torch.arange(n) < VS.FORCED_COLUMNS) * VS._FORCE,
+                                        600, 600, 0)[0, 0, :int(kv[0, h])].tolist())
+        assert set(cols[0, h].tolist()) - {C.INT32_BIG} == top_cols
+        assert set(dists[0, h].tolist()) <= set(full_dists[0, h].tolist())
+        assert len(set(dists[0, h].tolist())) == int(ks[0, h])
+    # fewer keys computed (a column is one key, a block 64; fewer diagonals leave more columns outside blocks)
+    keys = [int(x.block_count.sum()) * 64 + int(x.column_count.sum()) for x in (ix, full)]
+    assert keys[0] < 0.7 * keys[1], keys
+    # spread mass (random q, k): every head takes its caps, the index is the capped one
+    q, k = _random_qk(640)
+    assert torch.equal(_mask(VS.build(q, k, {"vertical_size": 60, "slash_size": 150, "coverage": 0.9}), 640),
+                       _mask(VS.build(q, k, {"vertical_size": 60, "slash_size": 150}), 640))
+
+
+def test_vertical_slash_coverage_is_checked():
+    for bad in (0, 1.5, -0.1, True, "0.9", {"frac": 0.5}):
+        with pytest.raises(ValueError, match="coverage"):
+            P.validate_params("vertical_slash", {"coverage": bad})
+    with pytest.raises(ValueError, match="coverage"):      # the unknown-parameter error lists it
+        P.validate_params("vertical_slash", {"cover": 0.9})
+    assert P.validate_params("vertical_slash", {"coverage": 1})["coverage"] == 1.0
 
 
 def test_triton_kernels_interpreted():

@@ -449,16 +449,20 @@ def scores(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list
     tile, probabilities, their column sums, and their diagonal sums through an in-register
     skew. The scores are rounded to the input dtype before scaling when it is 16-bit, as the
     torch path's matmul in the input dtype does; float32 inputs use IEEE float32 dots (no TF32)."""
-    B, Hg = ql.shape[0], len(q_heads)
-    N = k.shape[2]
     vert, part, o = _score_passes(ql, k, q_heads, kv_heads, scale, block_n, split)
-    BH, T = part.shape[:2]
+    return vert, _slash_scores(part, o, vert.shape)
+
+
+def _slash_scores(part: torch.Tensor, slash_at: int, shape: torch.Size) -> torch.Tensor:
+    """The slash scores (B, Hg, N) from the key tiles' diagonal partials of :func:`_score_passes`:
+    each distance sums the low half of one tile and the high half of the next."""
+    BH, T, block_n2 = part.shape
+    block_n = block_n2 // 2
     a = part.flip(1)
-    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=ql.device)
+    buf = torch.zeros(BH, T + 1, block_n, dtype=torch.float32, device=part.device)
     buf[:, :T] += a[..., :block_n]
     buf[:, 1:] += a[..., block_n:]
-    slash = buf.view(BH, -1)[:, o:o + N].reshape(B, Hg, N)
-    return vert, slash
+    return buf.view(BH, -1)[:, slash_at:slash_at + shape[-1]].reshape(shape)
 
 
 # keys one program of the selection's stages holds at a time, and the most segments (programs
@@ -470,7 +474,7 @@ SELECT_SEGMENTS = 32
 
 def build(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[int], scale: float, head_kv: torch.Tensor,
           head_ks: torch.Tensor, kv_width: int, ks_width: int, bm: int, *, force: float,
-          forced_columns: int, forced_diagonals: int
+          forced_columns: int, forced_diagonals: int, counts=None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole vertical-slash index of a group in seven launches: the two score passes, the
     selection in three (both top-k's of every head, each row split into segments: a histogram
@@ -478,11 +482,15 @@ def build(ql: torch.Tensor, k: torch.Tensor, q_heads: list[int], kv_heads: list[
     among by the row's last program, then the writes: the columns ascending and the diagonals
     as the range merge's ``pred`` table), the range merge and the verticals. ``head_kv`` /
     ``head_ks`` int32 (Hg,) or (1,): each head's counts; ``kv_width`` / ``ks_width`` their
-    largest; ``ql``, ``q_heads`` and ``kv_heads`` as :func:`scores`. Returns what :func:`index`
+    largest; ``ql``, ``q_heads`` and ``kv_heads`` as :func:`scores`. ``counts``, when given,
+    maps the scores (vertical, slash) to the counts of every (batch, head), int32 (B * Hg,), at
+    most the widths, which then replace ``head_kv`` / ``head_ks``. Returns what :func:`index`
     returns."""
     B, Hg = ql.shape[0], len(q_heads)
     n = k.shape[2]
     vert, part, o = _score_passes(ql, k, q_heads, kv_heads, scale, bm)
+    if counts is not None:
+        head_kv, head_ks = counts(vert, _slash_scores(part, o, vert.shape))
     cols, pred = select(vert, part, o, head_kv, head_ks, kv_width, force=force, forced_columns=forced_columns,
                         forced_diagonals=forced_diagonals)
     return _index_from_pred(cols[:, :kv_width].view(B, Hg, kv_width), pred, n, bm, min(ks_width, triton.cdiv(n, bm)))

@@ -5,7 +5,12 @@ One of the online patterns of the pipeline (find sites -> resolve plan -> build 
 kernel): :func:`build` scores (:func:`scores`), selects (:func:`select`) and turns the selection
 into a :class:`SparseIndex` (:func:`index_from_selection`), each step as MInference does it;
 the functions' docstrings say where and why this deviates. Parameters: ``vertical_size``
-(columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``).
+(columns), ``slash_size`` (diagonals): counts or fractions of N (``DEFAULTS``); optional
+``coverage`` (a fraction in (0, 1]): each (batch, head) then takes only the columns and the
+diagonals, forced ones first, that hold that fraction of its last queries' attention mass
+(:func:`coverage_counts`), at least the minimums and at most the two budgets, which become
+caps. Counts then follow what each head and prompt needs, as FlexPrefill's cumulative-mass
+budgets (Lai et al. 2025) do, instead of one count for every head at every length.
 On CUDA (``use_triton``) the whole build is seven Triton launches (scores, the two top-k's, the
 range merge, the verticals; ``_triton_vs.py`` describes them); elsewhere the selection is a
 stable sort and the merge a scan over the sorted diagonals in torch ops, looping over the
@@ -18,14 +23,19 @@ from __future__ import annotations
 import torch
 
 from ..index import SparseIndex, num_q_blocks
-from ._common import (INT32_BIG, HeadMap, cdiv, compact, dense_probs, device_index, planted_qk,
-                      plot_selection, q_blocks, resolve_budget, row_chunks, use_triton, with_budgets)
-from .registry import Pattern, register_or_demo
+from ._common import (INT32_BIG, HeadMap, cdiv, check_budget, check_fraction, compact, dense_probs, device_index,
+                      planted_qk, plot_selection, q_blocks, resolve_budget, row_chunks, use_triton, with_defaults)
+from .registry import FRACTION_SCHEMA, Pattern, register_or_demo
 
 NAME = "vertical_slash"
 # MInference's default for heads without a searched config
-DEFAULTS = {"vertical_size": 1000, "slash_size": 6096}
+MINFERENCE_COUNTS = {"vertical_size": 1000, "slash_size": 6096}
+COVERAGE = "coverage"
+# ``coverage`` None: every head takes its two counts
+DEFAULTS = {**MINFERENCE_COUNTS, COVERAGE: None}
 BUDGETS = {"vertical_size": 1, "slash_size": 1}
+PARAM_SCHEMA = {COVERAGE: {**FRACTION_SCHEMA, "description": "a number in (0, 1]: the fraction of the last "
+                           "queries' attention mass each head's columns and diagonals hold"}}
 LAST_Q = 64
 # always kept, as MInference does (it sets their scores to +inf)
 FORCED_COLUMNS = 30
@@ -40,7 +50,22 @@ _FORCE = 1.0e4       # > any column/diagonal sum of 64 probability rows
 
 
 def validate(params: dict | None) -> dict:
-    return with_budgets(params, DEFAULTS, BUDGETS, NAME)
+    """The parameters with their defaults; ``coverage`` only where it is set."""
+    p = with_defaults(params, DEFAULTS, tuple(DEFAULTS), NAME)
+    for name, minimum in BUDGETS.items():
+        p[name] = check_budget(name, p[name], minimum=minimum)
+    if p[COVERAGE] is None:
+        del p[COVERAGE]
+    else:
+        p[COVERAGE] = check_fraction(COVERAGE, p[COVERAGE])
+    return p
+
+
+def coverage_of(params) -> float | None:
+    """The ``coverage`` of a group's parameters (one dict, or one per head: heads with
+    different coverages are never grouped, since it is not a per-head budget)."""
+    p = params[0] if isinstance(params, list) else params
+    return validate(p).get(COVERAGE)
 
 
 def budgets(n: int, params: dict | None) -> tuple[int, int]:
@@ -153,38 +178,61 @@ def scores(q: torch.Tensor, k: torch.Tensor, heads=None, scale: float | None = N
     return vertical, slash
 
 
-def select(vertical: torch.Tensor, slash: torch.Tensor, kv, ks, *,
-           sort_dists: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def select(vertical: torch.Tensor, slash: torch.Tensor, kv, ks, *, sort_dists: bool = True,
+           coverage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced entries + top-k: (columns ascending (B, H, kv), distances descending (B, H, ks)),
     int64 (the distances in no particular order when ``sort_dists`` is False).
 
     The first ``FORCED_COLUMNS`` columns and the ``FORCED_DIAGONALS`` diagonals ``d = 0..99``
     are always kept (``_FORCE``); then the top ``kv`` columns and ``ks`` diagonals. ``kv`` and
-    ``ks`` are counts, or lists of one count per head (dim 1): then every head takes the top
-    ``max`` and the entries past its own count become a column no row reaches (``INT32_BIG``,
-    sorted last) and the main diagonal ``d = 0`` (selected by every head, so a repeat adds
-    nothing), which keeps the shapes, and so the launches, those of one shared budget."""
+    ``ks`` are counts, or lists of one count per head (dim 1), and with ``coverage`` the caps of
+    :func:`coverage_counts`' counts per (batch, head). Where counts differ, every head takes the
+    top ``max`` and the entries past its own count become a column no row reaches
+    (``INT32_BIG``, sorted last) and the main diagonal ``d = 0`` (selected by every head, so a
+    repeat adds nothing), which keeps the shapes, and so the launches, those of one shared
+    budget."""
+    kv_width, ks_width = (c if isinstance(c, int) else max(c) for c in (kv, ks))
+    if coverage is not None:
+        kv = coverage_counts(vertical, FORCED_COLUMNS, coverage, MIN_VERTICAL, kv)
+        ks = coverage_counts(slash, FORCED_DIAGONALS, coverage, MIN_SLASH, ks)
     v = vertical.clone()
     v[..., :FORCED_COLUMNS] += _FORCE
     s = slash.clone()
     s[..., :FORCED_DIAGONALS] += _FORCE
-    cols = _top_per_head(v, kv, INT32_BIG).sort(-1).values
-    dists = _top_per_head(s, ks, 0)
+    cols = _top_per_head(v, kv, kv_width, INT32_BIG).sort(-1).values
+    dists = _top_per_head(s, ks, ks_width, 0)
     if sort_dists:
         dists = dists.sort(-1, descending=True).values
     return cols, dists
 
 
-def _top_per_head(x: torch.Tensor, k, fill: int) -> torch.Tensor:
-    """Indices of the top ``k`` of ``x`` (B, H, N) along the last dim, by score, equal scores
-    by position (as the Triton selection takes them); ``k`` a count or one per head, the
-    entries past a head's count then replaced by ``fill``."""
-    widest = k if isinstance(k, int) else max(k)
-    top = torch.sort(x, stable=True, dim=-1, descending=True).indices[..., :widest]
+def coverage_counts(scores: torch.Tensor, forced: int, coverage: float, floor: int, cap) -> torch.Tensor:
+    """Per (batch, head) of ``scores`` (B, H, N), int32 (B, H): the fewest entries, the
+    ``forced`` first ones (kept whatever their scores, so counted first) and then the others by
+    score, whose scores sum to at least ``coverage`` of the row's total: what a selection of
+    that many holds. Clamped to ``[floor, cap]`` and N; ``cap`` a count or one per head. On the
+    device, no sync: a sort, a cumulative sum and a count per row."""
+    N = scores.shape[-1]
+    forced_mass = scores[..., :forced].sum(-1, keepdim=True)
+    rest = scores[..., forced:].sort(dim=-1, descending=True).values.cumsum(-1)
+    held = forced_mass + rest                                  # mass of the first forced + j + 1
+    need = coverage * (held[..., -1:] if rest.shape[-1] else forced_mass)
+    # j of the others: 0 when the forced ones hold enough, else one past the prefixes still short
+    taken = (held < need).sum(-1) + (forced_mass[..., 0] < need[..., 0]).long()
+    caps = device_index([cap] if isinstance(cap, int) else cap, scores.device).view(1, -1)   # no copy under a graph
+    count = torch.minimum(torch.clamp(forced + taken, min=floor), caps)
+    return count.clamp(max=N).to(torch.int32)
+
+
+def _top_per_head(x: torch.Tensor, k, width: int, fill: int) -> torch.Tensor:
+    """Indices of the top ``width`` of ``x`` (B, H, N) along the last dim, by score, equal
+    scores by position (as the Triton selection takes them); ``k`` a count (``width``), one per
+    head or a tensor (B, H), the entries past a count then replaced by ``fill``."""
+    top = torch.sort(x, stable=True, dim=-1, descending=True).indices[..., :width]
     if isinstance(k, int):
         return top
-    rank = torch.arange(widest, device=x.device)
-    return torch.where(rank < device_index(k, x.device).view(1, -1, 1), top, fill)
+    counts = k.unsqueeze(-1) if isinstance(k, torch.Tensor) else device_index(k, x.device).view(1, -1, 1)
+    return torch.where(torch.arange(width, device=x.device) < counts, top, fill)
 
 
 # --- the index from a selection -------------------------------------------------------------------
@@ -265,7 +313,7 @@ def selection(q: torch.Tensor, k: torch.Tensor, params: dict | None = None, *, h
     """(columns ascending, distances descending) the builder selects, int64 (B, Hg, .)."""
     kv, ks = head_budgets(q.shape[2], params)
     vertical, slash = scores(q, k, heads, scale)
-    return select(vertical, slash, kv, ks)
+    return select(vertical, slash, kv, ks, coverage=coverage_of(params))
 
 
 def head_count_tables(kv, ks, device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -281,17 +329,23 @@ def head_count_tables(kv, ks, device) -> tuple[torch.Tensor, torch.Tensor, int, 
 def build(q: torch.Tensor, k: torch.Tensor, params: dict | list | None = None, *, heads=None,
           block_m: int = 64, block_n: int = 64, scale: float | None = None) -> SparseIndex:
     kv, ks = head_budgets(q.shape[2], params)
+    coverage = coverage_of(params)
     if _triton_scores(q, k) and block_m == block_n:
         # scores, both top-k's and the index in seven launches, whatever the heads' budgets
+        # (with ``coverage``, a few torch ops between the scores and the top-k's count them)
         from . import _triton_vs   # imports triton: only where its kernels launch
         hm, ql, scale = _last_queries(q, k, heads, scale)
         head_kv, head_ks, kv_width, ks_width = head_count_tables(kv, ks, q.device)
+
+        def covering_counts(vertical: torch.Tensor, slash: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return (coverage_counts(vertical, FORCED_COLUMNS, coverage, MIN_VERTICAL, kv).flatten(),
+                    coverage_counts(slash, FORCED_DIAGONALS, coverage, MIN_SLASH, ks).flatten())
         return SparseIndex(*_triton_vs.build(
             ql, k, hm.heads, [h // hm.group for h in hm.heads], scale, head_kv, head_ks, kv_width, ks_width,
-            block_m, force=_FORCE, forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS),
-            block_m, block_n)
+            block_m, force=_FORCE, forced_columns=FORCED_COLUMNS, forced_diagonals=FORCED_DIAGONALS,
+            counts=covering_counts if coverage is not None else None), block_m, block_n)
     vertical, slash = scores(q, k, heads, scale)
-    cols, dists = select(vertical, slash, kv, ks)
+    cols, dists = select(vertical, slash, kv, ks, coverage=coverage)
     return index_from_selection(cols, dists, q.shape[2], block_m, block_n)
 
 
@@ -379,7 +433,7 @@ def reference_mask(q: torch.Tensor, k: torch.Tensor, params: dict | None = None,
                    block_m: int = 64, block_n: int = 64, scale: float | None = None) -> torch.Tensor:
     kv, ks = budgets(q.shape[2], params)
     vertical, slash = reference_scores(q.cpu(), k.cpu(), heads, scale)
-    cols, dists = select(vertical, slash, kv, ks)
+    cols, dists = select(vertical, slash, kv, ks, coverage=validate(params).get(COVERAGE))
     return reference_index_mask(cols, dists, q.shape[2], block_m)
 
 
@@ -405,4 +459,5 @@ def demo(path: str = "vertical_slash.png", n: int = 1024, **params) -> str:
 
 
 PATTERN = register_or_demo(Pattern(NAME, build, validate, sizes, cost, reference_mask, demo, colour="#ff7f0e",
-                                   dynamic=True, per_head=tuple(BUDGETS), defaults=DEFAULTS, budgets=BUDGETS, doc=__doc__), __name__)
+                                   dynamic=True, per_head=tuple(BUDGETS), defaults=DEFAULTS, budgets=BUDGETS,
+                                   optional=(COVERAGE,), param_schema=PARAM_SCHEMA, doc=__doc__), __name__)

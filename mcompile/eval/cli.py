@@ -30,7 +30,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="perplexity/top-1 over this many disjoint held-out windows of --length tokens (pooled; "
                         "per-window values in the JSON); ignored with --offset")
     p.add_argument("--db", default=None, help="pattern database path or key (default: the backend's 'auto')")
-    p.add_argument("--plan", default=None, help="force one pattern on every head instead of a database")
+    p.add_argument("--plan", default=None, type=plan_option,
+                   help="force one pattern on every head instead of a database: a pattern name, or a JSON "
+                        "object '{\"pattern\": name, **params}'")
     p.add_argument("--min-len", type=int, default=1024)
     p.add_argument("--recall", action="store_true",
                    help="also capture q/k/v of the perplexity window and score the plan's index per layer "
@@ -48,6 +50,16 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the NIAH heat maps (PNG) here")
     p.set_defaults(func=cmd_eval)
     return p
+
+
+def plan_option(text: str):
+    """``--plan``: a pattern name, or a JSON object (the backend's ``plan`` option checks it)."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--plan {text!r} is not a pattern name or a JSON object: {e}") from None
 
 
 def sparse_options(args) -> dict:

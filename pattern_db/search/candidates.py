@@ -23,7 +23,7 @@ BLOCK = 64
 DEFAULT_LEVELS: tuple[float, ...] = (0.04, 0.06, 0.09, 0.13, 0.19, 0.27, 0.38, 0.55)
 SA_ALPHAS: tuple[float, ...] = (0.9, 0.97)
 SINK_TOKENS = 64
-MINFERENCE_DEFAULT = vertical_slash.DEFAULTS
+MINFERENCE_DEFAULT = vertical_slash.MINFERENCE_COUNTS
 MINFERENCE_DEFAULT_LABEL = "MInference default vs({vertical_size},{slash_size})".format(**MINFERENCE_DEFAULT)
 
 
