@@ -536,6 +536,44 @@ def test_build_layer_index_mixed(monkeypatch):
         assert torch.equal(_mask(alone, n), m[:, h:h + 1])
 
 
+COVERED = [HeadPlan("vertical_slash", {"vertical_size": 600, "slash_size": 300, "coverage": 0.5}),
+           HeadPlan("vertical_slash", {"vertical_size": 400, "slash_size": 200, "coverage": 0.5}),
+           HeadPlan("vertical_slash", {"vertical_size": 600, "slash_size": 300}),
+           HeadPlan("a_shape", {"n_init": 64, "n_local": 128})]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_layer_of_coverage_heads(device, monkeypatch):
+    """Heads with one coverage share a build whatever their caps; a head without it is another
+    build. Each head's index is its own reference's; on the GPU the build does not sync."""
+    n = 4096
+    q, k = C.planted_qk(n, heads=4, kv_heads=2, hot_columns=[5, 300, 2700], diagonals=[150, 1400], seed=1)
+    calls = []
+    pat = P.get_pattern("vertical_slash")
+
+    def counted(*a, **kw):
+        calls.append(tuple(kw["heads"]))
+        return pat.build(*a, **kw)
+    monkeypatch.setitem(P.PATTERNS, "vertical_slash", dataclasses.replace(pat, build=counted))
+    plan = LayerPlan(tuple(COVERED))
+    dq, dk = q.to(device), k.to(device)
+    ix = P.build_layer_index(dq, dk, plan)
+    assert sorted(calls) == [(0, 1), (2,)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            ix = P.build_layer_index(dq, dk, plan)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    _check(ix, n, 1, 4)
+    m = _mask(ix, n).cpu()
+    for h, hp in enumerate(COVERED):
+        ref = P.get_pattern(hp.pattern).reference_mask(q, k, hp.params, heads=[h])
+        assert torch.equal(m[:, h:h + 1], ref), (h, hp.params)
+
+
 def test_index_parts_count_broadcast_lists_once(monkeypatch):
     """SampleAttention's index holds one column list a head (broadcast over the query blocks)
     and counts a query block: the runtime's index budget counts that, so a budget a
