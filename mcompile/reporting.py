@@ -77,6 +77,14 @@ def abbreviation(pattern: str) -> str:
     return short_name(pattern)
 
 
+def declared_order(pattern: str, params: dict) -> list[str]:
+    """``params``' names in the order the pattern declares them (``vertical_size`` before
+    ``slash_size``, as people write 1000/6096), any others after, sorted."""
+    from .kernels.patterns.registry import PATTERNS
+    declared = list(getattr(PATTERNS.get(pattern), "defaults", {}))
+    return [k for k in declared if k in params] + sorted(k for k in params if k not in declared)
+
+
 def summarise_plan(layer_plan) -> str:
     """Short enough for one table cell: a uniform layer shows its parameters
     (``vertical_slash(1000/6096) x9``), a mixed one its heads per pattern, most first, by the
@@ -85,7 +93,7 @@ def summarise_plan(layer_plan) -> str:
         return "-"
     heads = list(layer_plan.heads)
     if len({h.key() for h in heads}) == 1:
-        values = "/".join(format_value(v) for _, v in sorted(heads[0].params.items()))
+        values = "/".join(format_value(heads[0].params[k]) for k in declared_order(heads[0].pattern, heads[0].params))
         return f"{heads[0].pattern}({values}) x{len(heads)}" if values else f"{heads[0].pattern} x{len(heads)}"
     counts = Counter(h.pattern for h in heads)
     return ", ".join(f"{abbreviation(name)} {n}" for name, n in counts.most_common())

@@ -345,3 +345,13 @@ def test_window_longer_than_the_prompt_is_plain_causal():
         _close(_logits(compiled, ids, mask, False), _logits(model, ids, mask, False))
         rows = {r.layer: r for r in mcompile.report().rows}
         assert rows[0].decision.startswith(expected), (n, rows[0].decision)
+
+
+def test_report_gives_a_uniform_layers_parameters_in_the_patterns_order():
+    from mcompile.plan import LayerPlan
+    from mcompile.reporting import summarise_plan
+    assert summarise_plan(LayerPlan.uniform("vertical_slash", 9, slash_size=6096, vertical_size=1000)) == \
+        "vertical_slash(1000/6096) x9"
+    assert summarise_plan(LayerPlan.uniform("vertical_slash", 2, coverage=0.9, slash_size=300, vertical_size=40)) == \
+        "vertical_slash(40/300/0.9) x2"
+    assert summarise_plan(LayerPlan.uniform("a_shape", 3, n_local=1024, n_init=64)) == "a_shape(64/1024) x3"
