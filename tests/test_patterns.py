@@ -313,7 +313,7 @@ def test_vertical_slash_coverage_keeps_what_holds_the_mass_and_drops_the_rest():
     _check(ix, n)
     assert torch.equal(_mask(ix, n), VS.reference_mask(q, k, params))
     cols, dists = VS.selection(q, k, params)
-    full_cols, full_dists = VS.selection(q, k, capped)
+    full_dists = VS.selection(q, k, capped)[1]
     v, s = VS.scores(q, k)
     kv = VS.coverage_counts(v, VS.FORCED_COLUMNS, 0.5, VS.MIN_VERTICAL, 600)
     ks = VS.coverage_counts(s, VS.FORCED_DIAGONALS, 0.5, VS.MIN_SLASH, 300)
