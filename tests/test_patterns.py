@@ -536,6 +536,16 @@ def test_build_layer_index_mixed(monkeypatch):
         assert torch.equal(_mask(alone, n), m[:, h:h + 1])
 
 
+def _without_host_sync(build):
+    """``build()`` on the GPU with any host sync an error (after the warm-up the caller did)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return build()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 COVERED = [HeadPlan("vertical_slash", {"vertical_size": 600, "slash_size": 300, "coverage": 0.5}),
            HeadPlan("vertical_slash", {"vertical_size": 400, "slash_size": 200, "coverage": 0.5}),
            HeadPlan("vertical_slash", {"vertical_size": 600, "slash_size": 300}),
@@ -561,12 +571,7 @@ def test_layer_of_coverage_heads(device, monkeypatch):
     ix = P.build_layer_index(dq, dk, plan)
     assert sorted(calls) == [(0, 1), (2,)]
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            ix = P.build_layer_index(dq, dk, plan)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        ix = _without_host_sync(lambda: P.build_layer_index(dq, dk, plan))
     _check(ix, n, 1, 4)
     m = _mask(ix, n).cpu()
     for h, hp in enumerate(COVERED):
@@ -715,12 +720,7 @@ def test_gpu_no_host_sync():
     q, k = q.cuda(), k.cuda()
     plan = LayerPlan(tuple(MIXED))
     P.build_layer_index(q, k, plan)                                 # warm-up (Triton compile, caches)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        ix = P.build_layer_index(q, k, plan)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    ix = _without_host_sync(lambda: P.build_layer_index(q, k, plan))
     _check(ix, n, 1, 8)
     ref = P.build_layer_index(q.cpu().float(), k.cpu().float(), plan)
     # same selection up to bf16 near-ties: compare the static heads exactly

@@ -63,9 +63,10 @@ def validate(params: dict | None) -> dict:
 
 def coverage_of(params) -> float | None:
     """The ``coverage`` of a group's parameters (one dict, or one per head: heads with
-    different coverages are never grouped, since it is not a per-head budget)."""
+    different coverages are never grouped, since it is not a per-head budget). Read, not
+    checked: :func:`head_budgets` validates the same parameters on every build."""
     p = params[0] if isinstance(params, list) else params
-    return validate(p).get(COVERAGE)
+    return (p or {}).get(COVERAGE)
 
 
 def budgets(n: int, params: dict | None) -> tuple[int, int]:
